@@ -1,0 +1,17 @@
+# Shortcuts for developers who have make; the README's commands need only bash.
+.PHONY: test demo lint format bench
+
+test:
+	bash scripts/test.sh
+
+demo:
+	bash scripts/demo.sh $(ARGS)
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format:
+	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+bench:
+	.venv/bin/python -m bench.ingest

@@ -1,0 +1,3 @@
+"""fieldmon: network monitoring for temporary field hospitals."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The agent that runs on the site's Pi: probes -> samples -> outbox -> MQTT."""

@@ -1,0 +1,200 @@
+"""`fieldmon-agent run`: probes -> batcher -> outbox -> sender -> MQTT, until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from fieldmon import __version__
+from fieldmon.agent.batcher import EnvelopeBatcher
+from fieldmon.agent.config import SiteConfig, load_site_config
+from fieldmon.agent.outbox import Outbox
+from fieldmon.agent.probes.base import Probe
+from fieldmon.agent.probes.icmp import IcmpProbe
+from fieldmon.agent.probes.icmp_socket import IcmpPinger
+from fieldmon.agent.scheduler import run_probe_forever
+from fieldmon.agent.sender import Sender
+from fieldmon.config.errors import ConfigError
+from fieldmon.mqtt import MqttLink, new_client
+from fieldmon.wire import topics
+from fieldmon.wire.codec import encode
+from fieldmon.wire.models import StatusMessage
+
+logger = logging.getLogger(__name__)
+
+# How long a clean shutdown waits for in-flight envelopes to be acknowledged.
+SHUTDOWN_GRACE_S = 3.0
+
+
+def build_probes(config: SiteConfig, pinger: IcmpPinger) -> list[Probe]:
+    """One probe per configured target."""
+    return [
+        IcmpProbe(link, pinger=pinger, site=config.site, agent=config.agent.id)
+        for link in config.links
+    ]
+
+
+def _status(config: SiteConfig, state: str, reason: str | None = None) -> bytes:
+    return encode(
+        StatusMessage(
+            state=state,  # type: ignore[arg-type]
+            site=config.site,
+            agent=config.agent.id,
+            at=time.time_ns(),
+            version=__version__,
+            reason=reason,
+        )
+    )
+
+
+def _connect_link(config: SiteConfig, loop: asyncio.AbstractEventLoop) -> MqttLink:
+    client = new_client(config.agent.broker, client_id=config.agent.id)
+    status_topic = topics.status_topic(config.site, config.agent.id)
+    # The broker publishes this retained "offline" if we vanish without a clean disconnect.
+    client.will_set(status_topic, _status(config, "offline", "connection lost"), qos=1, retain=True)
+    link = MqttLink(client, config.agent.broker, loop)
+
+    def birth(_session_present: bool) -> None:
+        client.publish(status_topic, _status(config, "online"), qos=1, retain=True)
+
+    link.on_connected.append(birth)
+    return link
+
+
+class ProbeSet:
+    """The running probe tasks; replaced as a whole when SIGHUP brings a new config."""
+
+    def __init__(self, batcher: EnvelopeBatcher) -> None:
+        self._batcher = batcher
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, probes: list[Probe]) -> None:
+        self._tasks = [
+            asyncio.create_task(
+                run_probe_forever(probe, self._batcher.add), name=f"probe:{probe.name}"
+            )
+            for probe in probes
+        ]
+        logger.info("probing", extra={"targets": [probe.name for probe in probes]})
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+
+async def _serve(config_path: Path, config: SiteConfig) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reload = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+
+    # One thread for every SQLite call: disk I/O never blocks the event loop.
+    disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+    outbox = await loop.run_in_executor(
+        disk, lambda: Outbox(config.agent.outbox.path, site=config.site, agent=config.agent.id)
+    )
+    link = _connect_link(config, loop)
+    sender = Sender(outbox, link, site=config.site, agent=config.agent.id, disk=disk)
+    ack_topic = topics.ack_topic(config.site, config.agent.id)
+
+    ack_tasks: set[asyncio.Task[None]] = set()
+
+    def on_message(message: object) -> None:
+        if getattr(message, "topic", None) == ack_topic:
+            task = asyncio.create_task(sender.handle_ack(message.payload))  # type: ignore[attr-defined]
+            ack_tasks.add(task)
+            task.add_done_callback(ack_tasks.discard)
+
+    link.on_message = on_message
+    batcher = EnvelopeBatcher(
+        outbox,
+        disk,
+        max_samples=config.agent.max_samples_per_envelope,
+        linger=config.agent.linger,
+        on_committed=sender.notify,
+    )
+    async with IcmpPinger() as pinger:
+        probes = ProbeSet(batcher)
+        probes.start(build_probes(config, pinger))
+        background = [
+            asyncio.create_task(batcher.run(), name="batcher"),
+            asyncio.create_task(sender.run(), name="sender"),
+        ]
+        link.start()
+        logger.info(
+            "agent started",
+            extra={"site": config.site, "agent": config.agent.id, "version": __version__},
+        )
+        while not stop.is_set():
+            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            if reload.is_set() and not stop.is_set():
+                reload.clear()
+                config = await _reloaded(config_path, config, probes, pinger)
+        logger.info("stopping: flushing the outbox")
+        await probes.stop()
+        await batcher.flush()
+        await _drain(sender)
+        if link.connected.is_set():
+            info = link.client.publish(
+                topics.status_topic(config.site, config.agent.id),
+                _status(config, "offline", "stopped"),
+                qos=1,
+                retain=True,
+            )
+            with contextlib.suppress(RuntimeError, ValueError):
+                await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, 2.0), 2.5)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        link.stop()
+    await loop.run_in_executor(disk, outbox.close)
+    disk.shutdown(wait=True)
+    logger.info("agent stopped", extra={"unacknowledged": sender.in_flight()})
+
+
+async def _drain(sender: Sender) -> None:
+    """Give in-flight envelopes a moment to be acknowledged; what is left stays on disk."""
+    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+    sender.notify()
+    while sender.in_flight() and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a count
+        await asyncio.sleep(0.05)
+
+
+async def _reloaded(
+    path: Path, current: SiteConfig, probes: ProbeSet, pinger: IcmpPinger
+) -> SiteConfig:
+    """Apply a changed site file's probes; identity and broker changes need a restart."""
+    try:
+        fresh = await asyncio.to_thread(load_site_config, path)
+    except ConfigError as exc:
+        logger.error("reload refused: the site file is invalid", extra={"errors": str(exc)})
+        return current
+    if (fresh.site, fresh.agent) != (current.site, current.agent):
+        logger.warning("reload: site, agent id, broker and outbox changes need a restart")
+    await probes.stop()
+    probes.start(build_probes(fresh, pinger))
+    logger.info("reloaded the site file", extra={"file": str(path)})
+    return fresh.model_copy(update={"site": current.site, "agent": current.agent})
+
+
+def run_agent(config_path: Path) -> int:
+    """Run the agent until SIGTERM; returns the process exit status."""
+    try:
+        config = load_site_config(config_path)
+    except ConfigError as exc:
+        logger.error("invalid site file", extra={"errors": [str(i) for i in exc.issues]})
+        return 2
+    asyncio.run(_serve(config_path, config))
+    return 0

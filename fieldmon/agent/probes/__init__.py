@@ -1,0 +1,1 @@
+"""Probe kinds: one module each, each with its config model and an async collect()."""

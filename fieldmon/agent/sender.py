@@ -1,0 +1,115 @@
+"""Publishes the outbox over MQTT through a bounded in-flight window; deletes on collector ack.
+
+paho keeps unacknowledged QoS 1 messages in RAM and its 16-bit message ids wrap past 65,535,
+and Mosquitto drops past its per-client queue limit, so the backlog is never handed to paho
+whole: at most `window` envelopes are in flight, and each stays on disk until the collector's
+`ack` names it. Envelopes not acknowledged within `ack_timeout` are sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
+from fieldmon.agent.outbox import Outbox, StoredEnvelope
+from fieldmon.mqtt import MqttLink
+from fieldmon.wire import topics
+from fieldmon.wire.models import AckMessage
+
+logger = logging.getLogger(__name__)
+
+
+class Sender:
+    """Moves envelopes from the outbox to the broker and retires them on the collector's ack."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        link: MqttLink,
+        *,
+        site: str,
+        agent: str,
+        disk: ThreadPoolExecutor,
+        window: int = 32,
+        ack_timeout: float = 30.0,
+    ) -> None:
+        self._outbox = outbox
+        self._link = link
+        self._disk = disk
+        self._window = window
+        self._ack_timeout = ack_timeout
+        self._samples_topic = topics.samples_topic(site, agent)
+        self._ack_topic = topics.ack_topic(site, agent)
+        self._in_flight: dict[int, float] = {}  # seq -> monotonic time sent
+        self._wake = asyncio.Event()
+        self.acknowledged = 0
+        link.on_connected.append(self._connected)
+
+    def notify(self) -> None:
+        """Something changed (new envelope, ack, reconnect): look at the outbox again."""
+        self._wake.set()
+
+    def _connected(self, _session_present: bool) -> None:
+        self._link.client.subscribe(self._ack_topic, qos=1)
+        # A new connection may have lost whatever paho had in flight; send it all again.
+        self._in_flight.clear()
+        self.notify()
+
+    async def _disk_call(self, function, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(self._disk, function, *args)
+
+    async def handle_ack(self, payload: bytes) -> None:
+        """Delete the seqs a collector has durably written."""
+        try:
+            ack = AckMessage.model_validate_json(payload)
+        except ValidationError as exc:
+            logger.warning("ignored malformed ack", extra={"error": str(exc).splitlines()[0]})
+            return
+        removed = await self._disk_call(self._outbox.acknowledge, ack.ranges)
+        for first, last in ack.ranges:
+            for seq in [s for s in self._in_flight if first <= s <= last]:
+                del self._in_flight[seq]
+        self.acknowledged += removed
+        self.notify()
+
+    def _expire_in_flight(self) -> None:
+        deadline = time.monotonic() - self._ack_timeout
+        expired = [seq for seq, sent in self._in_flight.items() if sent < deadline]
+        for seq in expired:
+            del self._in_flight[seq]
+        if expired:
+            logger.info("no ack in time; sending again", extra={"seqs": len(expired)})
+
+    def _publish(self, envelope: StoredEnvelope) -> bool:
+        info = self._link.client.publish(self._samples_topic, envelope.payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        self._in_flight[envelope.seq] = time.monotonic()
+        return True
+
+    async def run(self) -> None:
+        """Send until cancelled."""
+        while True:
+            await self._link.connected.wait()
+            # Cleared before reading the outbox, so a change during the read is never missed.
+            self._wake.clear()
+            self._expire_in_flight()
+            room = self._window - len(self._in_flight)
+            if room > 0:
+                batch = await self._disk_call(self._outbox.pending, room, set(self._in_flight))
+                for envelope in batch:
+                    if not self._link.connected.is_set() or not self._publish(envelope):
+                        break
+            # Wake on the next change, or in time to re-send what was never acknowledged.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=min(5.0, self._ack_timeout))
+
+    def in_flight(self) -> int:
+        """Envelopes published and not yet acknowledged by a collector."""
+        return len(self._in_flight)

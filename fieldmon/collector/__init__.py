@@ -1,0 +1,1 @@
+"""The central collector: MQTT -> validate -> InfluxDB writer + alert engine -> notifiers."""

@@ -1,0 +1,127 @@
+"""The collector's own config file."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, HttpUrl, StringConstraints, field_validator
+
+from fieldmon.collector.storage.config import InfluxConfig
+from fieldmon.config.loader import load_model
+from fieldmon.config.types import Duration, SecretFile, StrictModel
+from fieldmon.mqtt import BrokerConfig
+from fieldmon.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES
+
+# Deliberately loose: the SMTP server judges an address; this catches typos like a missing @.
+EmailAddress = Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+
+
+class Role(StrEnum):
+    """What this collector process does (DESIGN.md, Scaling out)."""
+
+    INGEST = "ingest"
+    ALERTS = "alerts"
+
+
+class CollectorBrokerConfig(BrokerConfig):
+    """Broker settings plus the persistent session the broker keeps while we are down."""
+
+    client_id: str = "fieldmon-collector"
+    session_expiry: Annotated[Duration, Field(ge=0)] = 86400.0
+    shared_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+    max_payload_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_PAYLOAD_BYTES
+    # Messages the broker may send before we acknowledge; we ack only after a durable write.
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 2000
+
+
+class AlertingConfig(StrictModel):
+    """Collector-wide alert defaults; a link's own thresholds in its site file win."""
+
+    silence_timeout: Annotated[Duration, Field(gt=0)] = 60.0
+    for_rounds: Annotated[int, Field(ge=1, le=100)] = 3
+    clear_rounds: Annotated[int, Field(ge=1, le=100)] = 5
+    loss_pct: Annotated[float, Field(gt=0, le=100)] = 5.0
+    rtt_ms: Annotated[float, Field(gt=0)] = 150.0
+    jitter_ms: Annotated[float, Field(gt=0)] = 30.0
+
+
+class AlertmanagerConfig(StrictModel):
+    """Prometheus Alertmanager API v2."""
+
+    url: HttpUrl
+
+
+class WebhookConfig(StrictModel):
+    """A generic JSON webhook, HMAC-SHA256 signed with a secret from a file."""
+
+    url: HttpUrl
+    secret_file: SecretFile | None = None
+
+
+class EmailConfig(StrictModel):
+    """SMTP e-mail to on-call."""
+
+    smtp_host: Annotated[str, Field(min_length=1)]
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    from_: EmailAddress = Field(alias="from")
+    to: Annotated[list[EmailAddress], Field(min_length=1)]
+    starttls: bool = False
+    username: str | None = None
+    password_file: SecretFile | None = None
+
+
+class NotifyConfig(StrictModel):
+    """Where notifications go; each notifier is optional."""
+
+    alertmanager: AlertmanagerConfig | None = None
+    webhook: list[WebhookConfig] = Field(default_factory=list)
+    email: EmailConfig | None = None
+    dashboard_url: HttpUrl | None = None  # base link put in every notification
+
+
+class HttpConfig(StrictModel):
+    """The collector's HTTP endpoint: status page, health, metrics, API."""
+
+    listen: str = "127.0.0.1:8480"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT (for example 127.0.0.1:8480)")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class CollectorConfig(StrictModel):
+    """Everything the collector daemon needs."""
+
+    broker: CollectorBrokerConfig
+    influxdb: InfluxConfig
+    site_configs: Path  # the inventory: which agents belong to which site
+    roles: Annotated[list[Role], Field(min_length=1)] = [Role.INGEST, Role.ALERTS]
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    data_dir: Path = Path("/var/lib/fieldmon-collector")  # dead letters (and later the spool)
+
+
+def load_collector_config(path: Path | str) -> CollectorConfig:
+    """Load and validate the collector file; site_configs is relative to the file."""
+    path = Path(path)
+    config = load_model(path, CollectorConfig)
+    if not config.site_configs.is_absolute():
+        config.site_configs = (path.parent / config.site_configs).resolve()
+    if not config.data_dir.is_absolute():
+        config.data_dir = (path.parent / config.data_dir).resolve()
+    return config

@@ -1,0 +1,201 @@
+"""MQTT samples -> decode -> line protocol -> batched writes -> acks to broker and agents.
+
+A message is acknowledged to the broker (MQTT manual ack) and its seq to the agent (the
+`ack` topic) only after its points are stored, so a collector or database that fails
+mid-way loses nothing: the broker re-delivers, the agent re-sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+
+from fieldmon.collector.deadletter import DeadLetterFile
+from fieldmon.collector.inventory import Inventory
+from fieldmon.collector.metrics import CollectorMetrics
+from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError, Writer
+from fieldmon.collector.storage.lineprotocol import encode_sample
+from fieldmon.mqtt import MqttLink
+from fieldmon.wire import topics
+from fieldmon.wire.codec import Rejection, RejectReason, decode_envelope, encode
+from fieldmon.wire.models import AckMessage, Envelope
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class Batch:
+    """Points waiting for one write, and whom to acknowledge once they are stored."""
+
+    lines: list[str] = field(default_factory=list)
+    # (connection generation, mid, qos) of each message to acknowledge to the broker
+    deliveries: list[tuple[int, int, int]] = field(default_factory=list)
+    seqs: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(list))
+    opened: float = field(default_factory=time.monotonic)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def check_identity(envelope: Envelope, topic: str, inventory: Inventory) -> Rejection | None:
+    """The envelope must match its topic and come from the agent registered for its site."""
+    parsed = topics.parse_topic(topic)
+    if parsed is None or (parsed.site, parsed.agent) != (envelope.site, envelope.agent):
+        return Rejection(
+            RejectReason.TOPIC_MISMATCH,
+            f"envelope says {envelope.site}/{envelope.agent}, topic is {topic}",
+        )
+    if not inventory.is_registered(envelope.site, envelope.agent):
+        return Rejection(
+            RejectReason.UNKNOWN_AGENT,
+            f"agent {envelope.agent!r} is not registered for site {envelope.site!r} "
+            "in site_configs",
+        )
+    return None
+
+
+class IngestPipeline:
+    """Turns sample messages into stored points; one instance per collector process."""
+
+    def __init__(
+        self,
+        *,
+        inventory: Inventory,
+        writer: Writer,
+        metrics: CollectorMetrics,
+        link: MqttLink,
+        dead_letter: DeadLetterFile,
+        batch_size: int,
+        flush_interval: float,
+        max_payload_bytes: int,
+        max_deliveries: int,
+    ) -> None:
+        self.inventory = inventory
+        self._writer = writer
+        self._metrics = metrics
+        self._link = link
+        self._dead_letter = dead_letter
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._max_payload = max_payload_bytes
+        # The broker stops sending at its Receive Maximum while we hold acks; flush before that.
+        self._max_deliveries = max_deliveries
+        self._batch = Batch()
+        self._ready = asyncio.Event()
+        self.last_write_ok: float | None = None
+        self.last_write_error: str | None = None
+
+    def handle(self, message: mqtt.MQTTMessage) -> None:
+        """Decode one samples message into the current batch (runs on the event loop)."""
+        self._metrics.received.inc()
+        result = decode_envelope(message.payload, max_bytes=self._max_payload)
+        if isinstance(result, Envelope):
+            rejection = check_identity(result, message.topic, self.inventory)
+            if rejection is None:
+                self._accept(result, message)
+                return
+            result = rejection
+        self._reject(result, message)
+
+    def _reject(self, rejection: Rejection, message: mqtt.MQTTMessage) -> None:
+        self._metrics.rejected.labels(reason=rejection.reason.value).inc()
+        logger.warning(
+            "rejected a message",
+            extra={
+                "topic": message.topic,
+                "reason": rejection.reason.value,
+                "detail": rejection.detail,
+            },
+        )
+        # Nothing in it can ever be stored; holding the ack would only stall the session.
+        if message.qos:
+            self._link.client.ack(message.mid, message.qos)
+
+    def _accept(self, envelope: Envelope, message: mqtt.MQTTMessage) -> None:
+        batch = self._batch
+        batch.lines.extend(encode_sample(sample) for sample in envelope.samples)
+        if message.qos:
+            batch.deliveries.append((self._link.generation, message.mid, message.qos))
+        batch.seqs[(envelope.site, envelope.agent)].append(envelope.seq)
+        self._metrics.samples_accepted.inc(len(envelope.samples))
+        self._metrics.pending_points.set(len(batch))
+        if len(batch) >= self._batch_size or len(batch.deliveries) >= self._max_deliveries:
+            self._ready.set()
+
+    async def run(self) -> None:
+        """Write a batch when it is full or `flush_interval` after it opened; until cancelled."""
+        while True:
+            timeout = max(0.0, self._batch.opened + self._flush_interval - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout=timeout)
+            self._ready.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Store the current batch (retrying until the database takes it), then acknowledge."""
+        batch, self._batch = self._batch, Batch()
+        if not batch.lines and not batch.deliveries:
+            return
+        if batch.lines:
+            await self._store(batch.lines)
+        self._acknowledge(batch)
+        self._metrics.pending_points.set(len(self._batch))
+
+    async def _store(self, lines: list[str]) -> None:
+        """Write until stored; refused points are split out to the dead-letter file."""
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                await self._writer.write("\n".join(lines).encode(), len(lines))
+            except RetryableWriteError as exc:
+                attempt += 1
+                self._metrics.write_errors.labels(kind="retryable").inc()
+                self.last_write_error = str(exc)
+                delay = exc.retry_after or min(MAX_BACKOFF_S, 0.5 * 2**attempt)
+                delay *= random.uniform(0.8, 1.2)  # jitter so HA collectors do not retry in step
+                logger.warning(
+                    "database write failed; retrying",
+                    extra={"error": str(exc), "attempt": attempt, "retry_in_s": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+                continue
+            except RejectedWriteError as exc:
+                self._metrics.write_errors.labels(kind="rejected").inc()
+                await self._split_rejected(lines, str(exc))
+                return
+            self._metrics.write_latency.observe(time.perf_counter() - started)
+            self._metrics.points_written.inc(len(lines))
+            self.last_write_ok = time.time()
+            self.last_write_error = None
+            return
+
+    async def _split_rejected(self, lines: list[str], reason: str) -> None:
+        """Bisect a refused batch so one bad point never blocks the good ones around it."""
+        if len(lines) == 1:
+            logger.error("database refused a point; dead-lettered", extra={"reason": reason})
+            await asyncio.to_thread(self._dead_letter.append, lines, reason)
+            self._metrics.points_dead_lettered.inc()
+            return
+        middle = len(lines) // 2
+        await self._store(lines[:middle])
+        await self._store(lines[middle:])
+
+    def _acknowledge(self, batch: Batch) -> None:
+        client = self._link.client
+        for generation, mid, qos in batch.deliveries:
+            # After a reconnect the broker re-delivers these itself; an old mid could name another.
+            if generation == self._link.generation:
+                client.ack(mid, qos)
+        for (site, agent), seqs in batch.seqs.items():
+            client.publish(topics.ack_topic(site, agent), encode(AckMessage.from_seqs(seqs)), qos=1)
+            self._metrics.acks_published.inc()

@@ -1,0 +1,57 @@
+"""The collector's Prometheus metrics, in a registry of its own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class CollectorMetrics:
+    """Counters for what came in, what was refused and what reached storage."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.received = Counter(
+            "fieldmon_envelopes_received",
+            "MQTT messages received on samples topics",
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "fieldmon_envelopes_rejected",
+            "Messages refused, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.samples_accepted = Counter(
+            "fieldmon_samples_accepted",
+            "Samples decoded and queued for storage",
+            registry=self.registry,
+        )
+        self.points_written = Counter(
+            "fieldmon_points_written", "Points stored by the database", registry=self.registry
+        )
+        self.points_dead_lettered = Counter(
+            "fieldmon_points_dead_lettered",
+            "Points the database refused as bad data, kept in the dead-letter file",
+            registry=self.registry,
+        )
+        self.write_errors = Counter(
+            "fieldmon_write_errors",
+            "Failed write requests, by kind (retryable, rejected)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.write_latency = Histogram(
+            "fieldmon_write_latency_seconds",
+            "Duration of one successful write request",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.pending_points = Gauge(
+            "fieldmon_pending_points", "Points waiting to be written", registry=self.registry
+        )
+        self.mqtt_connected = Gauge(
+            "fieldmon_mqtt_connected", "1 while connected to the broker", registry=self.registry
+        )
+        self.acks_published = Counter(
+            "fieldmon_acks_published", "Ack messages sent to agents", registry=self.registry
+        )

@@ -1,0 +1,1 @@
+"""The boundary to device firmware: Pi health, watchdog, and event hook scripts."""

@@ -1,0 +1,76 @@
+"""JSON encoding of wire messages, and a decoder that never raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import BaseModel, ValidationError
+
+from fieldmon.wire.models import SCHEMA_VERSION, Envelope
+
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+
+
+class RejectReason(StrEnum):
+    """Why a payload was not accepted; used as a metric label, so the set is fixed."""
+
+    OVERSIZED = "oversized"
+    NOT_JSON = "not_json"
+    UNSUPPORTED_SCHEMA = "unsupported_schema"
+    INVALID = "invalid"
+    TOPIC_MISMATCH = "topic_mismatch"
+    UNKNOWN_AGENT = "unknown_agent"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A payload that is not a valid Envelope: a fixed reason code plus a human detail."""
+
+    reason: RejectReason
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+def encode(message: BaseModel) -> bytes:
+    """Compact JSON, with field aliases (the Envelope's `schema`)."""
+    return message.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def _schema_version(payload: bytes) -> object:
+    """Best-effort read of the `schema` key, to tell a newer agent from a broken one."""
+    import json
+
+    try:
+        document = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return document.get("schema") if isinstance(document, dict) else None
+
+
+def decode_envelope(
+    payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> Envelope | Rejection:
+    """Turn any bytes into an Envelope or a Rejection with a reason; never raises."""
+    if len(payload) > max_bytes:
+        return Rejection(RejectReason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+    try:
+        return Envelope.model_validate_json(payload)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(error["type"] == "json_invalid" for error in errors):
+            return Rejection(RejectReason.NOT_JSON, errors[0]["msg"])
+        version = _schema_version(payload)
+        if version is not None and version != SCHEMA_VERSION:
+            return Rejection(
+                RejectReason.UNSUPPORTED_SCHEMA,
+                f"schema {version!r}, this collector reads {SCHEMA_VERSION}",
+            )
+        first = errors[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(document)"
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        return Rejection(RejectReason.INVALID, f"{where}: {first['msg']}{more}")
+    except (RecursionError, MemoryError) as exc:
+        return Rejection(RejectReason.INVALID, f"unparseable document: {type(exc).__name__}")

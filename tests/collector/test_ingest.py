@@ -1,0 +1,197 @@
+"""The ingest pipeline: decode, refuse with reasons, store, and acknowledge only after storing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError
+
+from fieldmon.agent.config import AgentSection, SiteConfig
+from fieldmon.collector.deadletter import DeadLetterFile
+from fieldmon.collector.ingest import IngestPipeline
+from fieldmon.collector.inventory import Inventory
+from fieldmon.collector.metrics import CollectorMetrics
+from fieldmon.mqtt import BrokerConfig
+from fieldmon.wire.codec import encode
+from fieldmon.wire.models import AckMessage, Envelope, Sample
+from fieldmon.wire.topics import samples_topic
+
+
+@dataclass
+class _Message:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int = 1
+
+
+@dataclass
+class _Client:
+    acked: list[int] = field(default_factory=list)
+    published: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def ack(self, mid: int, _qos: int) -> None:
+        self.acked.append(mid)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        self.published.append((topic, payload))
+
+
+@dataclass
+class _Link:
+    client: _Client = field(default_factory=_Client)
+    generation: int = 1
+
+
+class _Writer:
+    """Stores lines; refuses lines containing 'BAD'; fails the first `outages` writes."""
+
+    def __init__(self, outages: int = 0) -> None:
+        self.stored: list[str] = []
+        self.outages = outages
+        self.calls = 0
+
+    async def write(self, body: bytes, points: int) -> None:
+        self.calls += 1
+        if self.outages:
+            self.outages -= 1
+            raise RetryableWriteError("503 from test", retry_after=0.01)
+        lines = body.decode().split("\n")
+        assert len(lines) == points
+        if any("BAD" in line for line in lines):
+            raise RejectedWriteError("field type conflict", status=400)
+        self.stored.extend(lines)
+
+
+def _inventory() -> Inventory:
+    site = SiteConfig(
+        site="pavilion-2",
+        name="Pavilion 2",
+        parent_hospital="central",
+        agent=AgentSection(id="pi1", broker=BrokerConfig(host="127.0.0.1")),
+    )
+    return Inventory(sites={"pavilion-2": site})
+
+
+def _envelope(seq: int, targets: list[str], site: str = "pavilion-2", agent: str = "pi1") -> bytes:
+    samples = [
+        Sample(
+            measurement="link",
+            tags={"site": site, "agent": agent, "target": target},
+            fields={"loss_pct": 0.0},
+            time=1_700_000_000_000_000_000 + seq,
+        )
+        for target in targets
+    ]
+    return encode(Envelope(site=site, agent=agent, seq=seq, sent_at=1, samples=samples))
+
+
+def _pipeline(writer: _Writer, tmp_path: Path) -> tuple[IngestPipeline, _Link, CollectorMetrics]:
+    link = _Link()
+    metrics = CollectorMetrics()
+    pipeline = IngestPipeline(
+        inventory=_inventory(),
+        writer=writer,  # type: ignore[arg-type]
+        metrics=metrics,
+        link=link,  # type: ignore[arg-type]
+        dead_letter=DeadLetterFile(tmp_path / "dead.jsonl"),
+        batch_size=1000,
+        flush_interval=0.05,
+        max_payload_bytes=64 * 1024,
+        max_deliveries=100,
+    )
+    return pipeline, link, metrics
+
+
+def _counter(metrics: CollectorMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+TOPIC = samples_topic("pavilion-2", "pi1")
+
+
+def test_acks_only_after_the_write(tmp_path: Path) -> None:
+    writer = _Writer()
+    pipeline, link, metrics = _pipeline(writer, tmp_path)
+    pipeline.handle(_Message(TOPIC, _envelope(7, ["a", "b"]), mid=11))
+    pipeline.handle(_Message(TOPIC, _envelope(8, ["c"]), mid=12))
+    assert link.client.acked == []
+    assert link.client.published == []
+    asyncio.run(pipeline.flush())
+    assert len(writer.stored) == 3
+    assert link.client.acked == [11, 12]
+    [(topic, payload)] = link.client.published
+    assert topic == "fieldmon/v1/pavilion-2/pi1/ack"
+    assert AckMessage.model_validate_json(payload).ranges == [(7, 8)]
+    assert _counter(metrics, "fieldmon_points_written_total") == 3
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        (TOPIC, b"not json", "not_json"),
+        (TOPIC, b"x" * (65 * 1024), "oversized"),
+        (TOPIC, b'{"schema": 9}', "unsupported_schema"),
+        (TOPIC, b'{"schema": 1, "site": "pavilion-2"}', "invalid"),
+        (samples_topic("pavilion-2", "intruder"), _envelope(1, ["a"]), "topic_mismatch"),
+        (
+            samples_topic("pavilion-2", "intruder"),
+            _envelope(1, ["a"], agent="intruder"),
+            "unknown_agent",
+        ),
+        (samples_topic("other", "pi1"), _envelope(1, ["a"], site="other"), "unknown_agent"),
+    ],
+)
+def test_rejections_are_counted_by_reason_and_acked(
+    tmp_path: Path, topic: str, payload: bytes, reason: str
+) -> None:
+    writer = _Writer()
+    pipeline, link, metrics = _pipeline(writer, tmp_path)
+    pipeline.handle(_Message(topic, payload, mid=5))
+    assert _counter(metrics, "fieldmon_envelopes_rejected_total", reason=reason) == 1
+    assert link.client.acked == [5]
+    asyncio.run(pipeline.flush())
+    assert writer.stored == []
+
+
+def test_one_bad_point_is_dead_lettered_and_the_rest_stored(tmp_path: Path) -> None:
+    writer = _Writer()
+    pipeline, link, metrics = _pipeline(writer, tmp_path)
+    targets = [f"t{i}" for i in range(20)]
+    targets[13] = "BAD"
+    pipeline.handle(_Message(TOPIC, _envelope(1, targets), mid=1))
+    asyncio.run(pipeline.flush())
+    assert len(writer.stored) == 19
+    dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert len(dead) == 1
+    assert "target=BAD" in dead[0]["line"]
+    assert dead[0]["reason"] == "field type conflict"
+    assert link.client.acked == [1]
+    assert _counter(metrics, "fieldmon_points_dead_lettered_total") == 1
+
+
+def test_retryable_errors_are_retried_until_stored(tmp_path: Path) -> None:
+    writer = _Writer(outages=3)
+    pipeline, link, metrics = _pipeline(writer, tmp_path)
+    pipeline.handle(_Message(TOPIC, _envelope(1, ["a"]), mid=1))
+    asyncio.run(pipeline.flush())
+    assert writer.calls == 4
+    assert len(writer.stored) == 1
+    assert link.client.acked == [1]
+    assert _counter(metrics, "fieldmon_write_errors_total", kind="retryable") == 3
+
+
+def test_deliveries_from_an_earlier_connection_are_not_acked(tmp_path: Path) -> None:
+    writer = _Writer()
+    pipeline, link, _metrics = _pipeline(writer, tmp_path)
+    pipeline.handle(_Message(TOPIC, _envelope(1, ["a"]), mid=1))
+    link.generation += 1  # reconnected: the broker will re-deliver mid 1 itself
+    pipeline.handle(_Message(TOPIC, _envelope(2, ["b"]), mid=1))
+    asyncio.run(pipeline.flush())
+    assert link.client.acked == [1]
+    assert len(writer.stored) == 2
