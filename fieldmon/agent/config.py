@@ -5,17 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from fieldmon.agent.outbox_config import OutboxConfig
 from fieldmon.agent.probes.host import HostConfig
 from fieldmon.agent.probes.icmp import IcmpLinkConfig
 from fieldmon.agent.probes.snmp import SnmpDeviceConfig
+from fieldmon.config.errors import FieldValueError
 from fieldmon.config.loader import load_model
 from fieldmon.config.types import Duration, StrictModel
 from fieldmon.firmware_hooks.hooks import HooksConfig
 from fieldmon.mqtt import BrokerConfig
-from fieldmon.wire.models import Identifier
+from fieldmon.wire.models import RESERVED_IDS, Identifier
+
+
+def _not_reserved(value: str) -> str:
+    if value in RESERVED_IDS:
+        raise ValueError(f"{value!r} is reserved: it names the site's alert topic")
+    return value
 
 
 class AgentSection(StrictModel):
@@ -27,6 +34,19 @@ class AgentSection(StrictModel):
     max_samples_per_envelope: Annotated[int, Field(ge=1, le=100_000)] = 500
     # Rounds finishing within this long of each other share an envelope (fewer MQTT messages).
     linger: Annotated[Duration, Field(ge=0, le=60)] = 1.0
+
+    _reserved_id = field_validator("id")(_not_reserved)
+
+    @model_validator(mode="after")
+    def _username_is_id(self) -> AgentSection:
+        username = self.broker.username
+        if username is not None and username != self.id:
+            raise FieldValueError(
+                ("broker", "username"),
+                f"{username!r} must equal agent.id {self.id!r}: "
+                "the broker ACL lets an agent write only under its own username",
+            )
+        return self
 
 
 class SiteConfig(StrictModel):
@@ -41,27 +61,24 @@ class SiteConfig(StrictModel):
     host: HostConfig = Field(default_factory=HostConfig)
     hooks: HooksConfig | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> SiteConfig:
-        if self.site == "alerts" or self.agent.id == "alerts":
-            raise ValueError("'alerts' is reserved: it names the site's alert topic")
-        _unique("links", [link.name for link in self.links])
-        _unique("snmp_devices", [device.name for device in self.snmp_devices])
-        username = self.agent.broker.username
-        if username is not None and username != self.agent.id:
-            raise ValueError(
-                f"agent.broker.username {username!r} must equal agent.id {self.agent.id!r}: "
-                "the broker ACL lets an agent write only under its own username"
-            )
-        return self
+    _reserved_site = field_validator("site")(_not_reserved)
 
-
-def _unique(section: str, names: list[str]) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ValueError(f"{section}: name {name!r} is used twice; names must be unique")
-        seen.add(name)
+    @field_validator("links", "snmp_devices")
+    @classmethod
+    def _unique_names(
+        cls, items: list[IcmpLinkConfig | SnmpDeviceConfig], info: ValidationInfo
+    ) -> list[IcmpLinkConfig | SnmpDeviceConfig]:
+        first_index: dict[str, int] = {}
+        for index, item in enumerate(items):
+            if item.name in first_index:
+                raise FieldValueError(
+                    (index, "name"),
+                    f"{item.name!r} is already the name of "
+                    f"{info.field_name}[{first_index[item.name]}]; names must be unique "
+                    "(they become the target / device tag)",
+                )
+            first_index[item.name] = index
+        return items
 
 
 def load_site_config(path: Path | str) -> SiteConfig:

@@ -104,18 +104,30 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
     link.on_connected.append(on_connected)
     link.on_message = on_message
 
-    runner = web.AppRunner(build_app(pipeline, metrics, link), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.http.host, config.http.port, reuse_address=True)
-    await site.start()
-    bound = [s.getsockname() for s in (site._server.sockets if site._server else [])]
-    logger.info("http listening", extra={"addresses": [f"{a[0]}:{a[1]}" for a in bound]})
+    runner = await _start_http(config, build_app(pipeline, metrics, link))
 
     await _prepare_storage(writer)
     ingest = asyncio.create_task(pipeline.run(), name="ingest")
     link.start()
     logger.info("collector started", extra={"version": __version__, "roles": config.roles})
     await stop.wait()
+    await _shutdown(ingest, pipeline, link)
+    await runner.cleanup()
+    await writer.close()
+    logger.info("collector stopped")
+
+
+async def _start_http(config: CollectorConfig, app: web.Application) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.http.host, config.http.port, reuse_address=True)
+    await site.start()
+    logger.info("http listening", extra={"listen": config.http.listen})
+    return runner
+
+
+async def _shutdown(ingest: asyncio.Task[None], pipeline: IngestPipeline, link: MqttLink) -> None:
+    """Write what is pending and acknowledge it; what cannot be written is re-delivered later."""
     logger.info("stopping: writing what is pending")
     ingest.cancel()
     await asyncio.gather(ingest, return_exceptions=True)
@@ -125,9 +137,6 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         logger.warning("pending points not written in time; the broker will re-deliver them")
     await asyncio.sleep(0.2)  # let paho send the last acks before disconnecting
     link.stop()
-    await runner.cleanup()
-    await writer.close()
-    logger.info("collector stopped")
 
 
 def run_collector(config_path: Path) -> int:

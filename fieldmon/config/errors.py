@@ -27,3 +27,17 @@ class ConfigError(Exception):
     def __init__(self, issues: list[ConfigIssue]) -> None:
         self.issues = issues
         super().__init__("\n".join(str(issue) for issue in issues))
+
+
+class FieldValueError(ValueError):
+    """A validator's complaint about one key below the value it validates.
+
+    pydantic places a model validator's error at the model itself; raising this instead lets the
+    loader point the field path and the line at the key that is actually wrong, e.g.
+    `FieldValueError(("broker", "username"), "must equal agent.id")` from AgentSection.
+    """
+
+    def __init__(self, at: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.at = at
+        self.message = message

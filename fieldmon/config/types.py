@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -10,24 +12,33 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationInfo
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_HINT = "write it like 10s, 100ms, 5m, 1h or 1d"
 
 
 def parse_duration(value: object) -> float:
     """Seconds from `10s`, `100ms`, `5m`, `1h`, `1d` (a bare number is seconds)."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 10s, 100ms or 5m")
+        raise ValueError(f"{value!r} is not a duration; {_DURATION_HINT}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError as exc:  # an int with hundreds of digits
+            raise ValueError(f"{value} seconds is too long a duration") from exc
     elif isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, str):
         match = _DURATION_RE.match(value)
         if not match:
-            raise ValueError(f"{value!r} is not a duration; write it like 10s, 100ms, 5m, 1h or 1d")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            raise ValueError(f"{value!r} is not a duration; {_DURATION_HINT}")
+        number, unit = float(match.group(1)), match.group(2)
+        # Divide for ms rather than multiply by 0.001, so "3ms" is exactly 3 / 1000 and
+        # format_duration(parse_duration(s)) gives s back.
+        seconds = number / 1000 if unit == "ms" else number * _UNIT_SECONDS[unit]
     else:
-        raise ValueError("expected a duration such as 10s, 100ms or 5m")
+        raise ValueError(f"expected a duration; {_DURATION_HINT}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a finite duration; {_DURATION_HINT}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -47,13 +58,27 @@ Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(for
 
 
 def _existing_file(value: object, info: ValidationInfo) -> Path:
-    path = Path(str(value)).expanduser()
+    if not isinstance(value, str | os.PathLike):
+        raise ValueError(f"expected the path of a file, got {type(value).__name__}")
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError as exc:  # "~nobody/x" when that user has no home directory
+        raise ValueError(f"cannot expand {str(value)!r}: {exc}") from exc
     # Relative paths are relative to the config file, so a site folder can be moved as a whole.
     config_dir = (info.context or {}).get("config_dir")
     if not path.is_absolute() and config_dir is not None:
-        path = Path(config_dir) / path
-    if not path.is_file():
+        # absolute(), so a daemon that later changes directory still finds the file.
+        path = (Path(config_dir) / path).absolute()
+    if (info.context or {}).get("check_files") is False:
+        return path
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError) as exc:  # name too long, embedded NUL byte, no permission
+        raise ValueError(f"secret file {str(path)!r} cannot be checked: {exc}") from exc
+    if not is_file:
         raise ValueError(f"secret file {str(path)!r} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"secret file {str(path)!r} is not readable by this user")
     return path
 
 

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ValidationError
 from fieldmon.wire.models import SCHEMA_VERSION, Envelope
 
 DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+# Longest rejection detail kept: it goes to logs and the dead-letter record, and a hostile
+# payload can put a megabyte-long key into pydantic's error location.
+_MAX_DETAIL_CHARS = 300
 
 
 class RejectReason(StrEnum):
@@ -34,6 +37,12 @@ class Rejection:
         return f"{self.reason}: {self.detail}"
 
 
+def _rejection(reason: RejectReason, detail: str) -> Rejection:
+    if len(detail) > _MAX_DETAIL_CHARS:
+        detail = detail[: _MAX_DETAIL_CHARS - 3] + "..."
+    return Rejection(reason, detail)
+
+
 def encode(message: BaseModel) -> bytes:
     """Compact JSON, with field aliases (the Envelope's `schema`)."""
     return message.model_dump_json(by_alias=True, exclude_none=True).encode()
@@ -45,7 +54,7 @@ def _schema_version(payload: bytes) -> object:
 
     try:
         document = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     return document.get("schema") if isinstance(document, dict) else None
 
@@ -55,22 +64,24 @@ def decode_envelope(
 ) -> Envelope | Rejection:
     """Turn any bytes into an Envelope or a Rejection with a reason; never raises."""
     if len(payload) > max_bytes:
-        return Rejection(RejectReason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+        return _rejection(RejectReason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
     try:
-        return Envelope.model_validate_json(payload)
+        # by_name=False: on the wire the key is `schema`; `schema_` is only the Python name.
+        return Envelope.model_validate_json(payload, by_alias=True, by_name=False)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         if any(error["type"] == "json_invalid" for error in errors):
-            return Rejection(RejectReason.NOT_JSON, errors[0]["msg"])
+            return _rejection(RejectReason.NOT_JSON, errors[0]["msg"])
         version = _schema_version(payload)
-        if version is not None and version != SCHEMA_VERSION:
-            return Rejection(
+        # Only an integer other than ours is a newer (or older) agent; anything else is broken.
+        if type(version) is int and version != SCHEMA_VERSION:
+            return _rejection(
                 RejectReason.UNSUPPORTED_SCHEMA,
                 f"schema {version!r}, this collector reads {SCHEMA_VERSION}",
             )
         first = errors[0]
         where = ".".join(str(part) for part in first["loc"]) or "(document)"
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        return Rejection(RejectReason.INVALID, f"{where}: {first['msg']}{more}")
+        return _rejection(RejectReason.INVALID, f"{where}: {first['msg']}{more}")
     except (RecursionError, MemoryError) as exc:
-        return Rejection(RejectReason.INVALID, f"unparseable document: {type(exc).__name__}")
+        return _rejection(RejectReason.INVALID, f"unparseable document: {type(exc).__name__}")

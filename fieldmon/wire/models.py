@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 ID_PATTERN = r"^[a-z0-9-]+$"
 _ID_RE = re.compile(ID_PATTERN)
 RESERVED_IDS = frozenset({"alerts"})
@@ -17,6 +18,9 @@ Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, 
 FieldValue = bool | int | float | str
 # Nanoseconds since the Unix epoch: InfluxDB's native precision, and exact in JSON integers.
 TimestampNs = Annotated[int, Field(ge=0, lt=2**63)]
+# Envelope sequence numbers: stored as SQLite / InfluxDB 64-bit integers on both sides.
+Seq = Annotated[int, Field(ge=0, lt=2**63)]
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _TAG_KEY = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 _TAG_VALUE = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -24,7 +28,8 @@ _TAG_VALUE = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 def is_valid_id(value: str) -> bool:
     """True when `value` may name a site or an agent (and is not reserved)."""
-    return bool(_ID_RE.match(value)) and value not in RESERVED_IDS
+    # fullmatch: with match(), `$` also matches before a trailing newline ("site\n").
+    return bool(_ID_RE.fullmatch(value)) and value not in RESERVED_IDS
 
 
 class Sample(BaseModel):
@@ -39,12 +44,17 @@ class Sample(BaseModel):
 
     @field_validator("fields")
     @classmethod
-    def _finite_numbers(cls, fields: dict[str, FieldValue]) -> dict[str, FieldValue]:
+    def _storable_numbers(cls, fields: dict[str, FieldValue]) -> dict[str, FieldValue]:
         for key, value in fields.items():
-            if isinstance(value, float) and (
-                value != value or value in (float("inf"), float("-inf"))
-            ):
+            if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"field {key!r} is not a finite number")
+            # Line protocol integers are signed 64-bit; InfluxDB rejects the whole batch otherwise.
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and not _INT64_MIN <= value <= _INT64_MAX
+            ):
+                raise ValueError(f"field {key!r} does not fit a 64-bit integer")
         return fields
 
 
@@ -56,9 +66,17 @@ class Envelope(BaseModel):
     schema_: Literal[1] = Field(default=SCHEMA_VERSION, alias="schema")
     site: Identifier
     agent: Identifier
-    seq: Annotated[int, Field(ge=0)]
+    seq: Seq
     sent_at: TimestampNs
     samples: list[Sample]
+
+    @field_validator("schema_", mode="before")
+    @classmethod
+    def _integer_schema(cls, value: object) -> object:
+        # Literal[1] alone accepts true and 1.0, which no agent of ours sends.
+        if type(value) is not int:
+            raise ValueError(f"schema must be an integer, got {type(value).__name__}")
+        return value
 
     @field_validator("site", "agent")
     @classmethod
@@ -86,7 +104,7 @@ class AckMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ranges: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]]
+    ranges: list[tuple[Seq, Seq]]
 
     @field_validator("ranges")
     @classmethod
@@ -96,8 +114,12 @@ class AckMessage(BaseModel):
                 raise ValueError(f"range [{first}, {last}] is reversed")
         return ranges
 
+    def covers(self, seq: int) -> bool:
+        """True when one of the ranges names `seq` (cheap even for a range of millions)."""
+        return any(first <= seq <= last for first, last in self.ranges)
+
     def seqs(self) -> set[int]:
-        """Every seq the ranges name."""
+        """Every seq the ranges name; for small acks only (a range may span millions)."""
         return {seq for first, last in self.ranges for seq in range(first, last + 1)}
 
     @classmethod

@@ -28,9 +28,16 @@ class Topic:
     kind: str
 
 
+def _checked_id(role: str, value: str) -> str:
+    # An id with '/', '+' or '#' would publish to, or subscribe to, someone else's topic.
+    if not is_valid_id(value):
+        raise ValueError(f"{role} id {value!r} is not a valid id ([a-z0-9-]+, not 'alerts')")
+    return value
+
+
 def agent_topic(site: str, agent: str, kind: TopicKind) -> str:
-    """`fieldmon/v1/{site}/{agent}/{kind}`."""
-    return f"{TOPIC_ROOT}/{site}/{agent}/{kind}"
+    """`fieldmon/v1/{site}/{agent}/{kind}`; ValueError for an invalid or reserved id."""
+    return f"{TOPIC_ROOT}/{_checked_id('site', site)}/{_checked_id('agent', agent)}/{kind}"
 
 
 def samples_topic(site: str, agent: str) -> str:
@@ -55,11 +62,11 @@ def ack_topic(site: str, agent: str) -> str:
 
 def alerts_topic(site: str) -> str:
     """The site's retained current alerts, published by the collector."""
-    return f"{TOPIC_ROOT}/{site}/alerts"
+    return f"{TOPIC_ROOT}/{_checked_id('site', site)}/alerts"
 
 
 def subscription(kind: TopicKind, shared_group: str | None = None) -> str:
-    """Wildcard filter for one kind across all sites and agents, optionally as a shared subscription."""
+    """Wildcard filter for one kind across all sites and agents, optionally shared."""
     topic = f"{TOPIC_ROOT}/+/+/{kind}"
     return f"$share/{shared_group}/{topic}" if shared_group else topic
 

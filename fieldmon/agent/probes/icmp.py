@@ -7,13 +7,22 @@ rtt_min_ms, rtt_avg_ms, rtt_p50_ms, rtt_p95_ms, rtt_max_ms, jitter_ms, mos).
 from __future__ import annotations
 
 import ipaddress
+import logging
+import time
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator, model_validator
 
+from fieldmon.agent.stats import summarize
 from fieldmon.config.types import Duration, StrictModel
-from fieldmon.wire.models import Identifier
+from fieldmon.wire.models import Identifier, Sample
+
+if TYPE_CHECKING:
+    # Only a type here: loading site files (`fieldmon-agent validate`) must not import scapy.
+    from fieldmon.agent.probes.icmp_socket import IcmpPinger
+
+logger = logging.getLogger(__name__)
 
 
 class LinkRole(StrEnum):
@@ -62,7 +71,58 @@ class IcmpLinkConfig(StrictModel):
         round_time = (self.count - 1) * self.spacing + self.timeout
         if round_time > self.interval:
             raise ValueError(
-                f"a round of {self.count} echoes {self.spacing:g}s apart plus the {self.timeout:g}s "
-                f"timeout takes {round_time:g}s, longer than the interval {self.interval:g}s"
+                f"a round of {self.count} echoes {self.spacing:g}s apart plus the "
+                f"{self.timeout:g}s timeout takes {round_time:g}s, "
+                f"longer than the interval {self.interval:g}s"
             )
         return self
+
+
+class IcmpProbe:
+    """Measures one link: each `collect()` is one round of echoes, summarised as a `link` row."""
+
+    def __init__(
+        self, config: IcmpLinkConfig, *, pinger: IcmpPinger, site: str, agent: str
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.interval = config.interval
+        self._pinger = pinger
+        self._tags = {
+            "site": site,
+            "agent": agent,
+            "target": config.name,
+            "role": config.role.value,
+        }
+
+    async def collect(self) -> list[Sample]:
+        """One round; a dead or unreachable target gives loss 100, not an exception."""
+        config = self.config
+        started_ns = time.time_ns()
+        result = await self._pinger.round(
+            config.address,
+            count=config.count,
+            spacing=config.spacing,
+            timeout=config.timeout,
+            size=config.size,
+            tos=config.tos,
+            ttl=config.ttl,
+            interface=config.interface,
+        )
+        if result.errors:
+            logger.warning(
+                "echoes to %s could not be sent",
+                config.name,
+                extra={
+                    "target": config.name,
+                    "address": config.address,
+                    "interface": config.interface,
+                    "errors": result.errors,
+                },
+            )
+        stats = summarize(result.sent, result.rtts_ms)
+        return [
+            Sample(
+                measurement="link", tags=dict(self._tags), fields=stats.as_fields(), time=started_ns
+            )
+        ]

@@ -24,6 +24,11 @@ class InfluxV1Config(_InfluxCommon):
     retention_policy: str | None = None
     username: str | None = None
     password_file: SecretFile | None = None
+    # Send bodies of at least this many bytes gzip-compressed (None: never). Off by default: on
+    # loopback gzip cost ~40 % of write throughput (5000-point batch: 61 ms plain, 88 ms gzip);
+    # it shrinks line protocol ~5x, so turn it on when InfluxDB is across a link slower than
+    # about 1 Gbit/s (e.g. 65536).
+    gzip_min_bytes: Annotated[int, Field(ge=0)] | None = None
 
 
 class InfluxV2Config(_InfluxCommon):
@@ -33,6 +38,9 @@ class InfluxV2Config(_InfluxCommon):
     org: Annotated[str, Field(min_length=1)]
     bucket: Annotated[str, Field(min_length=1)]
     token_file: SecretFile | None = None
+    # gzip every write (influxdb-client's switch is all-or-nothing, at gzip's slow default level
+    # 9: ~6x slower writes on loopback); for slow links to a remote InfluxDB only.
+    gzip: bool = False
 
 
 InfluxConfig = Annotated[InfluxV1Config | InfluxV2Config, Field(discriminator="api")]

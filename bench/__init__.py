@@ -1,0 +1,1 @@
+"""Benchmarks that measure fieldmon beside the tools users would pick instead."""

@@ -1,0 +1,242 @@
+"""bench/ingest: envelopes through Mosquitto into the collector and InfluxDB, end to end.
+
+Prints samples/s end to end beside the two ceilings measured in the same run:
+- Mosquitto alone: one paho client publishes the same envelopes QoS 1, another subscribes;
+- InfluxDB alone: the same line protocol POSTed to influxd's /write in batches of 5000.
+The collector's target is at least 50 % of the slower ceiling on one core.
+
+Run: .venv/bin/python -m bench.ingest [--envelopes N] [--samples-per-envelope K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fieldmon.collector.storage.lineprotocol import encode_samples
+from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
+from fieldmon.wire.codec import encode
+from fieldmon.wire.models import Envelope, Sample
+
+SITE, AGENT = "bench-site", "bench-pi"
+TOPIC = f"fieldmon/v1/{SITE}/{AGENT}/samples"
+BIN = Path(sys.executable).parent
+
+
+def realistic_envelopes(count: int, per_envelope: int) -> list[Envelope]:
+    """`link` rows like a busy site's: 100 targets, full statistics, distinct times."""
+    rng = random.Random(7)
+    start = time.time_ns() - 86_400 * 10**9
+    envelopes = []
+    for seq in range(count):
+        samples = []
+        for i in range(per_envelope):
+            rtts = sorted(rng.uniform(1, 80) for _ in range(5))
+            samples.append(
+                Sample(
+                    measurement="link",
+                    tags={
+                        "site": SITE,
+                        "agent": AGENT,
+                        "target": f"link-{i % 100:03d}",
+                        "role": "parent" if i % 100 == 0 else "ap",
+                    },
+                    fields={
+                        "sent": 10,
+                        "received": 10,
+                        "loss_pct": 0.0,
+                        "rtt_min_ms": round(rtts[0], 3),
+                        "rtt_avg_ms": round(sum(rtts) / 5, 3),
+                        "rtt_p50_ms": round(rtts[2], 3),
+                        "rtt_p95_ms": round(rtts[4], 3),
+                        "rtt_max_ms": round(rtts[4], 3),
+                        "jitter_ms": round(rng.uniform(0, 5), 3),
+                        "mos": round(rng.uniform(3.5, 4.4), 3),
+                    },
+                    time=start + (seq * per_envelope + i) * 1_000_000,
+                )
+            )
+        envelopes.append(
+            Envelope(site=SITE, agent=AGENT, seq=seq, sent_at=time.time_ns(), samples=samples)
+        )
+    return envelopes
+
+
+def _client(port: int, client_id: str) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def publish_all(port: int, payloads: list[bytes], client_id: str) -> float:
+    """Publish QoS 1 with a bounded in-flight window; returns the seconds it took."""
+    client = _client(port, client_id)
+    window = threading.Semaphore(1000)
+    client.on_publish = lambda *_args: window.release()
+    started = time.perf_counter()
+    for payload in payloads:
+        window.acquire()
+        client.publish(TOPIC, payload, qos=1)
+    for _ in range(1000):
+        window.acquire()
+    elapsed = time.perf_counter() - started
+    client.loop_stop()
+    client.disconnect()
+    return elapsed
+
+
+def mosquitto_ceiling(port: int, payloads: list[bytes]) -> float:
+    """Envelopes/s from a publisher to a QoS 1 subscriber, nothing else in the path."""
+    done = threading.Event()
+    received = [0]
+
+    def on_message(*_args: object) -> None:
+        received[0] += 1
+        if received[0] == len(payloads):
+            done.set()
+
+    subscriber = _client(port, "bench-ceiling-sub")
+    subscriber.on_message = on_message
+    subscriber.subscribe(TOPIC, qos=1)
+    time.sleep(0.5)
+    started = time.perf_counter()
+    publish_all(port, payloads, "bench-ceiling-pub")
+    done.wait(timeout=600)
+    elapsed = time.perf_counter() - started
+    subscriber.loop_stop()
+    subscriber.disconnect()
+    return len(payloads) / elapsed
+
+
+async def influx_ceiling(url: str, database: str, bodies: list[bytes], points: int) -> float:
+    """Points/s POSTed to /write from one client, batches of the collector's size."""
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        for body in bodies:
+            async with session.post(
+                f"{url}/write", params={"db": database, "precision": "ns"}, data=body
+            ) as reply:
+                if reply.status != 204:
+                    raise RuntimeError(f"influxd /write answered {reply.status}")
+        return points / (time.perf_counter() - started)
+
+
+def _written(http_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("fieldmon_points_written_total"):
+                return float(line.split()[-1])
+    return 0.0
+
+
+def end_to_end(
+    workdir: Path, mosquitto: MosquittoServer, influxd: InfluxdServer, payloads: list[bytes],
+    samples: int,
+) -> tuple[float, float]:
+    """Samples/s from the first publish until the collector reports all written; CPU share."""
+    sites = workdir / "site_configs"
+    sites.mkdir()
+    (sites / f"{SITE}.yaml").write_text(
+        f"site: {SITE}\nname: Bench\nparent_hospital: bench-hospital\n"
+        f"agent: {{id: {AGENT}, broker: {{host: 127.0.0.1, port: {mosquitto.port}}}}}\n"
+    )
+    http_port = free_port()
+    config = workdir / "collector.yaml"
+    config.write_text(
+        f"broker: {{host: 127.0.0.1, port: {mosquitto.port}, client_id: bench-collector}}\n"
+        f'influxdb: {{api: v1, url: "{influxd.url}", database: bench_e2e}}\n'
+        f"site_configs: ./site_configs\nhttp: {{listen: '127.0.0.1:{http_port}'}}\n"
+        "data_dir: ./collector-data\n"
+    )
+    log = (workdir / "collector.log").open("wb")
+    collector = subprocess.Popen(
+        [str(BIN / "fieldmon-collector"), "run", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                _written(http_port)
+                break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(1.0)  # let it subscribe
+        process = psutil.Process(collector.pid)
+        cpu_before = sum(process.cpu_times()[:2])
+        started = time.perf_counter()
+        publish_all(mosquitto.port, payloads, "bench-agent")
+        while _written(http_port) < samples:
+            if time.perf_counter() - started > 600:
+                raise RuntimeError("the collector did not write everything within 10 minutes")
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        cpu = sum(process.cpu_times()[:2]) - cpu_before
+    finally:
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(timeout=30)
+    return samples / elapsed, cpu / elapsed
+
+
+def main() -> None:
+    """Run the three measurements and print one table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envelopes", type=int, default=2000)
+    parser.add_argument("--samples-per-envelope", type=int, default=100)
+    args = parser.parse_args()
+    envelopes = realistic_envelopes(args.envelopes, args.samples_per_envelope)
+    payloads = [encode(envelope) for envelope in envelopes]
+    samples = args.envelopes * args.samples_per_envelope
+    all_samples = [sample for envelope in envelopes for sample in envelope.samples]
+    bodies = [encode_samples(all_samples[i : i + 5000]) for i in range(0, samples, 5000)]
+
+    with tempfile.TemporaryDirectory(prefix="fieldmon-bench-") as tmp:
+        workdir = Path(tmp)
+        with MosquittoServer(workdir / "mosquitto") as mosquitto, InfluxdServer(
+            workdir / "influxd"
+        ) as influxd:
+            influxd.create_database("bench_ceiling")
+            mqtt_rate = mosquitto_ceiling(mosquitto.port, payloads) * args.samples_per_envelope
+            influx_rate = asyncio.run(
+                influx_ceiling(influxd.url, "bench_ceiling", bodies, samples)
+            )
+            e2e_rate, cpu_share = end_to_end(workdir, mosquitto, influxd, payloads, samples)
+    slower = min(mqtt_rate, influx_rate)
+    result = {
+        "envelopes": args.envelopes,
+        "samples_per_envelope": args.samples_per_envelope,
+        "payload_bytes_avg": round(sum(map(len, payloads)) / len(payloads)),
+        "mosquitto_alone_samples_per_s": round(mqtt_rate),
+        "influxd_write_alone_points_per_s": round(influx_rate),
+        "fieldmon_end_to_end_samples_per_s": round(e2e_rate),
+        "collector_cpu_cores": round(cpu_share, 2),
+        "ratio_to_slower_ceiling": round(e2e_rate / slower, 2),
+        "cpus": os.cpu_count(),
+    }
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

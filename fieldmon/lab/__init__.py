@@ -1,0 +1,1 @@
+"""The simulated field hospital on one machine: real servers, namespaces, impaired links."""

@@ -1,0 +1,519 @@
+"""Real Mosquitto, influxd and VictoriaMetrics processes on loopback ports, for tests, bench, demo.
+
+Each server runs from a directory of our own (its config, data and log live there), listens on
+an ephemeral port on 127.0.0.1 and is stopped by the PID we started: SIGTERM, a wait, then
+SIGKILL of that same PID. Nothing here ever signals a process it did not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+LOOPBACK = "127.0.0.1"
+_BIND_FAILURE_MARKERS = ("already in use", "bind: permission denied")
+_START_ATTEMPTS = 4
+_LOG_TAIL_CHARS = 4000
+
+
+class ServerStartError(RuntimeError):
+    """A server did not become ready; the message carries the tail of its log."""
+
+
+class ServerQueryError(RuntimeError):
+    """A server answered a helper's request with an error."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that was free a moment ago (the caller retries if another process takes it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def tcp_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def listens_on(pid: int, port: int, host: str = LOOPBACK) -> bool:
+    """True when process `pid` itself holds a listening TCP socket on host:port (Linux /proc).
+
+    Readiness checks use it so that another program that grabbed the port between free_port()
+    and the server's bind is never mistaken for our server.
+    """
+    ip_hex = socket.inet_aton(host)[::-1].hex().upper()
+    wanted = f"{ip_hex}:{port:04X}"
+    inodes = set()
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as table:
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                if fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+        fds = Path(f"/proc/{pid}/fd")
+        return any(os.readlink(fd) in inodes for fd in fds.iterdir()) if inodes else False
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _http_status(url: str, timeout: float = 1.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _tail(path: Path, chars: int = _LOG_TAIL_CHARS) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - chars))
+            return handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+class _ServerProcess:
+    """Start / wait-until-ready / stop-by-PID, shared by every server kind."""
+
+    name = "server"
+
+    def __init__(self, directory: Path | str, *, startup_timeout: float = 30.0) -> None:
+        self.directory = Path(directory)
+        self.startup_timeout = startup_timeout
+        self.host = LOOPBACK
+        self.process: subprocess.Popen[bytes] | None = None
+        self.startup_seconds: float | None = None  # how long the last start() took
+        self._fixed_ports = False
+
+    # Subclasses fill these in.
+    def _choose_ports(self) -> None:
+        raise NotImplementedError
+
+    def _prepare(self) -> list[str]:
+        """Write the config for the chosen ports; return the command line."""
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log: its captured stdout and stderr, unless it writes a log of its own."""
+        return self.directory / f"{self.name}.log"
+
+    @property
+    def _output_path(self) -> Path:
+        return self.log_path
+
+    @property
+    def pid(self) -> int | None:
+        """The PID of the running server, or None when it is not running."""
+        return self.process.pid if self.process is not None else None
+
+    def running(self) -> bool:
+        """True while the process we started has not exited."""
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> Self:
+        """Start the server and return once it answers; retries on a port taken meanwhile."""
+        if self.running():
+            raise ServerStartError(f"{self.name} is already running as PID {self.pid}")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        for attempt in range(_START_ATTEMPTS):
+            if attempt or not self._has_ports():
+                self._choose_ports()
+            if self._launch_and_wait():
+                self.startup_seconds = time.monotonic() - started
+                return self
+            if self._fixed_ports:
+                break
+        raise ServerStartError(
+            f"{self.name} could not bind its ports after {_START_ATTEMPTS} attempts\n"
+            + self._log_tails()
+        )
+
+    def _has_ports(self) -> bool:
+        return getattr(self, "port", None) is not None
+
+    def _launch_and_wait(self) -> bool:
+        """True when ready; False when it exited because a port was taken; raises otherwise."""
+        command = self._prepare()
+        offsets = {path: _size(path) for path in (self.log_path, self._output_path)}
+        with self._output_path.open("ab") as output:
+            self.process = subprocess.Popen(
+                command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.directory,
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.process = None
+                # Only this launch's output counts: an earlier run may have logged a bind error.
+                fresh = "".join(_read_from(path, offset) for path, offset in offsets.items())
+                if any(marker in fresh.lower() for marker in _BIND_FAILURE_MARKERS):
+                    return False
+                logs = self._log_tails()
+                raise ServerStartError(f"{self.name} exited during start-up\n{logs}")
+            if self._ready():
+                return True
+            time.sleep(0.05)
+        self.stop()
+        raise ServerStartError(
+            f"{self.name} did not answer within {self.startup_timeout:g}s\n{self._log_tails()}"
+        )
+
+    def _log_tails(self) -> str:
+        parts = []
+        for path in dict.fromkeys((self.log_path, self._output_path)):
+            text = _tail(path)
+            if text:
+                parts.append(f"--- tail of {path} ---\n{text}")
+        return "\n".join(parts) or f"(no log output in {self.directory})"
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM our PID, wait up to `timeout`, then SIGKILL that PID; returns the exit code."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                return process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        return process.wait()
+
+    def kill(self) -> int | None:
+        """SIGKILL our PID at once, as a crash would (no clean shutdown, no final save)."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.kill()
+        return process.wait()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class MosquittoServer(_ServerProcess):
+    """`mosquitto -c FILE` with a listener on 127.0.0.1, persistence and its log in `directory`.
+
+    Settings are attributes read at each start(), so a test can change one and restart; a
+    restart keeps the port, so clients reconnect to the same address.
+    """
+
+    name = "mosquitto"
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        port: int | None = None,
+        allow_anonymous: bool = True,
+        password_file: Path | None = None,
+        acl_file: Path | None = None,
+        persistence: bool = True,
+        max_queued_messages: int | None = None,
+        extra_config: str = "",
+        startup_timeout: float = 15.0,
+    ) -> None:
+        super().__init__(directory, startup_timeout=startup_timeout)
+        self.port = port
+        self._fixed_ports = port is not None
+        self.allow_anonymous = allow_anonymous
+        self.password_file = password_file
+        self.acl_file = acl_file
+        self.persistence = persistence
+        self.max_queued_messages = max_queued_messages
+        self.extra_config = extra_config
+
+    @property
+    def config_path(self) -> Path:
+        """The config file written at each start."""
+        return self.directory / "mosquitto.conf"
+
+    @property
+    def _output_path(self) -> Path:
+        # Mosquitto logs to log_path itself; stdout/stderr only carry early config errors.
+        return self.directory / "mosquitto.out"
+
+    def _choose_ports(self) -> None:
+        self.port = free_port()
+
+    def config_text(self) -> str:
+        """The mosquitto.conf this server starts with."""
+        lines = [
+            f"listener {self.port} {LOOPBACK}",
+            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.directory}/",
+        ]
+        if os.geteuid() == 0:
+            # As root Mosquitto would switch to the `mosquitto` user, which cannot write our
+            # (root-owned, private) temporary directory; "root" tells it to stay as it is.
+            lines.append("user root")
+        if self.password_file is not None:
+            lines.append(f"password_file {self.password_file}")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        if self.max_queued_messages is not None:
+            lines.append(f"max_queued_messages {self.max_queued_messages}")
+        if self.extra_config:
+            lines.append(self.extra_config.strip())
+        return "\n".join(lines) + "\n"
+
+    def _prepare(self) -> list[str]:
+        self.config_path.write_text(self.config_text(), encoding="utf-8")
+        return ["mosquitto", "-c", str(self.config_path)]
+
+    def _ready(self) -> bool:
+        assert self.process is not None and self.port is not None
+        return listens_on(self.process.pid, self.port)
+
+
+class InfluxdServer(_ServerProcess):
+    """InfluxDB 1.6 (`influxd -config FILE`): HTTP API on 127.0.0.1, data in `directory`."""
+
+    name = "influxd"
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        port: int | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(directory, startup_timeout=startup_timeout)
+        self.port = port
+        self.rpc_port: int | None = None
+        self._fixed_ports = port is not None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API, e.g. http://127.0.0.1:40123."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        """The config file written at each start."""
+        return self.directory / "influxd.conf"
+
+    def _choose_ports(self) -> None:
+        if not self._fixed_ports or self.port is None:
+            self.port = free_port()
+        self.rpc_port = free_port()
+
+    def _has_ports(self) -> bool:
+        return self.port is not None and self.rpc_port is not None
+
+    def config_text(self) -> str:
+        """The influxd.conf this server starts with."""
+        data = self.directory
+        return f"""\
+reporting-disabled = true
+# The RPC service (backup/restore) defaults to :8088 on every address; keep it on loopback.
+bind-address = "{LOOPBACK}:{self.rpc_port}"
+
+[meta]
+  dir = "{data / "meta"}"
+
+[data]
+  dir = "{data / "data"}"
+  wal-dir = "{data / "wal"}"
+  query-log-enabled = false
+
+[http]
+  enabled = true
+  bind-address = "{LOOPBACK}:{self.port}"
+  log-enabled = false
+
+[monitor]
+  store-enabled = false
+"""
+
+    def _prepare(self) -> list[str]:
+        self.config_path.write_text(self.config_text(), encoding="utf-8")
+        return ["influxd", "-config", str(self.config_path)]
+
+    def _ready(self) -> bool:
+        assert self.process is not None and self.port is not None
+        return listens_on(self.process.pid, self.port) and _http_status(f"{self.url}/ping") == 204
+
+    def _post(self, path: str, params: dict[str, str], body: bytes | None = None) -> bytes:
+        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+        request = urllib.request.Request(url, data=body or b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return bytes(reply.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", errors="replace")
+            raise ServerQueryError(f"influxd {path} answered {exc.code}: {detail}") from exc
+
+    def query(self, q: str, db: str | None = None) -> list[dict[str, Any]]:
+        """Rows of every series the InfluxQL query returns, each as {column: value}.
+
+        `time` is integer nanoseconds since the epoch. With `GROUP BY *` (or `GROUP BY tag`)
+        InfluxDB moves the grouped tags out of the columns into each series' `tags`; they are
+        merged back into every row, so a row always carries its tags either way. Statements that
+        return no series (CREATE, DROP) give []. An error in any statement raises.
+        """
+        params = {"q": q, "epoch": "ns"}
+        if db is not None:
+            params["db"] = db
+        answer = json.loads(self._post("/query", params))
+        rows: list[dict[str, Any]] = []
+        for result in answer.get("results", []):
+            if "error" in result:
+                raise ServerQueryError(f"influxd query {q!r}: {result['error']}")
+            for series in result.get("series", []):
+                tags = series.get("tags") or {}
+                for values in series.get("values", []):
+                    row = dict(zip(series["columns"], values, strict=True))
+                    row.update(tags)
+                    rows.append(row)
+        return rows
+
+    def create_database(self, name: str) -> None:
+        """CREATE DATABASE (idempotent in InfluxDB 1.x)."""
+        self.query(f'CREATE DATABASE "{_influxql_ident(name)}"')
+
+    def write(self, lines: str, db: str) -> None:
+        """POST line protocol (nanosecond timestamps) to /write."""
+        self._post("/write", {"db": db, "precision": "ns"}, lines.encode("utf-8"))
+
+
+def _influxql_ident(name: str) -> str:
+    return name.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class VictoriaMetricsServer(_ServerProcess):
+    """Debian's `victoria-metrics`: a real server for InfluxDB line protocol on /api/v2/write.
+
+    VictoriaMetrics names each influx field `{measurement}_{field}`, keeps tags as labels (plus
+    a `db` label from the `db` query parameter), stores millisecond timestamps and turns
+    booleans into 1/0 and strings into 0. It silently drops rows older than its retention,
+    which we set to 100 years.
+    """
+
+    name = "victoria-metrics"
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        port: int | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(directory, startup_timeout=startup_timeout)
+        self.port = port
+        self._fixed_ports = port is not None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API."""
+        return f"http://{self.host}:{self.port}"
+
+    def _choose_ports(self) -> None:
+        self.port = free_port()
+
+    def _prepare(self) -> list[str]:
+        return [
+            "victoria-metrics",
+            f"-httpListenAddr={LOOPBACK}:{self.port}",
+            f"-storageDataPath={self.directory / 'data'}",
+            # Tests write and read back at once: no stale cached answers between them.
+            "-search.disableCache",
+            # Keep rows of any age, so tests and the demo may write fixed, old timestamps.
+            "-retentionPeriod=100y",
+            "-loggerOutput=stderr",
+        ]
+
+    def _ready(self) -> bool:
+        assert self.process is not None and self.port is not None
+        return listens_on(self.process.pid, self.port) and _http_status(f"{self.url}/health") == 200
+
+    def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> bytes:
+        url = f"{self.url}{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as reply:
+                return bytes(reply.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", errors="replace")
+            raise ServerQueryError(
+                f"victoria-metrics {path} answered {exc.code}: {detail}"
+            ) from exc
+
+    def flush(self) -> None:
+        """Make everything written so far searchable (VictoriaMetrics buffers new rows ~1 s)."""
+        self._get("/internal/force_flush")
+
+    def export(self, match: str = '{__name__!=""}') -> list[dict[str, Any]]:
+        """Every series matching the selector: {"metric": labels, "values", "timestamps" (ms)}."""
+        self.flush()
+        # start=0: without it the export covers only recent data on some versions.
+        body = self._get("/api/v1/export", [("match[]", match), ("start", "0")])
+        return [json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip()]
+
+
+def stop_quietly(server: _ServerProcess) -> None:
+    """Stop a server from a finalizer without masking the test's own failure."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        server.stop()

@@ -1,0 +1,174 @@
+"""Shared fixtures: real Mosquitto, influxd and VictoriaMetrics on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from fieldmon.lab.servers import (
+    InfluxdServer,
+    MosquittoServer,
+    ServerQueryError,
+    VictoriaMetricsServer,
+)
+
+# A test that uses any of these starts a real server, so it is an integration test.
+_SERVER_FIXTURES = frozenset({"mosquitto", "influxd", "influx_db", "victoria_metrics"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a server fixture `integration` (`-m "not integration"`)."""
+    for item in items:
+        if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
+    """A fresh broker per test (anonymous, persistent) with its files in the test's tmp_path."""
+    server = MosquittoServer(tmp_path / "mosquitto")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxdServer]:
+    """One influxd for the session; tests isolate themselves with `influx_db`."""
+    server = InfluxdServer(tmp_path_factory.mktemp("influxd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def influx_db(influxd: InfluxdServer) -> Iterator[str]:
+    """The name of a new, empty database on the session influxd, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    influxd.create_database(name)
+    yield name
+    # Dropping keeps the session server small; a failure here must not hide the test's result.
+    if influxd.running():
+        with contextlib.suppress(ServerQueryError):
+            influxd.query(f'DROP DATABASE "{name}"')
+
+
+@pytest.fixture(scope="session")
+def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetricsServer]:
+    """One VictoriaMetrics for the session; tests tell their series apart by unique labels."""
+    server = VictoriaMetricsServer(tmp_path_factory.mktemp("victoria-metrics"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Reply:
+    """What the fake server answers: status, headers, body, after an optional delay."""
+
+    status: int = 204
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class Seen:
+    """One request the fake server received (the body inflated if it came gzipped)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+class FakeInflux:
+    """A real aiohttp server on 127.0.0.1 answering every request with `reply`; records them.
+
+    It runs its own event loop in a thread, so the code under test can use asyncio.run().
+    """
+
+    def __init__(self) -> None:
+        self.reply = Reply()
+        self.requests: list[Seen] = []
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-influx")
+
+    def answer(
+        self,
+        status: int,
+        body: bytes | str = b"",
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Answer every following request like this."""
+        data = body.encode() if isinstance(body, str) else body
+        self.reply = Reply(status, data, headers or {}, delay)
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:40123."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        # aiohttp inflates a gzip body itself (and refuses one that is not valid gzip).
+        body = await request.read()
+        self.requests.append(
+            Seen(request.method, request.path, dict(request.query), dict(request.headers), body)
+        )
+        reply = self.reply
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server  # aiohttp offers no public accessor for the bound port
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    def start(self) -> FakeInflux:
+        """Serve in the background thread until stop()."""
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        """Close the server and its loop."""
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+@pytest.fixture
+def fake_influx() -> Iterator[FakeInflux]:
+    """An HTTP server on loopback whose answers the test chooses (`fake_influx.reply = ...`)."""
+    server = FakeInflux().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,176 @@
+"""One site end to end on real servers: agent -> Mosquitto -> collector -> influxd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fieldmon.lab.netns import silent_host
+from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
+
+BIN = Path(sys.executable).parent
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets and namespaces need root"),
+]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=timeout)
+
+
+@pytest.fixture
+def silent_address() -> Iterator[str]:
+    """An address inside a namespace of our own whose host never answers echoes."""
+    with silent_host(f"fm-e2e-{os.getpid()}") as address:
+        yield address
+
+
+def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_agent_to_influxdb_through_mosquitto(
+    tmp_path: Path,
+    mosquitto: MosquittoServer,
+    influxd: InfluxdServer,
+    influx_db: str,
+    silent_address: str,
+) -> None:
+    sites = tmp_path / "site_configs"
+    sites.mkdir()
+    outbox = tmp_path / "agent" / "outbox.db"
+    site_file = _write(
+        sites / "e2e-site.yaml",
+        f"""
+site: e2e-site
+name: "End-to-end test site"
+parent_hospital: test-hospital
+agent:
+  id: e2e-pi
+  broker: {{host: 127.0.0.1, port: {mosquitto.port}}}
+  outbox: {{path: {outbox}}}
+  linger: 100ms
+links:
+  - {{name: loopback, address: 127.0.0.1, role: gateway, interval: 1s, count: 5,
+     spacing: 50ms, timeout: 500ms}}
+  - {{name: parent-silent, address: {silent_address}, role: parent, interval: 1s, count: 5,
+     spacing: 50ms, timeout: 500ms}}
+""",
+    )
+    http_port = free_port()
+    collector_file = _write(
+        tmp_path / "collector.yaml",
+        f"""
+broker: {{host: 127.0.0.1, port: {mosquitto.port}, client_id: e2e-collector}}
+influxdb: {{api: v1, url: "{influxd.url}", database: {influx_db}, flush_interval: 200ms}}
+site_configs: ./site_configs
+http: {{listen: "127.0.0.1:{http_port}"}}
+data_dir: ./collector-data
+""",
+    )
+    collector = _start(
+        [str(BIN / "fieldmon-collector"), "run", "--config", str(collector_file)],
+        tmp_path / "collector.log",
+    )
+    agent = _start(
+        [str(BIN / "fieldmon-agent"), "run", "--config", str(site_file)], tmp_path / "agent.log"
+    )
+    try:
+
+        def rows() -> dict[str, dict[str, object]]:
+            found = influxd.query(
+                'SELECT * FROM "link" WHERE site = \'e2e-site\' GROUP BY * ORDER BY time DESC '
+                "LIMIT 1",
+                db=influx_db,
+            )
+            by_target = {str(row["target"]): row for row in found}
+            return by_target if {"loopback", "parent-silent"} <= set(by_target) else {}
+
+        latest = _wait_for(rows, 30, "link rows for both targets in influxd")
+        loop_row, silent_row = latest["loopback"], latest["parent-silent"]
+        for row, role in ((loop_row, "gateway"), (silent_row, "parent")):
+            assert row["site"] == "e2e-site"
+            assert row["agent"] == "e2e-pi"
+            assert row["role"] == role
+            assert row["sent"] == 5
+        assert loop_row["loss_pct"] == 0
+        assert loop_row["received"] == 5
+        assert 0 < float(loop_row["rtt_p50_ms"]) < 50  # type: ignore[arg-type]
+        assert silent_row["loss_pct"] == 100
+        assert silent_row["received"] == 0
+        assert silent_row.get("rtt_avg_ms") is None
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as reply:
+            assert json.loads(reply.read())["status"] == "ok"
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as reply:
+            metrics = reply.read().decode()
+        written = [
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("fieldmon_points_written_total")
+        ]
+        assert written and written[0] >= 2
+    finally:
+        agent_status = _stop(agent)
+        collector_status = _stop(collector)
+    logs = f"agent log:\n{(tmp_path / 'agent.log').read_text()[-3000:]}"
+    assert agent_status == 0, logs
+    assert collector_status == 0, (tmp_path / "collector.log").read_text()[-3000:]
+
+    # Everything the agent committed was acknowledged end to end, so its outbox is empty
+    # (or holds only what it measured in the last moments before SIGTERM).
+    with sqlite3.connect(outbox) as db:
+        left = db.execute("SELECT COUNT(*) FROM envelopes").fetchone()[0]
+        next_seq = db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]
+    assert next_seq >= 2
+    assert left <= 1, logs
+
+    # A clean stop leaves the retained status "offline" (the agent published it itself).
+    assert _retained_status(mosquitto.port)["state"] == "offline"
+
+
+def _retained_status(port: int) -> dict[str, object]:
+    received: list[bytes] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = lambda _c, _u, message: received.append(message.payload)
+    client.connect("127.0.0.1", port)
+    client.subscribe("fieldmon/v1/e2e-site/e2e-pi/status", qos=1)
+    client.loop_start()
+    try:
+        _wait_for(lambda: received, 5, "the retained status message")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return json.loads(received[0])
