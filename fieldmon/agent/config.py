@@ -81,6 +81,9 @@ class SiteConfig(StrictModel):
         return items
 
 
-def load_site_config(path: Path | str) -> SiteConfig:
-    """Load and validate a site file; raises ConfigError naming file, field and line."""
-    return load_model(path, SiteConfig)
+def load_site_config(path: Path | str, *, check_files: bool = True) -> SiteConfig:
+    """Load and validate a site file; raises ConfigError naming file, field and line.
+
+    `check_files=False` is for the collector's inventory, which does not hold agents' secrets.
+    """
+    return load_model(path, SiteConfig, check_files=check_files)

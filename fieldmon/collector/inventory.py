@@ -34,7 +34,7 @@ def load_inventory(folder: Path) -> Inventory:
         return inventory
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         try:
-            config = load_site_config(path)
+            config = load_site_config(path, check_files=False)
         except ConfigError as exc:
             inventory.problems.extend(str(issue) for issue in exc.issues)
             logger.error("skipped an invalid site file", extra={"errors": str(exc)})

@@ -12,11 +12,13 @@ unique-local fd00::/8 prefix (RFC 4193) for IPv6.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -223,3 +225,13 @@ def remove_stale(prefix: str = PREFIX) -> list[str]:
             _delete_namespace(name, check=False)
             removed.append(name)
     return removed
+
+
+@contextlib.contextmanager
+def silent_host(tag: str = "silent") -> Iterator[str]:
+    """A host in a namespace of our own, reachable from the root namespace, that never answers
+    echoes; yields its IPv4 address and deletes everything on exit."""
+    with Namespace(unique_name(tag)) as far:
+        link = veth(None, far)
+        far.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
+        yield str(link.b_v4.ip)

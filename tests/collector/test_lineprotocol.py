@@ -131,13 +131,15 @@ INFLUX_MAX_TIME = 2**63 - 2
 
 
 def _samples(
-    text: st.SearchStrategy[str] = _TEXT, max_time: int = 2**63 - 1
+    text: st.SearchStrategy[str] = _TEXT,
+    max_time: int = 2**63 - 1,
+    field_keys: st.SearchStrategy[str] | None = None,
 ) -> st.SearchStrategy[Sample]:
     return st.builds(
         Sample,
         measurement=st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z"),
         tags=st.dictionaries(text, text, max_size=4),
-        fields=st.dictionaries(text, _FIELD_VALUES, min_size=1, max_size=4),
+        fields=st.dictionaries(field_keys or text, _FIELD_VALUES, min_size=1, max_size=4),
         time=st.integers(min_value=0, max_value=max_time),
     )
 
@@ -181,13 +183,18 @@ def _stored_as(text: str) -> str:
 _measurements = (f"m{n}" for n in itertools.count())
 # influxd drops the key `time`, and a tag key equal to a field key makes an ambiguous row.
 _ROUND_TRIP_TEXT = _TEXT.filter(lambda text: text != "time")
+# influxd 1.x unescapes `\"` in field keys too, and an odd run of backslashes before an escaped
+# character there breaks the line: field keys (fixed names in probe code) get no backslashes here.
+_ROUND_TRIP_FIELD_KEYS = _ROUND_TRIP_TEXT.map(lambda text: text.replace("\\", "/"))
 
 
 @pytest.mark.integration
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(sample=_samples(_ROUND_TRIP_TEXT, max_time=INFLUX_MAX_TIME))
+@given(
+    sample=_samples(_ROUND_TRIP_TEXT, max_time=INFLUX_MAX_TIME, field_keys=_ROUND_TRIP_FIELD_KEYS)
+)
 def test_influxd_stores_exactly_what_was_sampled(
     sample: Sample, influxd: InfluxdServer, influx_db: str
 ) -> None:
@@ -196,6 +203,9 @@ def test_influxd_stores_exactly_what_was_sampled(
         len(set(map(_stored_as, [*sample.tags, *sample.fields])))
         == len(sample.tags) + len(sample.fields)
     )
+    # influxd skips NULs like blanks before the field section, so a first field key that starts
+    # with NUL loses it there (a server quirk no escape avoids; the wire model could refuse it).
+    assume(not any(key.startswith("\x00") for key in sample.fields))
     measurement = next(_measurements)
     sample = sample.model_copy(update={"measurement": measurement})
     influxd.write(encode_sample(sample), db=influx_db)

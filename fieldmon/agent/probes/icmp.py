@@ -1,7 +1,11 @@
 """ICMP echo rounds to a link's far end.
 
-Emits `link` (tags: site, agent, target, role | fields: sent, received, loss_pct,
-rtt_min_ms, rtt_avg_ms, rtt_p50_ms, rtt_p95_ms, rtt_max_ms, jitter_ms, mos).
+Emits one `link` row per round, timestamped at the round's start (ns since the epoch):
+- tags: site, agent, target (the link's name), role (parent, internet, gateway, ap)
+- fields: sent, received (integer echoes); loss_pct (percent); rtt_min_ms, rtt_avg_ms,
+  rtt_p50_ms, rtt_p95_ms, rtt_max_ms (milliseconds, left out when nothing answered);
+  jitter_ms (milliseconds, left out with fewer than two replies); mos (E-model score,
+  1.0 to 4.5). Definitions: fieldmon.agent.stats.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from fieldmon.agent.stats import summarize
 from fieldmon.config.types import Duration, StrictModel
-from fieldmon.wire.models import Identifier, Sample
+from fieldmon.wire.models import FieldValue, Identifier, Sample
 
 if TYPE_CHECKING:
     # Only a type here: loading site files (`fieldmon-agent validate`) must not import scapy.
@@ -120,9 +124,5 @@ class IcmpProbe:
                     "errors": result.errors,
                 },
             )
-        stats = summarize(result.sent, result.rtts_ms)
-        return [
-            Sample(
-                measurement="link", tags=dict(self._tags), fields=stats.as_fields(), time=started_ns
-            )
-        ]
+        fields: dict[str, FieldValue] = {**summarize(result.sent, result.rtts_ms).as_fields()}
+        return [Sample(measurement="link", tags=dict(self._tags), fields=fields, time=started_ns)]

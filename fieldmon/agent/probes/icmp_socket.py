@@ -43,9 +43,12 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["raw", "datagram"]
 
-ECHO_REQUEST = {socket.AF_INET: 8, socket.AF_INET6: 128}
-ECHO_REPLY = {socket.AF_INET: 0, socket.AF_INET6: 129}
-_PROTO = {socket.AF_INET: socket.IPPROTO_ICMP, socket.AF_INET6: socket.IPPROTO_ICMPV6}
+ECHO_REQUEST: dict[int, int] = {socket.AF_INET: 8, socket.AF_INET6: 128}
+ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
+_PROTO: dict[int, int] = {
+    socket.AF_INET: socket.IPPROTO_ICMP,
+    socket.AF_INET6: socket.IPPROTO_ICMPV6,
+}
 
 # Linux constants Python's socket module does not export.
 _SOL_RAW = 255
@@ -523,7 +526,7 @@ def _rtt_ns(echo: _Echo, ancdata: list[tuple[int, int, bytes]], read_perf_ns: in
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS:
             seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            kernel_rtt = seconds * 1_000_000_000 + nanoseconds - echo.sent_wall_ns
+            kernel_rtt: int = seconds * 1_000_000_000 + nanoseconds - echo.sent_wall_ns
             if 0 <= kernel_rtt <= monotonic_rtt:
                 return kernel_rtt
     return monotonic_rtt
