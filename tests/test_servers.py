@@ -166,6 +166,14 @@ def test_a_fixed_port_that_is_taken_fails_with_the_reason(tmp_path: Path) -> Non
             broker.start()
 
 
+def test_a_readiness_timeout_stops_the_server_and_says_so(tmp_path: Path) -> None:
+    server = InfluxdServer(tmp_path, startup_timeout=0.001)
+    with pytest.raises(ServerStartError, match="did not answer within"):
+        server.start()
+    assert not server.running()
+    assert server.pid is None
+
+
 def test_stop_ends_only_our_process(tmp_path: Path) -> None:
     broker = MosquittoServer(tmp_path).start()
     pid = broker.pid
@@ -194,6 +202,7 @@ def test_influxd_write_and_query(influxd: InfluxdServer, influx_db: str) -> None
         "target": "gw",
     }
     assert by_target["ap"]["rtt_avg_ms"] == 3.25
+    assert "Listening on HTTP" in influxd.log_path.read_text()
     flat = influxd.query("SELECT sent, target FROM link", db=influx_db)
     assert [(row["time"], row["target"]) for row in flat] == [
         (1700000000000000001, "gw"),
@@ -224,3 +233,4 @@ def test_victoria_metrics_accepts_v2_writes(victoria_metrics: VictoriaMetricsSer
     assert found["link_sent"]["values"] == [10]
     assert found["link_loss_pct"]["timestamps"] == [stamp // 10**6]
     assert found["link_loss_pct"]["metric"]["target"] == "gw"
+    assert "starting http server at" in victoria_metrics.log_path.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -50,8 +51,6 @@ def encode(message: BaseModel) -> bytes:
 
 def _schema_version(payload: bytes) -> object:
     """Best-effort read of the `schema` key, to tell a newer agent from a broken one."""
-    import json
-
     try:
         document = json.loads(payload)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError

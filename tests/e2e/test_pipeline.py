@@ -47,7 +47,7 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
 @pytest.fixture
 def silent_address() -> Iterator[str]:
     """An address inside a namespace of our own whose host never answers echoes."""
-    with silent_host(f"fm-e2e-{os.getpid()}") as address:
+    with silent_host("e2e") as address:
         yield address
 
 
@@ -111,7 +111,7 @@ data_dir: ./collector-data
 
         def rows() -> dict[str, dict[str, object]]:
             found = influxd.query(
-                'SELECT * FROM "link" WHERE site = \'e2e-site\' GROUP BY * ORDER BY time DESC '
+                "SELECT * FROM \"link\" WHERE site = 'e2e-site' GROUP BY * ORDER BY time DESC "
                 "LIMIT 1",
                 db=influx_db,
             )
@@ -154,7 +154,7 @@ data_dir: ./collector-data
     with sqlite3.connect(outbox) as db:
         left = db.execute("SELECT COUNT(*) FROM envelopes").fetchone()[0]
         next_seq = db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]
-    assert next_seq >= 2
+    assert next_seq >= 1
     assert left <= 1, logs
 
     # A clean stop leaves the retained status "offline" (the agent published it itself).

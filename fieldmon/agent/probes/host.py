@@ -1,16 +1,33 @@
 """Health of the agent's own host (psutil) and Pi firmware.
 
-Emits `host` (tags: site, agent | fields: cpu_pct, mem_pct, disk_pct, temp_c, undervoltage,
-throttled, outbox_depth, uptime_s).
+Emits one `host` row per run, timestamped at the run's start (ns since the epoch):
+- tags: site, agent
+- fields: cpu_pct (percent of all cores since the previous run), mem_pct (percent of RAM in use),
+  disk_pct (percent used of the filesystem holding `disk_path`), uptime_s (seconds since boot,
+  float), temp_c (SoC / CPU temperature in degrees Celsius, from the kernel's sensors, else from
+  vcgencmd), undervoltage (bool, the Pi's supply is under-voltage now), throttled (bool, the Pi
+  firmware caps, throttles or soft-limits the CPU now), outbox_depth (integer samples waiting
+  to be acknowledged). A field the host cannot measure (no sensor, not a Pi, no outbox) is left
+  out, never sent as a fake 0.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
+import psutil
 from pydantic import Field
 
 from fieldmon.config.types import Duration, StrictModel
+from fieldmon.firmware_hooks.pi import PiFirmware, PiHealth
+from fieldmon.wire.models import FieldValue, Sample
+
+# Kernel sensor chips that measure the SoC / CPU die, most specific first: the Pi's thermal zone,
+# Intel's and AMD's package sensors, then the generic ACPI zone.
+_CPU_SENSORS = ("cpu_thermal", "coretemp", "k10temp", "soc_thermal", "acpitz")
 
 
 class HostConfig(StrictModel):
@@ -18,3 +35,85 @@ class HostConfig(StrictModel):
 
     interval: Annotated[Duration, Field(gt=0)] = 30.0
     disk_path: str = "/"  # the filesystem holding the outbox
+
+
+PiHealthReader = Callable[[], Awaitable[PiHealth | None]]
+
+
+class HostProbe:
+    """Measures the agent's own host; each `collect()` is one `host` row.
+
+    `outbox_depth` reports how many samples wait in the outbox; `pi_health` reads the Pi
+    firmware (a seam for tests; by default vcgencmd, skipped where it is absent).
+    """
+
+    def __init__(
+        self,
+        config: HostConfig,
+        *,
+        site: str,
+        agent: str,
+        outbox_depth: Callable[[], int] | None = None,
+        pi_health: PiHealthReader | None = None,
+    ) -> None:
+        self.config = config
+        self.name = "host"
+        self.interval = config.interval
+        self._tags = {"site": site, "agent": agent}
+        self._outbox_depth = outbox_depth
+        self._pi_health = pi_health if pi_health is not None else PiFirmware().read
+        # cpu_percent(None) compares with its previous call; the first call only sets the
+        # baseline, so make it here and every collect() reports the time since the last one.
+        psutil.cpu_percent(interval=None)
+
+    async def collect(self) -> list[Sample]:
+        """One reading of CPU, memory, disk, temperature, firmware and outbox."""
+        started_ns = time.time_ns()
+        fields: dict[str, FieldValue] = {
+            "cpu_pct": float(psutil.cpu_percent(interval=None)),
+            "mem_pct": float(psutil.virtual_memory().percent),
+            "uptime_s": max(0.0, time.time() - psutil.boot_time()),
+        }
+        # Both read files (statvfs, /sys): keep them off the event loop.
+        disk_pct, sensor_temp = await asyncio.gather(
+            asyncio.to_thread(self._disk_pct), asyncio.to_thread(_sensor_temp_c)
+        )
+        if disk_pct is not None:
+            fields["disk_pct"] = disk_pct
+        health = await self._pi_health()
+        fields.update(_pi_fields(health, sensor_temp))
+        if self._outbox_depth is not None:
+            fields["outbox_depth"] = int(self._outbox_depth())
+        return [Sample(measurement="host", tags=dict(self._tags), fields=fields, time=started_ns)]
+
+    def _disk_pct(self) -> float | None:
+        try:
+            return float(psutil.disk_usage(self.config.disk_path).percent)
+        except OSError:
+            return None
+
+
+def _sensor_temp_c() -> float | None:
+    """The CPU's temperature from the kernel's sensors; None where there is none."""
+    read = getattr(psutil, "sensors_temperatures", None)
+    if read is None:  # not every platform psutil supports has sensors
+        return None
+    sensors = read()
+    for chip in _CPU_SENSORS:
+        if sensors.get(chip):
+            return float(sensors[chip][0].current)
+    for readings in sensors.values():
+        if readings:
+            return float(readings[0].current)
+    return None
+
+
+def _pi_fields(health: PiHealth | None, sensor_temp: float | None) -> dict[str, FieldValue]:
+    fields: dict[str, FieldValue] = {}
+    temp = sensor_temp if sensor_temp is not None else (health.temp_c if health else None)
+    if temp is not None:
+        fields["temp_c"] = temp
+    if health is not None and health.throttle is not None:
+        fields["undervoltage"] = health.throttle.undervoltage_now
+        fields["throttled"] = health.throttle.slowed_now
+    return fields

@@ -15,6 +15,7 @@ from fieldmon.collector.storage.base import (
     RetryableWriteError,
     Writer,
     classify_status,
+    server_message,
     transport_error,
 )
 from fieldmon.collector.storage.config import InfluxV1Config
@@ -68,7 +69,10 @@ class InfluxV1Writer(Writer):
         if status == 403:
             # A write-only user may not create databases; an administrator made it, or the first
             # write says "database not found".
-            log.warning("cannot create the database; assuming it exists", extra={"detail": body})
+            log.warning(
+                "cannot create the database; assuming it exists",
+                extra={"database": self._config.database, "detail": server_message(body)},
+            )
             return
         error = classify_status(status, body, headers, what)
         if error is not None:

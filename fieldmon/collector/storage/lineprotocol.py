@@ -1,27 +1,31 @@
 """InfluxDB line protocol from Samples: one line per sample, nanosecond timestamps.
 
 Escaping follows the line-protocol reference and matches influxdb-client's `Point` byte for byte
-wherever `Point` writes a well-formed line (a hypothesis test holds us to it). Tags are sorted by
-key, as InfluxDB recommends; fields keep the sample's order (`Point` sorts them). Deliberate
-differences:
+(a hypothesis test holds us to it) except for these deliberate differences. Tags are sorted by
+key, as InfluxDB recommends; fields keep the sample's order (`Point` sorts them).
 
 - Integral floats keep their `.0` (`2.0`; `Point` writes `2`). Both are floats to InfluxDB, as
   only integers carry the `i` suffix; floats are written with `repr`, the shortest text that
   reads back to the same double, so no precision is lost.
-- A backslash in a tag key, tag value or field key is literal, but InfluxDB 1.x's scanner takes
-  `\\x` as a pair for any x and then unescapes only `\\,`, `\\ ` and `\\=`. So an odd run of
-  backslashes right before a comma, space or equals sign swallows the escape of that character,
-  and any backslash at the very end of a token makes the line unparsable (tested on influxd
-  1.6.7: `t=a\\\\ f=1` is "invalid tag format"). `Point` writes such lines as they are (or, for
-  a tag value, appends a space). We write the *last* backslash of such a run as U+FF3C
-  (FULLWIDTH REVERSE SOLIDUS, which looks the same on a dashboard), so the line stays well
-  formed and every other character survives; even runs before an escaped character round-trip.
+- A backslash is literal, but influxd (1.6.7, tested) cannot carry every one: a backslash at
+  the very end of a tag key, tag value or field key swallows the delimiter after it, and in a
+  field key, where `\\x` is read as a pair for any x, an *odd* run of backslashes right before
+  a comma, space or equals sign swallows our escape of that character. `Point` writes those lines
+  as they are (they fail to parse or parse into other tags), or appends a space to a tag value.
+  We write the last backslash of such a run as U+FF3C (FULLWIDTH REVERSE SOLIDUS, which looks
+  the same on a dashboard), so the line stays well formed. One rule serves keys and tag values
+  alike; in tags an odd run before `,`/`=`/space would have survived, so there it costs one
+  character that was representable (fieldmon's identifiers never contain a backslash).
 - A newline in a string field value is written as the two characters `\\n` (InfluxDB stores a
   backslash and an `n`), as `Point` already does for tag keys and values. Line protocol has no
   newline inside a value, and the collector counts and isolates points by line, so one sample
   must be exactly one line. Newlines, carriage returns and tabs in the measurement, keys and tag
   values become `\\n`, `\\r`, `\\t`, exactly as `Point` writes them.
 - A lone surrogate (legal in JSON, never in UTF-8) becomes `?` in the request body.
+
+Two influxd 1.6.7 losses neither we nor `Point` can avoid: it unescapes `\\"` in field keys (a
+backslash before a double quote there is dropped), and it skips NUL bytes before the field set
+(a first field key starting with NUL loses it). fieldmon's own keys are plain identifiers.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ _KEY_TABLE = str.maketrans(
     {",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"}
 )
 _STRING_TABLE = str.maketrans({'"': r"\"", "\\": r"\\", "\n": r"\n"})
-# Backslashes InfluxDB cannot carry: the last of an odd run before a character we escape (it
-# would pair with our escape), or the last one of the token (it would pair with the delimiter).
+# Backslashes influxd cannot carry (see the module docs): the last one of a token, and the last
+# of an odd run before a character we escape.
 _KEY_BAD_BACKSLASH = re.compile(r"(?<!\\)((?:\\\\)*)\\(?=[,= ])|\\\Z")
 _MEASUREMENT_BAD_BACKSLASH = re.compile(r"(?<!\\)((?:\\\\)*)\\(?=[, ])|\\\Z")
 _BACKSLASH_LOOKALIKE = "\uff3c"

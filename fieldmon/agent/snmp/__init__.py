@@ -1,0 +1,1 @@
+"""SNMP polling machinery: async client, counter arithmetic and data-file profiles."""

@@ -1,0 +1,144 @@
+"""Host probe: real psutil readings on this machine, fakes only for the Pi firmware."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import namedtuple
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fieldmon.agent.probes import host as host_module
+from fieldmon.agent.probes.host import HostConfig, HostProbe
+from fieldmon.firmware_hooks.pi import PiHealth, ThrottleState
+from fieldmon.wire.models import Sample
+
+Reading = namedtuple("Reading", "label current high critical")  # psutil's shtemp shape
+
+
+def _probe(health: PiHealth | None, **kwargs: object) -> HostProbe:
+    async def pi_health() -> PiHealth | None:
+        return health
+
+    config = HostConfig.model_validate(kwargs.pop("config", {}))
+    return HostProbe(
+        config, site="pavilion-2", agent="pavilion-2-pi1", pi_health=pi_health, **kwargs
+    )
+
+
+def _collect(probe: HostProbe) -> Sample:
+    samples = asyncio.run(probe.collect())
+    assert len(samples) == 1
+    return samples[0]
+
+
+@pytest.fixture
+def no_sensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's kernel sensors, whatever they are, replaced by none."""
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {}, raising=False)
+
+
+def test_real_host_reading(no_sensors: None) -> None:
+    probe = _probe(None, config={"interval": "15s"})
+    assert probe.name == "host"
+    assert probe.interval == 15.0
+    sample = _collect(probe)
+    assert sample.measurement == "host"
+    assert sample.tags == {"site": "pavilion-2", "agent": "pavilion-2-pi1"}
+    fields = sample.fields
+    assert 0.0 <= fields["cpu_pct"] <= 100.0
+    assert 0.0 < fields["mem_pct"] < 100.0
+    assert fields["disk_pct"] == pytest.approx(psutil.disk_usage("/").percent, abs=1.0)
+    assert fields["uptime_s"] > 0
+    assert isinstance(fields["uptime_s"], float)
+    # Not a Pi, no sensor, no outbox: those fields are absent, not zero.
+    assert set(fields) == {"cpu_pct", "mem_pct", "disk_pct", "uptime_s"}
+
+
+def test_disk_of_the_configured_path(tmp_path: Path, no_sensors: None) -> None:
+    sample = _collect(_probe(None, config={"disk_path": str(tmp_path)}))
+    assert sample.fields["disk_pct"] == pytest.approx(psutil.disk_usage(tmp_path).percent, abs=1.0)
+
+
+def test_missing_disk_path_leaves_disk_out(tmp_path: Path, no_sensors: None) -> None:
+    sample = _collect(_probe(None, config={"disk_path": str(tmp_path / "not-mounted")}))
+    assert "disk_pct" not in sample.fields
+    assert "mem_pct" in sample.fields
+
+
+def test_outbox_depth_is_reported() -> None:
+    depths = iter([0, 1234])
+    probe = _probe(None, outbox_depth=lambda: next(depths))
+    assert _collect(probe).fields["outbox_depth"] == 0
+    assert _collect(probe).fields["outbox_depth"] == 1234
+
+
+def test_pi_undervoltage_and_temperature_from_vcgencmd(no_sensors: None) -> None:
+    health = PiHealth(throttle=ThrottleState.from_word(0x50005), temp_c=61.2)
+    fields = _collect(_probe(health)).fields
+    assert fields["undervoltage"] is True
+    assert fields["throttled"] is True
+    assert fields["temp_c"] == pytest.approx(61.2)
+
+
+def test_healthy_pi_reports_false_not_absent(no_sensors: None) -> None:
+    health = PiHealth(throttle=ThrottleState.from_word(0x50000), temp_c=45.0)
+    fields = _collect(_probe(health)).fields
+    # Only since boot: nothing wrong now.
+    assert fields["undervoltage"] is False
+    assert fields["throttled"] is False
+
+
+def test_soft_temperature_limit_counts_as_throttled(no_sensors: None) -> None:
+    health = PiHealth(throttle=ThrottleState.from_word(0x8), temp_c=None)
+    fields = _collect(_probe(health)).fields
+    assert fields["throttled"] is True
+    assert fields["undervoltage"] is False
+    assert "temp_c" not in fields
+
+
+def test_unreadable_throttle_word_leaves_flags_out(no_sensors: None) -> None:
+    fields = _collect(_probe(PiHealth(throttle=None, temp_c=50.0))).fields
+    assert "undervoltage" not in fields
+    assert "throttled" not in fields
+    assert fields["temp_c"] == 50.0
+
+
+def test_kernel_sensor_preferred_over_vcgencmd(monkeypatch: pytest.MonkeyPatch) -> None:
+    sensors = {
+        "nvme": [Reading("Composite", 38.0, 80.0, 85.0)],
+        "cpu_thermal": [Reading("", 52.5, None, None)],
+    }
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: sensors, raising=False)
+    health = PiHealth(throttle=ThrottleState.from_word(0), temp_c=99.0)
+    assert _collect(_probe(health)).fields["temp_c"] == 52.5
+
+
+def test_any_sensor_when_no_cpu_chip_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    sensors = {"nvme": [Reading("Composite", 38.0, 80.0, 85.0)], "empty": []}
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: sensors, raising=False)
+    assert host_module._sensor_temp_c() == 38.0
+
+
+def test_this_machines_sensors_when_it_has_any() -> None:
+    real = psutil.sensors_temperatures()
+    fields = _collect(_probe(None)).fields
+    if any(real.values()):
+        assert -40.0 < fields["temp_c"] < 130.0
+    else:
+        assert "temp_c" not in fields
+
+
+def test_cpu_percent_tracks_work_between_runs(no_sensors: None) -> None:
+    probe = _probe(None)
+    _collect(probe)
+    # Burn CPU time on this process; the next reading covers exactly that interval.
+    before = psutil.cpu_times()
+    deadline = psutil.Process().cpu_times().user + 0.3
+    while psutil.Process().cpu_times().user < deadline:
+        sum(range(10_000))
+    after = psutil.cpu_times()
+    busy = (after.user - before.user) + (after.system - before.system)
+    assert busy > 0
+    assert _collect(probe).fields["cpu_pct"] > 0.0
