@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError
 
 from fieldmon.agent.config import AgentSection, SiteConfig
 from fieldmon.collector.deadletter import DeadLetterFile
 from fieldmon.collector.ingest import IngestPipeline
 from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.metrics import CollectorMetrics
+from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError
 from fieldmon.mqtt import BrokerConfig
 from fieldmon.wire.codec import encode
 from fieldmon.wire.models import AckMessage, Envelope, Sample
