@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib
 import json
 import secrets
 import socket
@@ -136,8 +137,9 @@ async def check_site(config: SiteConfig) -> CheckReport:
     async with IcmpPinger() as pinger:
         link_rows = [check_link(pinger, link) for link in config.links]
         broker_row = check_broker(config.agent.broker, config.agent.id)
-        snmp_rows = [check_snmp_device(device) for device in config.snmp_devices]
-        rows = await asyncio.gather(*link_rows, *snmp_rows, broker_row)
+        link_results, snmp_rows, broker = await asyncio.gather(
+            asyncio.gather(*link_rows), check_snmp_devices(config), broker_row
+        )
         mode = pinger.mode
     return CheckReport(
         site=config.site,
@@ -147,7 +149,7 @@ async def check_site(config: SiteConfig) -> CheckReport:
         started=started.isoformat(timespec="seconds"),
         duration_s=round(time.perf_counter() - clock, 3),
         icmp_mode=mode if config.links else None,
-        rows=list(rows),
+        rows=[*link_results, *snmp_rows, broker],
     )
 
 
@@ -223,11 +225,73 @@ def _send_failure(link: IcmpLinkConfig, errors: dict[str, int]) -> str:
 # -- SNMP --------------------------------------------------------------------------------------
 
 
-async def check_snmp_device(device: SnmpDeviceConfig) -> CheckRow:
-    """One SNMP device; a WARN saying so while this build has no SNMP probe."""
-    return CheckRow(
-        "snmp", device.name, device.address, Status.WARN, "SNMP check not available in this build"
+_SNMP_UNAVAILABLE = "SNMP check not available in this build"
+
+
+async def check_snmp_devices(config: SiteConfig) -> list[CheckRow]:
+    """One poll of every SNMP device with its profile, concurrently."""
+    if not config.snmp_devices:
+        return []
+    # Looked up, not imported by name: the SNMP probe may be absent from a build.
+    probe_class = getattr(importlib.import_module("fieldmon.agent.probes.snmp"), "SnmpProbe", None)
+    if probe_class is None:
+        return [_snmp_row(device, Status.WARN, _SNMP_UNAVAILABLE) for device in config.snmp_devices]
+    from fieldmon.agent.snmp.client import SnmpClient
+
+    client = SnmpClient()
+    try:
+        checks = (
+            _check_snmp_device(probe_class, client, device, config)
+            for device in config.snmp_devices
+        )
+        return list(await asyncio.gather(*checks))
+    finally:
+        client.close()
+
+
+async def _check_snmp_device(
+    probe_class: Any, client: Any, device: SnmpDeviceConfig, config: SiteConfig
+) -> CheckRow:
+    from fieldmon.agent.snmp.errors import CryptoBackendMissingError, ProfileError
+
+    try:
+        probe = probe_class(device, site=config.site, agent=config.agent.id, client=client)
+    except (CryptoBackendMissingError, ProfileError) as exc:
+        return _snmp_row(device, Status.FAIL, str(exc))
+    credentials = device.snmp
+    # Every request of a poll is bounded by timeout x tries; the first unanswered one ends it.
+    budget = credentials.timeout * (credentials.retries + 1) + 1.0
+    try:
+        samples = await asyncio.wait_for(probe.collect(), budget)
+    except TimeoutError:
+        return _snmp_row(device, Status.FAIL, _snmp_timeout_reason(device))
+    error: str | None = probe.last_error
+    if error is not None:
+        if "no answer within" in error:
+            return _snmp_row(device, Status.FAIL, _snmp_timeout_reason(device))
+        return _snmp_row(device, Status.FAIL, f"SNMP error from {device.name}: {error}")
+    if not samples:
+        return _snmp_row(
+            device,
+            Status.WARN,
+            f"{device.name} answers SNMP but reports nothing for profile {device.profile!r} - "
+            "is that the right profile (or interfaces filter) for this device?",
+        )
+    kind = "interfaces" if device.profile == "if-mib" else "radios"
+    return _snmp_row(device, Status.OK, f"{len(samples)} {kind} polled")
+
+
+def _snmp_timeout_reason(device: SnmpDeviceConfig) -> str:
+    credentials = device.snmp
+    what = "wrong community" if credentials.version == "2c" else "wrong SNMPv3 user or keys"
+    return (
+        f"SNMP timeout from {device.name} ({device.address}:{credentials.port}) - "
+        f"{what} or SNMP disabled?"
     )
+
+
+def _snmp_row(device: SnmpDeviceConfig, status: Status, reason: str) -> CheckRow:
+    return CheckRow("snmp", device.name, device.address, status, reason)
 
 
 # -- broker ------------------------------------------------------------------------------------
@@ -289,7 +353,8 @@ def _connect(config: BrokerConfig, agent_id: str) -> None:
     try:
         client.connect(config.host, config.port, keepalive=max(5, int(config.keepalive)))
         while not answer and time.monotonic() < deadline:
-            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+            # A refused CONNACK arrives and closes the connection in the same loop call.
+            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS and not answer:
                 raise _BrokerError(_closed_reason(config))
         if not answer:
             raise _BrokerError(_timeout_reason(config))
@@ -414,8 +479,9 @@ def _render_rich(result: CheckReport, out: TextIO, title: str) -> bool:
     except ImportError:
         return False
     table = Table(title=title, caption=_summary(result))
-    for column in _COLUMNS:
-        table.add_column(column, overflow="fold")
+    for column in _COLUMNS[:-1]:
+        table.add_column(column, no_wrap=True)
+    table.add_column(_COLUMNS[-1], overflow="fold")  # the reason may wrap; nothing else should
     for row in result.rows:
         cells = _cells(row)
         table.add_row(f"[{_STYLE[row.status]}]{cells[0]}[/]", *cells[1:])
@@ -442,7 +508,7 @@ def markdown_report(result: CheckReport) -> str:
         "",
         f"- Site: `{result.site}` (parent hospital `{result.parent_hospital}`)",
         f"- Agent: `{result.agent}`",
-        f"- Checked: {result.started}, took {result.duration_s:.1f}s",
+        f"- Checked: {result.started}, took {result.duration_s:.2f}s",
         f"- Result: **{verdict}** - {_summary(result)}",
         "",
         "| " + " | ".join(_COLUMNS) + " |",

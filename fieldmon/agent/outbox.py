@@ -50,6 +50,11 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        # Samples waiting for an ack, kept up to date by append/acknowledge so that readers
+        # (the host probe's outbox_depth) never touch the disk from the event loop.
+        self.waiting_samples = int(
+            self._db.execute("SELECT COALESCE(SUM(samples), 0) FROM envelopes").fetchone()[0]
+        )
 
     def close(self) -> None:
         """Checkpoint and close the database."""
@@ -85,6 +90,7 @@ class Outbox:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self.waiting_samples += len(samples)
         return StoredEnvelope(seq, payload)
 
     def pending(self, limit: int, exclude: set[int] | None = None) -> list[StoredEnvelope]:
@@ -97,18 +103,24 @@ class Outbox:
 
     def acknowledge(self, ranges: list[tuple[int, int]]) -> int:
         """Delete acknowledged seqs; returns how many envelopes were removed."""
-        removed = 0
+        removed = removed_samples = 0
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for first, last in ranges:
+                (samples,) = self._db.execute(
+                    "SELECT COALESCE(SUM(samples), 0) FROM envelopes WHERE seq BETWEEN ? AND ?",
+                    (first, last),
+                ).fetchone()
                 cursor = self._db.execute(
                     "DELETE FROM envelopes WHERE seq BETWEEN ? AND ?", (first, last)
                 )
                 removed += cursor.rowcount
+                removed_samples += int(samples)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self.waiting_samples -= removed_samples
         return removed
 
     def depth(self) -> int:

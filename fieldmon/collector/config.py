@@ -45,12 +45,22 @@ class AlertingConfig(StrictModel):
     loss_pct: Annotated[float, Field(gt=0, le=100)] = 5.0
     rtt_ms: Annotated[float, Field(gt=0)] = 150.0
     jitter_ms: Annotated[float, Field(gt=0)] = 30.0
+    # More than flap_changes state changes within flap_window make a link `flapping`.
+    flap_changes: Annotated[int, Field(ge=2, le=1000)] = 4
+    flap_window: Annotated[Duration, Field(gt=0)] = 600.0
+    # A round arriving later than its link's interval plus this is history: it never pages.
+    late_after: Annotated[Duration, Field(ge=0)] = 30.0
+    # A last-will `offline` pages only if no birth follows within this (agent restarts stay quiet).
+    offline_grace: Annotated[Duration, Field(ge=0)] = 15.0
 
 
 class AlertmanagerConfig(StrictModel):
     """Prometheus Alertmanager API v2."""
 
     url: HttpUrl
+    # Firing alerts are re-sent this often, with endsAt four intervals ahead (notify/alertmanager).
+    resend_interval: Annotated[Duration, Field(gt=0)] = 60.0
+    timeout: Annotated[Duration, Field(gt=0)] = 10.0  # per HTTP request
 
 
 class WebhookConfig(StrictModel):
@@ -58,6 +68,7 @@ class WebhookConfig(StrictModel):
 
     url: HttpUrl
     secret_file: SecretFile | None = None
+    timeout: Annotated[Duration, Field(gt=0)] = 10.0  # per HTTP request
 
 
 class EmailConfig(StrictModel):
@@ -70,6 +81,7 @@ class EmailConfig(StrictModel):
     starttls: bool = False
     username: str | None = None
     password_file: SecretFile | None = None
+    timeout: Annotated[Duration, Field(gt=0)] = 30.0  # per SMTP conversation
 
 
 class NotifyConfig(StrictModel):
@@ -79,6 +91,10 @@ class NotifyConfig(StrictModel):
     webhook: list[WebhookConfig] = Field(default_factory=list)
     email: EmailConfig | None = None
     dashboard_url: HttpUrl | None = None  # base link put in every notification
+    # Per notifier: transitions waiting while it is slow or down; beyond this the oldest are dropped.
+    queue_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 8  # per batch, then it is dropped (logged)
+    backoff_max: Annotated[Duration, Field(gt=0)] = 60.0  # cap of the jittered retry backoff
 
 
 class HttpConfig(StrictModel):

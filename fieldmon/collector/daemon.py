@@ -11,18 +11,20 @@ from pathlib import Path
 from aiohttp import web
 
 from fieldmon import __version__
+from fieldmon.collector import routing
+from fieldmon.collector.alerting import AlertRole
+from fieldmon.collector.alerts import Transition
 from fieldmon.collector.config import CollectorConfig, Role, load_collector_config
 from fieldmon.collector.deadletter import DeadLetterFile
 from fieldmon.collector.http import build_app
 from fieldmon.collector.ingest import IngestPipeline
-from fieldmon.collector.inventory import load_inventory
+from fieldmon.collector.inventory import Inventory, load_inventory
 from fieldmon.collector.metrics import CollectorMetrics
+from fieldmon.collector.pointwriter import PointWriter
 from fieldmon.collector.storage.base import WriteError
 from fieldmon.collector.storage.registry import make_writer
 from fieldmon.config.errors import ConfigError
 from fieldmon.mqtt import MqttLink, new_client
-from fieldmon.wire import topics
-from fieldmon.wire.topics import TopicKind
 
 logger = logging.getLogger(__name__)
 
@@ -64,36 +66,38 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
     metrics = CollectorMetrics()
     inventory = await asyncio.to_thread(load_inventory, config.site_configs)
     writer = make_writer(config.influxdb)
+    points = PointWriter(writer, metrics, DeadLetterFile(config.data_dir / "dead-letter.jsonl"))
     link = _mqtt_link(config, loop)
     pipeline = IngestPipeline(
         inventory=inventory,
-        writer=writer,
+        points=points,
         metrics=metrics,
         link=link,
-        dead_letter=DeadLetterFile(config.data_dir / "dead-letter.jsonl"),
         batch_size=config.influxdb.batch_size,
         flush_interval=config.influxdb.flush_interval,
         max_payload_bytes=config.broker.max_payload_bytes,
         max_deliveries=max(1, config.broker.receive_maximum // 2),
     )
-    samples_filter = topics.subscription(TopicKind.SAMPLES, config.broker.shared_group)
-
-    def on_connected(_session_present: bool) -> None:
-        if Role.INGEST in config.roles:
-            link.client.subscribe(samples_filter, qos=1)
-
-    def on_message(message: object) -> None:
-        topic = getattr(message, "topic", "")
-        if topic.endswith("/" + TopicKind.SAMPLES):
-            pipeline.handle(message)  # type: ignore[arg-type]
-        elif getattr(message, "qos", 0):
-            link.client.ack(message.mid, message.qos)  # type: ignore[attr-defined]
+    ingest_role, alerts_role = Role.INGEST in config.roles, Role.ALERTS in config.roles
+    alerts = _alert_role(config, inventory, points) if alerts_role else None
+    subscriptions = routing.plan(ingest_role, alerts_role, config.broker.shared_group)
+    if alerts is not None and ingest_role and not config.broker.shared_group:
+        pipeline.on_accepted = alerts.observe_envelope  # one subscription feeds both roles
+    link.on_message = routing.Router(
+        link.client,
+        ingest=pipeline.handle if ingest_role else None,
+        alert_samples=alerts.handle_samples if alerts else None,
+        status=alerts.handle_status if alerts else None,
+    )
+    link.on_connected.append(lambda _present: [s.subscribe(link.client) for s in subscriptions])
 
     reloads: set[asyncio.Task[None]] = set()
 
     def reload_inventory() -> None:
         async def _reload() -> None:
             pipeline.inventory = await asyncio.to_thread(load_inventory, config.site_configs)
+            if alerts is not None:
+                alerts.replace_inventory(pipeline.inventory)
             logger.info("reloaded site_configs", extra={"sites": sorted(pipeline.inventory.sites)})
 
         task = asyncio.create_task(_reload())
@@ -101,20 +105,41 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload_inventory)
-    link.on_connected.append(on_connected)
-    link.on_message = on_message
-
-    runner = await _start_http(config, build_app(pipeline, metrics, link))
+    runner = await _start_http(config, build_app(pipeline, points, metrics, link))
 
     await _prepare_storage(writer)
-    ingest = asyncio.create_task(pipeline.run(), name="ingest")
+    tasks = [asyncio.create_task(pipeline.run(), name="ingest")]
+    if alerts is not None:
+        tasks.append(asyncio.create_task(alerts.run(), name="alerts"))
     link.start()
     logger.info("collector started", extra={"version": __version__, "roles": config.roles})
     await stop.wait()
-    await _shutdown(ingest, pipeline, link)
+    await _shutdown(tasks, pipeline, alerts, link)
     await runner.cleanup()
     await writer.close()
     logger.info("collector stopped")
+
+
+def _alert_role(config: CollectorConfig, inventory: Inventory, points: PointWriter) -> AlertRole:
+    role = AlertRole(
+        inventory,
+        config.alerting,
+        points,
+        config.data_dir / "alert-state.json",
+        max_payload_bytes=config.broker.max_payload_bytes,
+        page=_log_pages,
+    )
+    role.restore()
+    return role
+
+
+def _log_pages(transitions: list[Transition]) -> None:
+    for transition in transitions:
+        logger.warning(
+            "page: %s",
+            transition.annotations.get("summary", transition.alertname),
+            extra={"labels": transition.labels, "state": transition.state},
+        )
 
 
 async def _start_http(config: CollectorConfig, app: web.Application) -> web.AppRunner:
@@ -126,13 +151,21 @@ async def _start_http(config: CollectorConfig, app: web.Application) -> web.AppR
     return runner
 
 
-async def _shutdown(ingest: asyncio.Task[None], pipeline: IngestPipeline, link: MqttLink) -> None:
+async def _shutdown(
+    tasks: list[asyncio.Task[None]],
+    pipeline: IngestPipeline,
+    alerts: AlertRole | None,
+    link: MqttLink,
+) -> None:
     """Write what is pending and acknowledge it; what cannot be written is re-delivered later."""
     logger.info("stopping: writing what is pending")
-    ingest.cancel()
-    await asyncio.gather(ingest, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     try:
         await asyncio.wait_for(pipeline.flush(), timeout=10)
+        if alerts is not None:
+            await asyncio.wait_for(alerts.flush(), timeout=5)
     except TimeoutError:
         logger.warning("pending points not written in time; the broker will re-deliver them")
     await asyncio.sleep(0.2)  # let paho send the last acks before disconnecting

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fieldmon.collector.ingest import IngestPipeline
 from fieldmon.collector.metrics import CollectorMetrics
+from fieldmon.collector.pointwriter import PointWriter
 from fieldmon.mqtt import MqttLink
 
 # /healthz turns unhealthy when the database has refused writes for this long.
@@ -16,7 +17,7 @@ WRITE_STALL_S = 60.0
 
 
 def build_app(
-    pipeline: IngestPipeline, metrics: CollectorMetrics, link: MqttLink
+    pipeline: IngestPipeline, points: PointWriter, metrics: CollectorMetrics, link: MqttLink
 ) -> web.Application:
     """The aiohttp application; handlers read state, they never change it."""
 
@@ -24,10 +25,10 @@ def build_app(
         problems = []
         if not link.connected.is_set():
             problems.append(f"mqtt: not connected ({link.last_error or 'connecting'})")
-        if pipeline.last_write_error and (
-            pipeline.last_write_ok is None or time.time() - pipeline.last_write_ok > WRITE_STALL_S
+        if points.last_error and (
+            points.last_ok is None or time.time() - points.last_ok > WRITE_STALL_S
         ):
-            problems.append(f"database: {pipeline.last_write_error}")
+            problems.append(f"database: {points.last_error}")
         body = {"status": "ok" if not problems else "unhealthy", "problems": problems}
         return web.json_response(body, status=200 if not problems else 503)
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 
-from fieldmon.collector.deadletter import DeadLetterFile
 from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.metrics import CollectorMetrics
-from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError, Writer
+from fieldmon.collector.pointwriter import PointWriter
 from fieldmon.collector.storage.lineprotocol import encode_sample
 from fieldmon.mqtt import MqttLink
 from fieldmon.wire import topics
@@ -28,8 +27,6 @@ from fieldmon.wire.codec import Rejection, RejectReason, decode_envelope, encode
 from fieldmon.wire.models import AckMessage, Envelope
 
 logger = logging.getLogger(__name__)
-
-MAX_BACKOFF_S = 30.0
 
 
 @dataclass
@@ -70,20 +67,18 @@ class IngestPipeline:
         self,
         *,
         inventory: Inventory,
-        writer: Writer,
+        points: PointWriter,
         metrics: CollectorMetrics,
         link: MqttLink,
-        dead_letter: DeadLetterFile,
         batch_size: int,
         flush_interval: float,
         max_payload_bytes: int,
         max_deliveries: int,
     ) -> None:
         self.inventory = inventory
-        self._writer = writer
+        self._points = points
         self._metrics = metrics
         self._link = link
-        self._dead_letter = dead_letter
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_payload = max_payload_bytes
@@ -91,8 +86,8 @@ class IngestPipeline:
         self._max_deliveries = max_deliveries
         self._batch = Batch()
         self._ready = asyncio.Event()
-        self.last_write_ok: float | None = None
-        self.last_write_error: str | None = None
+        # Called with every accepted envelope: the alert role when it shares this subscription.
+        self.on_accepted: Callable[[Envelope], None] | None = None
 
     def handle(self, message: mqtt.MQTTMessage) -> None:
         """Decode one samples message into the current batch (runs on the event loop)."""
@@ -128,6 +123,8 @@ class IngestPipeline:
         batch.seqs[(envelope.site, envelope.agent)].append(envelope.seq)
         self._metrics.samples_accepted.inc(len(envelope.samples))
         self._metrics.pending_points.set(len(batch))
+        if self.on_accepted is not None:
+            self.on_accepted(envelope)
         if len(batch) >= self._batch_size or len(batch.deliveries) >= self._max_deliveries:
             self._ready.set()
 
@@ -146,49 +143,9 @@ class IngestPipeline:
         if not batch.lines and not batch.deliveries:
             return
         if batch.lines:
-            await self._store(batch.lines)
+            await self._points.store(batch.lines)
         self._acknowledge(batch)
         self._metrics.pending_points.set(len(self._batch))
-
-    async def _store(self, lines: list[str]) -> None:
-        """Write until stored; refused points are split out to the dead-letter file."""
-        attempt = 0
-        while True:
-            started = time.perf_counter()
-            try:
-                await self._writer.write("\n".join(lines).encode(), len(lines))
-            except RetryableWriteError as exc:
-                attempt += 1
-                self._metrics.write_errors.labels(kind="retryable").inc()
-                self.last_write_error = str(exc)
-                delay = exc.retry_after or min(MAX_BACKOFF_S, 0.5 * 2**attempt)
-                delay *= random.uniform(0.8, 1.2)  # jitter so HA collectors do not retry in step
-                logger.warning(
-                    "database write failed; retrying",
-                    extra={"error": str(exc), "attempt": attempt, "retry_in_s": round(delay, 2)},
-                )
-                await asyncio.sleep(delay)
-                continue
-            except RejectedWriteError as exc:
-                self._metrics.write_errors.labels(kind="rejected").inc()
-                await self._split_rejected(lines, str(exc))
-                return
-            self._metrics.write_latency.observe(time.perf_counter() - started)
-            self._metrics.points_written.inc(len(lines))
-            self.last_write_ok = time.time()
-            self.last_write_error = None
-            return
-
-    async def _split_rejected(self, lines: list[str], reason: str) -> None:
-        """Bisect a refused batch so one bad point never blocks the good ones around it."""
-        if len(lines) == 1:
-            logger.error("database refused a point; dead-lettered", extra={"reason": reason})
-            await asyncio.to_thread(self._dead_letter.append, lines, reason)
-            self._metrics.points_dead_lettered.inc()
-            return
-        middle = len(lines) // 2
-        await self._store(lines[:middle])
-        await self._store(lines[middle:])
 
     def _acknowledge(self, batch: Batch) -> None:
         client = self._link.client

@@ -39,8 +39,16 @@ def no_sensors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {}, raising=False)
 
 
+def _burn_cpu(seconds: float) -> None:
+    """Spin until this process has used `seconds` more CPU time, so the CPU counters move."""
+    deadline = psutil.Process().cpu_times().user + seconds
+    while psutil.Process().cpu_times().user < deadline:
+        sum(range(10_000))
+
+
 def test_real_host_reading(no_sensors: None) -> None:
     probe = _probe(None, config={"interval": "15s"})
+    _burn_cpu(0.05)
     assert probe.name == "host"
     assert probe.interval == 15.0
     sample = _collect(probe)
@@ -132,13 +140,30 @@ def test_this_machines_sensors_when_it_has_any() -> None:
 
 def test_cpu_percent_tracks_work_between_runs(no_sensors: None) -> None:
     probe = _probe(None)
+    _burn_cpu(0.05)
     _collect(probe)
-    # Burn CPU time on this process; the next reading covers exactly that interval.
-    before = psutil.cpu_times()
-    deadline = psutil.Process().cpu_times().user + 0.3
-    while psutil.Process().cpu_times().user < deadline:
-        sum(range(10_000))
-    after = psutil.cpu_times()
-    busy = (after.user - before.user) + (after.system - before.system)
-    assert busy > 0
+    # One core of two (or more) spinning: the next reading covers exactly that interval.
+    _burn_cpu(0.3)
     assert _collect(probe).fields["cpu_pct"] > 0.0
+
+
+CpuTimes = namedtuple("CpuTimes", "user nice system idle iowait guest guest_nice")
+
+
+def test_cpu_busy_pct_from_counter_deltas() -> None:
+    before = CpuTimes(100.0, 0.0, 50.0, 1000.0, 10.0, 0.0, 0.0)
+    # 30 s user + 10 s system busy, 35 s idle + 5 s iowait not busy: 40 of 80 s.
+    after = CpuTimes(130.0, 0.0, 60.0, 1035.0, 15.0, 0.0, 0.0)
+    assert host_module.cpu_busy_pct(before, after) == pytest.approx(50.0)
+
+
+def test_cpu_busy_pct_does_not_count_guest_twice() -> None:
+    before = CpuTimes(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    # Linux counts the 20 s of guest time inside user already.
+    after = CpuTimes(20.0, 0.0, 0.0, 20.0, 0.0, 20.0, 0.0)
+    assert host_module.cpu_busy_pct(before, after) == pytest.approx(50.0)
+
+
+def test_cpu_busy_pct_without_elapsed_time_is_unknown() -> None:
+    same = CpuTimes(1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0)
+    assert host_module.cpu_busy_pct(same, same) is None

@@ -61,3 +61,15 @@ def test_acknowledging_unknown_seqs_is_harmless(tmp_path: Path) -> None:
     outbox.append([_sample(0)])
     assert outbox.acknowledge([(5, 100)]) == 0
     assert outbox.depth() == 1
+
+
+def test_waiting_samples_follow_appends_acks_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    outbox = Outbox(path, site="s", agent="a")
+    outbox.append([_sample(1), _sample(2), _sample(3)])
+    outbox.append([_sample(4)])
+    assert outbox.waiting_samples == 4
+    outbox.acknowledge([(0, 0)])
+    assert outbox.waiting_samples == 1
+    outbox.close()
+    assert Outbox(path, site="s", agent="a").waiting_samples == 1

@@ -14,6 +14,7 @@ from fieldmon.collector.deadletter import DeadLetterFile
 from fieldmon.collector.ingest import IngestPipeline
 from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.metrics import CollectorMetrics
+from fieldmon.collector.pointwriter import PointWriter
 from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError
 from fieldmon.mqtt import BrokerConfig
 from fieldmon.wire.codec import encode
@@ -93,12 +94,12 @@ def _envelope(seq: int, targets: list[str], site: str = "pavilion-2", agent: str
 def _pipeline(writer: _Writer, tmp_path: Path) -> tuple[IngestPipeline, _Link, CollectorMetrics]:
     link = _Link()
     metrics = CollectorMetrics()
+    points = PointWriter(writer, metrics, DeadLetterFile(tmp_path / "dead.jsonl"))  # type: ignore[arg-type]
     pipeline = IngestPipeline(
         inventory=_inventory(),
-        writer=writer,  # type: ignore[arg-type]
+        points=points,
         metrics=metrics,
         link=link,  # type: ignore[arg-type]
-        dead_letter=DeadLetterFile(tmp_path / "dead.jsonl"),
         batch_size=1000,
         flush_interval=0.05,
         max_payload_bytes=64 * 1024,

@@ -132,6 +132,21 @@ data_dir: ./collector-data
         assert silent_row["received"] == 0
         assert silent_row.get("rtt_avg_ms") is None
 
+        # The alert role judged the same stream: two all-lost rounds make the silent parent
+        # link LinkDown, recorded as an `alert` row (DESIGN.md) with the fixed label set.
+        def link_down() -> list[dict[str, object]]:
+            return influxd.query(
+                "SELECT * FROM \"alert\" WHERE alertname = 'LinkDown' GROUP BY *", db=influx_db
+            )
+
+        [down, *_] = _wait_for(link_down, 30, "a LinkDown alert row")
+        assert (down["site"], down["target"], down["severity"]) == (
+            "e2e-site",
+            "parent-silent",
+            "critical",
+        )
+        assert down["state"] == "firing"
+
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as reply:
             assert json.loads(reply.read())["status"] == "ok"
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as reply:

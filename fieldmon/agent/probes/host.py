@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import psutil
 from pydantic import Field
@@ -62,18 +62,23 @@ class HostProbe:
         self._tags = {"site": site, "agent": agent}
         self._outbox_depth = outbox_depth
         self._pi_health = pi_health if pi_health is not None else PiFirmware().read
-        # cpu_percent(None) compares with its previous call; the first call only sets the
-        # baseline, so make it here and every collect() reports the time since the last one.
-        psutil.cpu_percent(interval=None)
+        # Our own baseline rather than psutil.cpu_percent(None), whose single global baseline
+        # any other caller in the process would move. The first collect() covers the time
+        # since construction.
+        self._cpu_times = psutil.cpu_times()
 
     async def collect(self) -> list[Sample]:
         """One reading of CPU, memory, disk, temperature, firmware and outbox."""
         started_ns = time.time_ns()
         fields: dict[str, FieldValue] = {
-            "cpu_pct": float(psutil.cpu_percent(interval=None)),
             "mem_pct": float(psutil.virtual_memory().percent),
             "uptime_s": max(0.0, time.time() - psutil.boot_time()),
         }
+        cpu_times = psutil.cpu_times()
+        cpu_pct = cpu_busy_pct(self._cpu_times, cpu_times)
+        self._cpu_times = cpu_times
+        if cpu_pct is not None:
+            fields["cpu_pct"] = cpu_pct
         # Both read files (statvfs, /sys): keep them off the event loop.
         disk_pct, sensor_temp = await asyncio.gather(
             asyncio.to_thread(self._disk_pct), asyncio.to_thread(_sensor_temp_c)
@@ -91,6 +96,26 @@ class HostProbe:
             return float(psutil.disk_usage(self.config.disk_path).percent)
         except OSError:
             return None
+
+
+def cpu_busy_pct(before: Any, after: Any) -> float | None:
+    """Percent of all cores' time spent busy between two psutil.cpu_times() readings.
+
+    Idle and iowait count as not busy. Linux already counts guest time in user time, so it is
+    left out of the total, as psutil.cpu_percent does. None when no time passed between them.
+    """
+    doubled = ("guest", "guest_nice")
+    total = sum(
+        float(getattr(after, name) - getattr(before, name))
+        for name in after._fields
+        if name not in doubled
+    )
+    idle = sum(
+        float(getattr(after, name, 0.0) - getattr(before, name, 0.0)) for name in ("idle", "iowait")
+    )
+    if total <= 0:
+        return None
+    return min(100.0, max(0.0, 100.0 * (total - idle) / total))
 
 
 def _sensor_temp_c() -> float | None:

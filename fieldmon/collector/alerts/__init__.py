@@ -1,0 +1,24 @@
+"""Alert engine core: link state machine, site silence, transitions and their persistence."""
+
+from fieldmon.collector.alerts.engine import AlertEngine
+from fieldmon.collector.alerts.linkstate import LinkState
+from fieldmon.collector.alerts.model import (
+    AlertName,
+    AlertState,
+    OutageReport,
+    Severity,
+    Transition,
+)
+from fieldmon.collector.alerts.store import AlertStateError, AlertStateStore
+
+__all__ = [
+    "AlertEngine",
+    "AlertName",
+    "AlertState",
+    "AlertStateError",
+    "AlertStateStore",
+    "LinkState",
+    "OutageReport",
+    "Severity",
+    "Transition",
+]
