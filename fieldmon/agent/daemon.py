@@ -15,8 +15,8 @@ from fieldmon.agent.batcher import EnvelopeBatcher
 from fieldmon.agent.config import SiteConfig, load_site_config
 from fieldmon.agent.outbox import Outbox
 from fieldmon.agent.probes.base import Probe
-from fieldmon.agent.probes.icmp import IcmpProbe
 from fieldmon.agent.probes.icmp_socket import IcmpPinger
+from fieldmon.agent.probes.registry import ProbeResources, build_probes
 from fieldmon.agent.scheduler import run_probe_forever
 from fieldmon.agent.sender import Sender
 from fieldmon.config.errors import ConfigError
@@ -29,14 +29,6 @@ logger = logging.getLogger(__name__)
 
 # How long a clean shutdown waits for in-flight envelopes to be acknowledged.
 SHUTDOWN_GRACE_S = 3.0
-
-
-def build_probes(config: SiteConfig, pinger: IcmpPinger) -> list[Probe]:
-    """One probe per configured target."""
-    return [
-        IcmpProbe(link, pinger=pinger, site=config.site, agent=config.agent.id)
-        for link in config.links
-    ]
 
 
 def _status(config: SiteConfig, state: str, reason: str | None = None) -> bytes:
@@ -124,7 +116,8 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
     )
     async with IcmpPinger() as pinger:
         probes = ProbeSet(batcher)
-        probes.start(build_probes(config, pinger))
+        resources = ProbeResources(pinger=pinger, outbox_depth=lambda: outbox.waiting_samples)
+        probes.start(build_probes(config, resources))
         background = [
             asyncio.create_task(batcher.run(), name="batcher"),
             asyncio.create_task(sender.run(), name="sender"),
@@ -141,7 +134,7 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
                 waiter.cancel()
             if reload.is_set() and not stop.is_set():
                 reload.clear()
-                config = await _reloaded(config_path, config, probes, pinger)
+                config = await _reloaded(config_path, config, probes, resources)
         logger.info("stopping: flushing the outbox")
         await probes.stop()
         await batcher.flush()
@@ -173,7 +166,7 @@ async def _drain(sender: Sender) -> None:
 
 
 async def _reloaded(
-    path: Path, current: SiteConfig, probes: ProbeSet, pinger: IcmpPinger
+    path: Path, current: SiteConfig, probes: ProbeSet, resources: ProbeResources
 ) -> SiteConfig:
     """Apply a changed site file's probes; identity and broker changes need a restart."""
     try:
@@ -184,7 +177,7 @@ async def _reloaded(
     if (fresh.site, fresh.agent) != (current.site, current.agent):
         logger.warning("reload: site, agent id, broker and outbox changes need a restart")
     await probes.stop()
-    probes.start(build_probes(fresh, pinger))
+    probes.start(build_probes(fresh, resources))
     logger.info("reloaded the site file", extra={"file": str(path)})
     return fresh.model_copy(update={"site": current.site, "agent": current.agent})
 

@@ -21,6 +21,7 @@ from fieldmon.collector.ingest import IngestPipeline
 from fieldmon.collector.inventory import Inventory, load_inventory
 from fieldmon.collector.metrics import CollectorMetrics
 from fieldmon.collector.pointwriter import PointWriter
+from fieldmon.collector.seqtrack import SeqTracker
 from fieldmon.collector.storage.base import WriteError
 from fieldmon.collector.storage.registry import make_writer
 from fieldmon.config.errors import ConfigError
@@ -77,6 +78,7 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         flush_interval=config.influxdb.flush_interval,
         max_payload_bytes=config.broker.max_payload_bytes,
         max_deliveries=max(1, config.broker.receive_maximum // 2),
+        seqs=None if config.broker.shared_group else SeqTracker(config.alerting.data_loss_grace),
     )
     ingest_role, alerts_role = Role.INGEST in config.roles, Role.ALERTS in config.roles
     alerts = _alert_role(config, inventory, points) if alerts_role else None

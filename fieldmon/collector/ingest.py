@@ -20,13 +20,17 @@ import paho.mqtt.client as mqtt
 from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.metrics import CollectorMetrics
 from fieldmon.collector.pointwriter import PointWriter
+from fieldmon.collector.seqtrack import SeqTracker
 from fieldmon.collector.storage.lineprotocol import encode_sample
 from fieldmon.mqtt import MqttLink
 from fieldmon.wire import topics
 from fieldmon.wire.codec import Rejection, RejectReason, decode_envelope, encode
-from fieldmon.wire.models import AckMessage, Envelope
+from fieldmon.wire.models import AckMessage, Envelope, Sample
 
 logger = logging.getLogger(__name__)
+
+# How often each agent's envelope accounting is written as an `agent` row.
+ACCOUNT_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -74,6 +78,7 @@ class IngestPipeline:
         flush_interval: float,
         max_payload_bytes: int,
         max_deliveries: int,
+        seqs: SeqTracker | None = None,
     ) -> None:
         self.inventory = inventory
         self._points = points
@@ -85,6 +90,8 @@ class IngestPipeline:
         # The broker stops sending at its Receive Maximum while we hold acks; flush before that.
         self._max_deliveries = max_deliveries
         self._batch = Batch()
+        # None when this collector sees only a share of the stream: gaps would be meaningless.
+        self._seqs = seqs
         self._ready = asyncio.Event()
         # Called with every accepted envelope: the alert role when it shares this subscription.
         self.on_accepted: Callable[[Envelope], None] | None = None
@@ -116,6 +123,7 @@ class IngestPipeline:
             self._link.client.ack(message.mid, message.qos)
 
     def _accept(self, envelope: Envelope, message: mqtt.MQTTMessage) -> None:
+        self._account(envelope)
         batch = self._batch
         batch.lines.extend(encode_sample(sample) for sample in envelope.samples)
         if message.qos:
@@ -128,13 +136,59 @@ class IngestPipeline:
         if len(batch) >= self._batch_size or len(batch.deliveries) >= self._max_deliveries:
             self._ready.set()
 
+    def _account(self, envelope: Envelope) -> None:
+        if self._seqs is None:
+            return
+        verdict = self._seqs.observe(envelope.site, envelope.agent, envelope.seq, time.monotonic())
+        labels = {"site": envelope.site, "agent": envelope.agent}
+        if verdict.duplicate:
+            self._metrics.envelopes_duplicate.labels(**labels).inc()
+        if verdict.newly_lost:
+            self._data_loss(envelope.site, envelope.agent, verdict.newly_lost)
+        state = self._seqs.agents[(envelope.site, envelope.agent)]
+        self._metrics.envelopes_missing.labels(**labels).set(state.missing)
+
+    def _data_loss(self, site: str, agent: str, lost: int) -> None:
+        self._metrics.envelopes_lost.labels(site=site, agent=agent).inc(lost)
+        logger.error(
+            "AgentDataLoss: envelopes never arrived",
+            extra={"site": site, "agent": agent, "lost": lost},
+        )
+
+    def account_rows(self, now_ns: int) -> None:
+        """Queue one `agent` row per agent with its envelope accounting (for the dashboards)."""
+        if self._seqs is None:
+            return
+        now = time.monotonic()
+        for (site, agent), state in self._seqs.agents.items():
+            before = state.lost
+            self._seqs.expire_agent(state, now)
+            if state.lost > before:
+                self._data_loss(site, agent, state.lost - before)
+            row = Sample(
+                measurement="agent",
+                tags={"site": site, "agent": agent},
+                fields={
+                    "envelopes_received": state.received,
+                    "envelopes_duplicate": state.duplicates,
+                    "envelopes_lost": state.lost,
+                    "envelopes_missing": state.missing,
+                },
+                time=now_ns,
+            )
+            self._batch.lines.append(encode_sample(row))
+
     async def run(self) -> None:
         """Write a batch when it is full or `flush_interval` after it opened; until cancelled."""
+        next_account = time.monotonic() + ACCOUNT_INTERVAL_S
         while True:
             timeout = max(0.0, self._batch.opened + self._flush_interval - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), timeout=timeout)
             self._ready.clear()
+            if time.monotonic() >= next_account:
+                self.account_rows(time.time_ns())
+                next_account += ACCOUNT_INTERVAL_S
             await self.flush()
 
     async def flush(self) -> None:

@@ -52,6 +52,24 @@ class CollectorMetrics:
         self.mqtt_connected = Gauge(
             "fieldmon_mqtt_connected", "1 while connected to the broker", registry=self.registry
         )
+        self.envelopes_duplicate = Counter(
+            "fieldmon_envelopes_duplicate",
+            "Envelopes received again (re-sends after a lost ack); stored again harmlessly",
+            ["site", "agent"],
+            registry=self.registry,
+        )
+        self.envelopes_lost = Counter(
+            "fieldmon_envelopes_lost",
+            "Seqs that never arrived within the loss grace (AgentDataLoss)",
+            ["site", "agent"],
+            registry=self.registry,
+        )
+        self.envelopes_missing = Gauge(
+            "fieldmon_envelopes_missing",
+            "Seqs not yet arrived behind newer ones (a replay in progress, or loss to come)",
+            ["site", "agent"],
+            registry=self.registry,
+        )
         self.acks_published = Counter(
             "fieldmon_acks_published", "Ack messages sent to agents", registry=self.registry
         )

@@ -15,6 +15,7 @@ from fieldmon.collector.ingest import IngestPipeline
 from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.metrics import CollectorMetrics
 from fieldmon.collector.pointwriter import PointWriter
+from fieldmon.collector.seqtrack import SeqTracker
 from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError
 from fieldmon.mqtt import BrokerConfig
 from fieldmon.wire.codec import encode
@@ -196,3 +197,21 @@ def test_deliveries_from_an_earlier_connection_are_not_acked(tmp_path: Path) -> 
     asyncio.run(pipeline.flush())
     assert link.client.acked == [1]
     assert len(writer.stored) == 2
+
+
+def test_seq_accounting_counts_resends_and_writes_agent_rows(tmp_path: Path) -> None:
+    writer = _Writer()
+    pipeline, _link, metrics = _pipeline(writer, tmp_path)
+    pipeline._seqs = SeqTracker(loss_grace=3600)
+    for mid, seq in enumerate([0, 1, 1, 4]):
+        pipeline.handle(_Message(TOPIC, _envelope(seq, ["a"]), mid=mid))
+    labels = {"site": "pavilion-2", "agent": "pi1"}
+    assert _counter(metrics, "fieldmon_envelopes_duplicate_total", **labels) == 1
+    assert _counter(metrics, "fieldmon_envelopes_missing", **labels) == 2
+    pipeline.account_rows(1_800_000_000_000_000_000)
+    asyncio.run(pipeline.flush())
+    [row] = [line for line in writer.stored if line.startswith("agent,")]
+    assert row == (
+        "agent,agent=pi1,site=pavilion-2 envelopes_received=3i,envelopes_duplicate=1i,"
+        "envelopes_lost=0i,envelopes_missing=2i 1800000000000000000"
+    )

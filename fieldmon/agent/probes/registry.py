@@ -1,0 +1,51 @@
+"""Which probes a site file asks for: one builder per probe kind, one line each in PROBE_KINDS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fieldmon.agent.config import SiteConfig
+from fieldmon.agent.probes.base import Probe
+from fieldmon.agent.probes.host import HostProbe
+from fieldmon.agent.probes.icmp import IcmpProbe
+from fieldmon.agent.probes.icmp_socket import IcmpPinger
+
+
+@dataclass(frozen=True)
+class ProbeResources:
+    """What probes of one agent share: sockets, clients, and the outbox's depth."""
+
+    pinger: IcmpPinger
+    outbox_depth: Callable[[], int]
+
+
+def icmp_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
+    """One ICMP probe per link."""
+    return [
+        IcmpProbe(link, pinger=resources.pinger, site=config.site, agent=config.agent.id)
+        for link in config.links
+    ]
+
+
+def host_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
+    """The agent's own host and Pi firmware."""
+    return [
+        HostProbe(
+            config.host,
+            site=config.site,
+            agent=config.agent.id,
+            outbox_depth=resources.outbox_depth,
+        )
+    ]
+
+
+PROBE_KINDS: dict[str, Callable[[SiteConfig, ProbeResources], list[Probe]]] = {
+    "icmp": icmp_probes,
+    "host": host_probes,
+}
+
+
+def build_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
+    """Every probe the site file asks for."""
+    return [probe for build in PROBE_KINDS.values() for probe in build(config, resources)]

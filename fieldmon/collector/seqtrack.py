@@ -1,0 +1,90 @@
+"""Per-agent envelope seq accounting: duplicates, gaps still expected, and gaps given up as lost.
+
+Agents replay fresh-first after an outage, so a gap in seqs is normal for a while: the newest
+envelopes arrive before the backlog. A gap counts as lost only when it has stayed open for
+`loss_grace` seconds; a late envelope that fills it after that is counted as recovered.
+State lives in memory: after a collector restart counting begins again at the first seq seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AgentSeqs:
+    """What one agent's seqs look like from here."""
+
+    contiguous: int  # every seq <= this has been received (or given up as lost)
+    above: set[int] = field(default_factory=set)  # received seqs beyond `contiguous`
+    gap_since: dict[int, float] = field(default_factory=dict)  # missing seq -> first noticed
+    received: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    recovered: int = 0
+    lost_seqs: set[int] = field(default_factory=set)
+
+    @property
+    def missing(self) -> int:
+        """Seqs between `contiguous` and the highest seen that have not arrived (yet)."""
+        return len(self.gap_since)
+
+
+@dataclass(frozen=True)
+class SeqVerdict:
+    """What one envelope's seq meant."""
+
+    duplicate: bool
+    newly_lost: int = 0  # gaps given up by this observation
+
+
+class SeqTracker:
+    """Counts envelopes per (site, agent) by seq."""
+
+    def __init__(self, loss_grace: float) -> None:
+        self._loss_grace = loss_grace
+        self.agents: dict[tuple[str, str], AgentSeqs] = {}
+
+    def observe(self, site: str, agent: str, seq: int, now: float) -> SeqVerdict:
+        """Account for one envelope; duplicates are still stored (they overwrite themselves)."""
+        state = self.agents.get((site, agent))
+        if state is None:
+            state = self.agents[(site, agent)] = AgentSeqs(contiguous=seq - 1)
+        if seq in state.lost_seqs:
+            state.lost_seqs.discard(seq)
+            state.recovered += 1
+            state.received += 1
+            return SeqVerdict(duplicate=False)
+        if seq <= state.contiguous or seq in state.above:
+            state.duplicates += 1
+            return SeqVerdict(duplicate=True)
+        state.received += 1
+        highest = max(state.above, default=state.contiguous)
+        for missing in range(highest + 1, seq):
+            state.gap_since.setdefault(missing, now)
+        state.gap_since.pop(seq, None)
+        state.above.add(seq)
+        _advance(state)
+        return SeqVerdict(duplicate=False, newly_lost=self.expire_agent(state, now))
+
+    def expire(self, now: float) -> int:
+        """Give up gaps older than the grace across all agents; returns how many."""
+        return sum(self.expire_agent(state, now) for state in self.agents.values())
+
+    def expire_agent(self, state: AgentSeqs, now: float) -> int:
+        """Give up one agent's gaps older than the grace; returns how many."""
+        expired = [seq for seq, since in state.gap_since.items() if now - since >= self._loss_grace]
+        for seq in expired:
+            del state.gap_since[seq]
+            state.lost_seqs.add(seq)
+            state.above.add(seq)  # treated as settled so `contiguous` can move past it
+        state.lost += len(expired)
+        if expired:
+            _advance(state)
+        return len(expired)
+
+
+def _advance(state: AgentSeqs) -> None:
+    while state.contiguous + 1 in state.above:
+        state.contiguous += 1
+        state.above.discard(state.contiguous)
