@@ -74,6 +74,8 @@ class AlertRole:
         self._page = page
         self._rows: list[str] = []
         self._rows_ready = asyncio.Event()
+        # Also given each envelope from our own subscription (the status board).
+        self.observers: list[Callable[[Envelope], None]] = []
 
     def restore(self) -> None:
         """Resume from the saved state, so a restart neither re-pages nor loses a resolve."""
@@ -92,6 +94,10 @@ class AlertRole:
         self.engine.restore(snapshot)
         self._inventory = inventory
 
+    def active_alerts(self) -> list[Transition]:
+        """Alerts firing now (the engine is replaced on reload, so ask through us)."""
+        return self.engine.active_alerts()
+
     def observe_envelope(self, envelope: Envelope) -> None:
         """An accepted envelope (from ingest when it shares our subscription)."""
         self._emit(self.engine.observe_envelope(envelope))
@@ -103,6 +109,8 @@ class AlertRole:
             isinstance(result, Envelope)
             and check_identity(result, message.topic, self._inventory) is None
         ):
+            for observer in self.observers:
+                observer(result)
             self.observe_envelope(result)
 
     def handle_status(self, message: mqtt.MQTTMessage) -> None:

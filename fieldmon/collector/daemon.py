@@ -14,9 +14,10 @@ from fieldmon import __version__
 from fieldmon.collector import routing
 from fieldmon.collector.alerting import AlertRole
 from fieldmon.collector.alerts import Transition
+from fieldmon.collector.board import StatusBoard
 from fieldmon.collector.config import CollectorConfig, Role, load_collector_config
 from fieldmon.collector.deadletter import DeadLetterFile
-from fieldmon.collector.http import build_app
+from fieldmon.collector.http import HttpState, build_app
 from fieldmon.collector.ingest import IngestPipeline
 from fieldmon.collector.inventory import Inventory, load_inventory
 from fieldmon.collector.metrics import CollectorMetrics
@@ -80,11 +81,16 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         max_deliveries=max(1, config.broker.receive_maximum // 2),
         seqs=None if config.broker.shared_group else SeqTracker(config.alerting.data_loss_grace),
     )
+    board = StatusBoard(inventory)
     ingest_role, alerts_role = Role.INGEST in config.roles, Role.ALERTS in config.roles
     alerts = _alert_role(config, inventory, points) if alerts_role else None
     subscriptions = routing.plan(ingest_role, alerts_role, config.broker.shared_group)
-    if alerts is not None and ingest_role and not config.broker.shared_group:
-        pipeline.on_accepted = alerts.observe_envelope  # one subscription feeds both roles
+    if alerts is not None and any(s.identifier == routing.ALERT_SAMPLES_ID for s in subscriptions):
+        alerts.observers.append(board.observe)  # the alert role alone sees the whole stream
+    else:
+        pipeline.on_accepted.append(board.observe)
+        if alerts is not None:
+            pipeline.on_accepted.append(alerts.observe_envelope)  # one subscription feeds both
     link.on_message = routing.Router(
         link.client,
         ingest=pipeline.handle if ingest_role else None,
@@ -98,6 +104,7 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
     def reload_inventory() -> None:
         async def _reload() -> None:
             pipeline.inventory = await asyncio.to_thread(load_inventory, config.site_configs)
+            board.replace_inventory(pipeline.inventory)
             if alerts is not None:
                 alerts.replace_inventory(pipeline.inventory)
             logger.info("reloaded site_configs", extra={"sites": sorted(pipeline.inventory.sites)})
@@ -107,7 +114,15 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload_inventory)
-    runner = await _start_http(config, build_app(pipeline, points, metrics, link))
+    http_state = HttpState(
+        pipeline=pipeline,
+        points=points,
+        metrics=metrics,
+        link=link,
+        board=board,
+        active_alerts=alerts.active_alerts if alerts else list,
+    )
+    runner = await _start_http(config, build_app(http_state))
 
     await _prepare_storage(writer)
     tasks = [asyncio.create_task(pipeline.run(), name="ingest")]

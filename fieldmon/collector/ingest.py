@@ -93,8 +93,9 @@ class IngestPipeline:
         # None when this collector sees only a share of the stream: gaps would be meaningless.
         self._seqs = seqs
         self._ready = asyncio.Event()
-        # Called with every accepted envelope: the alert role when it shares this subscription.
-        self.on_accepted: Callable[[Envelope], None] | None = None
+        # Called with every accepted envelope: the status board, and the alert role when it
+        # shares this subscription.
+        self.on_accepted: list[Callable[[Envelope], None]] = []
 
     def handle(self, message: mqtt.MQTTMessage) -> None:
         """Decode one samples message into the current batch (runs on the event loop)."""
@@ -131,8 +132,8 @@ class IngestPipeline:
         batch.seqs[(envelope.site, envelope.agent)].append(envelope.seq)
         self._metrics.samples_accepted.inc(len(envelope.samples))
         self._metrics.pending_points.set(len(batch))
-        if self.on_accepted is not None:
-            self.on_accepted(envelope)
+        for callback in self.on_accepted:
+            callback(envelope)
         if len(batch) >= self._batch_size or len(batch.deliveries) >= self._max_deliveries:
             self._ready.set()
 
