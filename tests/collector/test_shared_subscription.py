@@ -1,0 +1,124 @@
+"""Two ingest collectors in one MQTT v5 shared group split the stream: every envelope once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
+from fieldmon.wire.codec import encode
+from fieldmon.wire.models import Envelope, Sample
+
+BIN = Path(sys.executable).parent
+SITE, AGENT = "shared-site", "shared-pi"
+ENVELOPES, PER_ENVELOPE = 200, 5
+pytestmark = pytest.mark.integration
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return 0.0
+
+
+def _collector(
+    tmp: Path, name: str, mosquitto: int, influx_url: str, db: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    config = tmp / f"{name}.yaml"
+    config.write_text(
+        f"broker: {{host: 127.0.0.1, port: {mosquitto}, client_id: {name}, "
+        f"shared_group: fieldmon-ingest}}\n"
+        f'influxdb: {{api: v1, url: "{influx_url}", database: {db}, flush_interval: 200ms}}\n'
+        f"site_configs: ./site_configs\nhttp: {{listen: '127.0.0.1:{port}'}}\n"
+        f"roles: [ingest]\ndata_dir: ./{name}-data\n",
+        encoding="utf-8",
+    )
+    log = (tmp / f"{name}.log").open("wb")
+    process = subprocess.Popen(
+        [str(BIN / "fieldmon-collector"), "run", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return process, port
+
+
+def _wait(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_collectors_write_every_envelope_exactly_once(
+    tmp_path: Path, mosquitto: MosquittoServer, influxd: InfluxdServer, influx_db: str
+) -> None:
+    (tmp_path / "site_configs").mkdir()
+    (tmp_path / "site_configs" / f"{SITE}.yaml").write_text(
+        f"site: {SITE}\nname: Shared\nparent_hospital: central\n"
+        f"agent: {{id: {AGENT}, broker: {{host: 127.0.0.1, port: {mosquitto.port}}}}}\n",
+        encoding="utf-8",
+    )
+    collectors = [
+        _collector(tmp_path, name, mosquitto.port, influxd.url, influx_db)
+        for name in ("ingest-1", "ingest-2")
+    ]
+    try:
+        for _process, port in collectors:
+            _wait(lambda port=port: _metric(port, "fieldmon_mqtt_connected") == 1, "a collector")
+        time.sleep(0.5)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client.connect("127.0.0.1", mosquitto.port)
+        client.loop_start()
+        base = time.time_ns() - 3_600_000_000_000
+        for seq in range(ENVELOPES):
+            samples = [
+                Sample(
+                    measurement="link",
+                    tags={"site": SITE, "agent": AGENT, "target": f"t{i}", "role": "ap"},
+                    fields={"loss_pct": 0.0},
+                    time=base + seq * 1_000_000_000,
+                )
+                for i in range(PER_ENVELOPE)
+            ]
+            envelope = Envelope(site=SITE, agent=AGENT, seq=seq, sent_at=base, samples=samples)
+            client.publish(f"fieldmon/v1/{SITE}/{AGENT}/samples", encode(envelope), qos=1)
+        client.loop_stop()
+        client.disconnect()
+        total = ENVELOPES * PER_ENVELOPE
+
+        def all_written() -> bool:
+            return (
+                sum(_metric(port, "fieldmon_points_written_total") for _, port in collectors)
+                >= total
+            )
+
+        _wait(all_written, "every point written")
+        written = [_metric(port, "fieldmon_points_written_total") for _, port in collectors]
+        received = [_metric(port, "fieldmon_envelopes_received_total") for _, port in collectors]
+    finally:
+        for process, _port in collectors:
+            process.send_signal(signal.SIGTERM)
+        for process, _port in collectors:
+            process.wait(timeout=20)
+    # The broker split the stream: both worked, neither saw an envelope the other saw.
+    assert sum(received) == ENVELOPES
+    assert min(received) > 0
+    assert sum(written) == total
+    rows = influxd.query(f"SELECT COUNT(loss_pct) FROM link WHERE site = '{SITE}'", db=influx_db)
+    assert rows[0]["count"] == total
