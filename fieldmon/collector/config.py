@@ -52,6 +52,9 @@ class AlertingConfig(StrictModel):
     late_after: Annotated[Duration, Field(ge=0)] = 30.0
     # A last-will `offline` pages only if no birth follows within this (agent restarts stay quiet).
     offline_grace: Annotated[Duration, Field(ge=0)] = 15.0
+    # A gap in an agent's seqs counts as lost (AgentDataLoss) once open this long; shorter gaps
+    # are a fresh-first replay still draining.
+    data_loss_grace: Annotated[Duration, Field(gt=0)] = 3600.0
 
 
 class AlertmanagerConfig(StrictModel):
@@ -91,7 +94,7 @@ class NotifyConfig(StrictModel):
     webhook: list[WebhookConfig] = Field(default_factory=list)
     email: EmailConfig | None = None
     dashboard_url: HttpUrl | None = None  # base link put in every notification
-    # Per notifier: transitions waiting while it is slow or down; beyond this the oldest are dropped.
+    # Per notifier: transitions kept while it is slow or down; past this the oldest are dropped.
     queue_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 8  # per batch, then it is dropped (logged)
     backoff_max: Annotated[Duration, Field(gt=0)] = 60.0  # cap of the jittered retry backoff

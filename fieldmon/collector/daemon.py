@@ -21,6 +21,7 @@ from fieldmon.collector.http import HttpState, build_app
 from fieldmon.collector.ingest import IngestPipeline
 from fieldmon.collector.inventory import Inventory, load_inventory
 from fieldmon.collector.metrics import CollectorMetrics
+from fieldmon.collector.notify import Dispatcher, build_notifiers
 from fieldmon.collector.pointwriter import PointWriter
 from fieldmon.collector.seqtrack import SeqTracker
 from fieldmon.collector.storage.base import WriteError
@@ -81,23 +82,7 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         max_deliveries=max(1, config.broker.receive_maximum // 2),
         seqs=None if config.broker.shared_group else SeqTracker(config.alerting.data_loss_grace),
     )
-    board = StatusBoard(inventory)
-    ingest_role, alerts_role = Role.INGEST in config.roles, Role.ALERTS in config.roles
-    alerts = _alert_role(config, inventory, points) if alerts_role else None
-    subscriptions = routing.plan(ingest_role, alerts_role, config.broker.shared_group)
-    if alerts is not None and any(s.identifier == routing.ALERT_SAMPLES_ID for s in subscriptions):
-        alerts.observers.append(board.observe)  # the alert role alone sees the whole stream
-    else:
-        pipeline.on_accepted.append(board.observe)
-        if alerts is not None:
-            pipeline.on_accepted.append(alerts.observe_envelope)  # one subscription feeds both
-    link.on_message = routing.Router(
-        link.client,
-        ingest=pipeline.handle if ingest_role else None,
-        alert_samples=alerts.handle_samples if alerts else None,
-        status=alerts.handle_status if alerts else None,
-    )
-    link.on_connected.append(lambda _present: [s.subscribe(link.client) for s in subscriptions])
+    board, alerts, dispatcher = _wire_roles(config, inventory, pipeline, points, link)
 
     reloads: set[asyncio.Task[None]] = set()
 
@@ -128,35 +113,85 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
     tasks = [asyncio.create_task(pipeline.run(), name="ingest")]
     if alerts is not None:
         tasks.append(asyncio.create_task(alerts.run(), name="alerts"))
+    if dispatcher is not None:
+        dispatcher.start()
     link.start()
     logger.info("collector started", extra={"version": __version__, "roles": config.roles})
     await stop.wait()
     await _shutdown(tasks, pipeline, alerts, link)
+    if dispatcher is not None:
+        await dispatcher.close(deadline=10.0)
     await runner.cleanup()
     await writer.close()
     logger.info("collector stopped")
 
 
-def _alert_role(config: CollectorConfig, inventory: Inventory, points: PointWriter) -> AlertRole:
+def _wire_roles(
+    config: CollectorConfig,
+    inventory: Inventory,
+    pipeline: IngestPipeline,
+    points: PointWriter,
+    link: MqttLink,
+) -> tuple[StatusBoard, AlertRole | None, Dispatcher | None]:
+    """Subscriptions and message routes for this collector's roles."""
+    board = StatusBoard(inventory)
+    ingest_role, alerts_role = Role.INGEST in config.roles, Role.ALERTS in config.roles
+    alerts, dispatcher = (
+        _alert_role(config, inventory, points, link) if alerts_role else (None, None)
+    )
+    subscriptions = routing.plan(ingest_role, alerts_role, config.broker.shared_group)
+    if alerts is not None and any(s.identifier == routing.ALERT_SAMPLES_ID for s in subscriptions):
+        alerts.observers.append(board.observe)  # the alert role alone sees the whole stream
+    else:
+        pipeline.on_accepted.append(board.observe)
+        if alerts is not None:
+            pipeline.on_accepted.append(alerts.observe_envelope)  # one subscription feeds both
+    link.on_message = routing.Router(
+        link.client,
+        ingest=pipeline.handle if ingest_role else None,
+        alert_samples=alerts.handle_samples if alerts else None,
+        status=alerts.handle_status if alerts else None,
+    )
+    link.on_connected.append(lambda _present: [s.subscribe(link.client) for s in subscriptions])
+    return board, alerts, dispatcher
+
+
+def _alert_role(
+    config: CollectorConfig, inventory: Inventory, points: PointWriter, link: MqttLink
+) -> tuple[AlertRole, Dispatcher]:
+    """The alert engine and the notifiers it pages through (each in its own lane)."""
+
+    def mqtt_publish(topic: str, payload: bytes, retain: bool) -> None:
+        link.client.publish(topic, payload, qos=1, retain=retain)
+
+    notify = config.notify
+    dispatcher = Dispatcher(
+        build_notifiers(notify, mqtt_publish=mqtt_publish),
+        queue_size=notify.queue_size,
+        max_attempts=notify.max_attempts,
+        backoff_max=notify.backoff_max,
+    )
+
+    def page(transitions: list[Transition]) -> None:
+        for transition in transitions:
+            logger.warning(
+                "page: %s",
+                transition.annotations.get("summary", transition.alertname),
+                extra={"labels": transition.labels, "state": str(transition.state)},
+            )
+        dispatcher.submit(transitions)
+
     role = AlertRole(
         inventory,
         config.alerting,
         points,
         config.data_dir / "alert-state.json",
         max_payload_bytes=config.broker.max_payload_bytes,
-        page=_log_pages,
+        page=page,
     )
     role.restore()
-    return role
-
-
-def _log_pages(transitions: list[Transition]) -> None:
-    for transition in transitions:
-        logger.warning(
-            "page: %s",
-            transition.annotations.get("summary", transition.alertname),
-            extra={"labels": transition.labels, "state": transition.state},
-        )
+    dispatcher.active_provider = role.active_alerts
+    return role, dispatcher
 
 
 async def _start_http(config: CollectorConfig, app: web.Application) -> web.AppRunner:

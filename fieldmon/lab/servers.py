@@ -537,7 +537,7 @@ def udp_bound_by(pid: int, port: int, host: str = LOOPBACK) -> bool:
 
 
 class SnmpdServer(_ServerProcess):
-    """net-snmp `snmpd -f -C` on a UDP port of 127.0.0.1, config and persistent state in `directory`.
+    """net-snmp `snmpd -f -C` on a UDP port of 127.0.0.1; config and state in `directory`.
 
     `-C` ignores the system's snmpd.conf; SNMP_PERSISTENT_DIR keeps the engine ID and the
     USM users made by `createUser` in our directory, never in /var/lib/snmp. A v2c community
@@ -629,3 +629,70 @@ class SnmpdServer(_ServerProcess):
     def _ready(self) -> bool:
         assert self.process is not None and self.port is not None
         return udp_bound_by(self.process.pid, self.port)
+
+
+class AlertmanagerServer(_ServerProcess):
+    """Debian's `prometheus-alertmanager` on 127.0.0.1, clustering off, its data in `directory`.
+
+    `config_text` is the alertmanager.yml written at each start (a test routes it to its own
+    webhook receiver); `alerts()` reads back what Alertmanager holds via GET /api/v2/alerts.
+    """
+
+    name = "alertmanager"
+
+    def __init__(
+        self,
+        directory: Path | str,
+        config_text: str,
+        *,
+        port: int | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(directory, startup_timeout=startup_timeout)
+        self.config_text = config_text
+        self.port = port
+        self._fixed_ports = port is not None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        """The alertmanager.yml written at each start."""
+        return self.directory / "alertmanager.yml"
+
+    def _choose_ports(self) -> None:
+        self.port = free_port()
+
+    def _prepare(self) -> list[str]:
+        self.config_path.write_text(self.config_text, encoding="utf-8")
+        return [
+            "prometheus-alertmanager",
+            f"--config.file={self.config_path}",
+            f"--storage.path={self.directory / 'data'}",
+            f"--web.listen-address={LOOPBACK}:{self.port}",
+            # Empty: no gossip listener, so nothing binds beyond our one loopback port.
+            "--cluster.listen-address=",
+        ]
+
+    def _ready(self) -> bool:
+        assert self.process is not None and self.port is not None
+        return (
+            listens_on(self.process.pid, self.port) and _http_status(f"{self.url}/-/ready") == 200
+        )
+
+    def alerts(self, *, active: bool = True, silenced: bool = True) -> list[dict[str, Any]]:
+        """GET /api/v2/alerts: the alerts Alertmanager holds (resolved ones are left out)."""
+        params = urllib.parse.urlencode(
+            {"active": str(active).lower(), "silenced": str(silenced).lower()}
+        )
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v2/alerts?{params}", timeout=30) as reply:
+                return list(json.loads(reply.read()))
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", errors="replace")
+            raise ServerQueryError(
+                f"alertmanager /api/v2/alerts answered {exc.code}: {detail}"
+            ) from exc

@@ -1,0 +1,119 @@
+"""The notifier contract, its two error kinds, and the fields every notification carries."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any, Protocol, runtime_checkable
+
+from fieldmon.collector.alerts.model import AlertState, Transition, clock_text, iso_time
+
+# Annotations that are not measurements: everything else in `annotations` is a measured value.
+_TEXT_ANNOTATIONS = frozenset(
+    {
+        "summary",
+        "description",
+        "since",
+        "parent_hospital",
+        "site_name",
+        "agent",
+        "role",
+        "thresholds",
+        "history",
+        "cause",
+    }
+)
+
+
+class NotifyError(Exception):
+    """A notifier could not deliver; `notifier` names it, the message says why."""
+
+    def __init__(self, notifier: str, message: str) -> None:
+        super().__init__(f"{notifier}: {message}")
+        self.notifier = notifier
+
+
+class RetryableNotifyError(NotifyError):
+    """Worth trying again: timeout, refused connection, 5xx, 429 (`retry_after` in seconds)."""
+
+    def __init__(self, notifier: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(notifier, message)
+        self.retry_after = retry_after
+
+
+class PermanentNotifyError(NotifyError):
+    """Trying again cannot help (a 4xx, a rejected address): the batch is dropped and logged."""
+
+
+class Notifier(Protocol):
+    """One destination. `send` raises NotifyError subclasses only; the dispatcher retries."""
+
+    name: str
+
+    async def send(self, transitions: list[Transition]) -> None:
+        """Deliver these transitions (already filtered to those that page)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; called once, after the last send."""
+        ...
+
+
+@runtime_checkable
+class Refreshing(Protocol):
+    """Optional ability: a notifier that must re-send the firing set every `refresh_interval` s."""
+
+    refresh_interval: float
+
+    async def refresh(self, active: list[Transition]) -> None:
+        """Re-send (or re-publish) every alert firing now."""
+        ...
+
+
+def dashboard_link(base: str | None, transition: Transition) -> str | None:
+    """The dashboard URL with `site` and `link` query parameters added, or None without a base."""
+    if not base:
+        return None
+    parts = urllib.parse.urlsplit(base)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query += [("site", transition.labels["site"]), ("link", transition.labels["target"])]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def measured_values(transition: Transition) -> dict[str, str]:
+    """The measured values among the annotations (loss_pct, rtt_p95_ms, silent_s, ...)."""
+    return {k: v for k, v in transition.annotations.items() if k not in _TEXT_ANNOTATIONS}
+
+
+def describe(transition: Transition, dashboard_url: str | None) -> dict[str, Any]:
+    """One alert as JSON for the webhook and MQTT: who, what, how bad, since when, where to look."""
+    labels = transition.labels
+    notes = transition.annotations
+    return {
+        "alertname": labels["alertname"],
+        "state": transition.state.value,
+        "severity": labels["severity"],
+        "site": labels["site"],
+        "site_name": notes.get("site_name", ""),
+        "parent_hospital": notes.get("parent_hospital", ""),
+        "link": labels["target"],
+        "summary": notes.get("summary", ""),
+        "description": notes.get("description", ""),
+        "measured": measured_values(transition),
+        "value": transition.value,
+        "since": iso_time(transition.starts_at),
+        "ended": iso_time(transition.ends_at) if transition.ends_at is not None else None,
+        "dashboard": dashboard_link(dashboard_url, transition),
+        "labels": dict(labels),
+        "annotations": dict(notes),
+    }
+
+
+def headline(transition: Transition) -> str:
+    """A phone-lock-screen line: `[CRITICAL] pavilion-2: parent link wan down since 14:02 ...`."""
+    labels = transition.labels
+    summary = transition.annotations.get("summary") or (
+        f"{labels['site']}: {labels['alertname']} on {labels['target']} "
+        f"since {clock_text(transition.starts_at)}"
+    )
+    tag = "RESOLVED" if transition.state is AlertState.RESOLVED else labels["severity"].upper()
+    return f"[{tag}] {summary}"
