@@ -1,4 +1,4 @@
-"""The README's demo command runs the whole pipeline and shows what reached InfluxDB."""
+"""The README's demo command: two sites, a parent link cut and restored, alerts fire and resolve."""
 
 from __future__ import annotations
 
@@ -16,37 +16,42 @@ pytestmark = [
 ]
 
 
+def _namespaces() -> set[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in listing.stdout.splitlines() if line.strip()}
+
+
 def test_demo_runs_end_to_end_and_tears_down(tmp_path: Path) -> None:
-    before = set(
-        subprocess.run(
-            ["ip", "netns", "list"], capture_output=True, text=True, check=True
-        ).stdout.split()
-    )
+    before = _namespaces()
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "fieldmon-lab"), "demo", "--duration", "16",
+        [str(Path(sys.executable).parent / "fieldmon-lab"), "demo", "--duration", "60",
          "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "120"},
+        timeout=180,
+        env={**os.environ, "COLUMNS": "160"},
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = result.stdout[result.stdout.index("What the demo wrote") :]
-    for link in ("parent-gw", "internet", "site-gateway"):
-        assert link in summary
-    assert "parent link 30 % loss" in result.stdout
-    # Every row count in the summary is positive: data reached InfluxDB for every link.
-    counts = [
-        int(cells[1])
+    output = result.stdout
+    assert result.returncode == 0, output[-3000:] + result.stderr[-3000:]
+    assert "status page http://127.0.0.1:" in output
+    assert "demo-pavilion parent link cut" in output
+    # The cut parent link paged LinkDown while it lasted ...
+    assert "FIRING LinkDown demo-pavilion/parent-gw" in output
+    summary = output[output.index("What the demo wrote") :]
+    # ... and the alert history has both the firing and the resolve.
+    assert "LinkDown firing" in summary
+    assert "LinkDown resolved" in summary
+    rows = [
+        cells
         for line in summary.splitlines()
-        if (cells := [c.strip() for c in line.split("│") if c.strip()]) and len(cells) == 4
-        and cells[1].isdigit()
-    ]  # fmt: skip
-    assert len(counts) == 3 and min(counts) >= 1, summary
-    after = set(
-        subprocess.run(
-            ["ip", "netns", "list"], capture_output=True, text=True, check=True
-        ).stdout.split()
-    )
-    assert not {name for name in after - before if name.startswith("fm-demo-")}
+        if len(cells := [c.strip() for c in line.split("│") if c.strip()]) == 5
+        and cells[2].isdigit()
+    ]
+    assert {(cells[0], cells[1]) for cells in rows} == {
+        (site, link)
+        for site in ("demo-pavilion", "demo-school")
+        for link in ("parent-gw", "internet", "site-gateway")
+    }
+    assert min(int(cells[2]) for cells in rows) >= 5
+    assert not {name for name in _namespaces() - before if name.startswith("fm-demo-")}
