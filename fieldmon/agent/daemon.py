@@ -19,6 +19,8 @@ from fieldmon.agent.probes.icmp_socket import IcmpPinger
 from fieldmon.agent.probes.registry import ProbeResources, build_probes
 from fieldmon.agent.scheduler import run_probe_forever
 from fieldmon.agent.sender import Sender
+from fieldmon.agent.snmp.client import SnmpClient
+from fieldmon.agent.snmp.errors import CryptoBackendMissingError, ProfileError
 from fieldmon.config.errors import ConfigError
 from fieldmon.mqtt import MqttLink, new_client
 from fieldmon.wire import topics
@@ -26,6 +28,10 @@ from fieldmon.wire.codec import encode
 from fieldmon.wire.models import StatusMessage
 
 logger = logging.getLogger(__name__)
+
+# What building probes from a valid site file can still raise: a profile file that is missing or
+# malformed, SNMPv3 privacy without the crypto backend, an unreadable secret file.
+PROBE_SETUP_ERRORS = (ProfileError, CryptoBackendMissingError, OSError)
 
 # How long a clean shutdown waits for in-flight envelopes to be acknowledged.
 SHUTDOWN_GRACE_S = 3.0
@@ -92,10 +98,24 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
     # One thread for every SQLite call: disk I/O never blocks the event loop.
     disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
     outbox = await loop.run_in_executor(
-        disk, lambda: Outbox(config.agent.outbox.path, site=config.site, agent=config.agent.id)
+        disk,
+        lambda: Outbox(
+            config.agent.outbox.path,
+            site=config.site,
+            agent=config.agent.id,
+            max_bytes=config.agent.outbox.max_bytes,
+        ),
     )
     link = _connect_link(config, loop)
-    sender = Sender(outbox, link, site=config.site, agent=config.agent.id, disk=disk)
+    sender = Sender(
+        outbox,
+        link,
+        site=config.site,
+        agent=config.agent.id,
+        disk=disk,
+        replay_rate=config.agent.outbox.replay_rate,
+        fresh_window=config.agent.outbox.fresh_window,
+    )
     ack_topic = topics.ack_topic(config.site, config.agent.id)
 
     ack_tasks: set[asyncio.Task[None]] = set()
@@ -116,7 +136,10 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
     )
     async with IcmpPinger() as pinger:
         probes = ProbeSet(batcher)
-        resources = ProbeResources(pinger=pinger, outbox_depth=lambda: outbox.waiting_samples)
+        snmp = SnmpClient()
+        resources = ProbeResources(
+            pinger=pinger, snmp=snmp, outbox_depth=lambda: outbox.waiting_samples
+        )
         probes.start(build_probes(config, resources))
         background = [
             asyncio.create_task(batcher.run(), name="batcher"),
@@ -152,6 +175,7 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         link.stop()
+        snmp.close()
     await loop.run_in_executor(disk, outbox.close)
     disk.shutdown(wait=True)
     logger.info("agent stopped", extra={"unacknowledged": sender.in_flight()})
@@ -171,13 +195,17 @@ async def _reloaded(
     """Apply a changed site file's probes; identity and broker changes need a restart."""
     try:
         fresh = await asyncio.to_thread(load_site_config, path)
+        new_probes = build_probes(fresh, resources)
     except ConfigError as exc:
         logger.error("reload refused: the site file is invalid", extra={"errors": str(exc)})
+        return current
+    except PROBE_SETUP_ERRORS as exc:
+        logger.error("reload refused: a probe cannot start", extra={"error": str(exc)})
         return current
     if (fresh.site, fresh.agent) != (current.site, current.agent):
         logger.warning("reload: site, agent id, broker and outbox changes need a restart")
     await probes.stop()
-    probes.start(build_probes(fresh, resources))
+    probes.start(new_probes)
     logger.info("reloaded the site file", extra={"file": str(path)})
     return fresh.model_copy(update={"site": current.site, "agent": current.agent})
 
@@ -189,5 +217,9 @@ def run_agent(config_path: Path) -> int:
     except ConfigError as exc:
         logger.error("invalid site file", extra={"errors": [str(i) for i in exc.issues]})
         return 2
-    asyncio.run(_serve(config_path, config))
+    try:
+        asyncio.run(_serve(config_path, config))
+    except PROBE_SETUP_ERRORS as exc:
+        logger.error("a probe cannot start", extra={"error": str(exc)})
+        return 2
     return 0

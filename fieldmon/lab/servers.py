@@ -696,3 +696,96 @@ class AlertmanagerServer(_ServerProcess):
             raise ServerQueryError(
                 f"alertmanager /api/v2/alerts answered {exc.code}: {detail}"
             ) from exc
+
+
+class BlackboxExporterServer(_ServerProcess):
+    """Debian's `prometheus-blackbox-exporter` on 127.0.0.1 with `config_text` as blackbox.yml.
+
+    ICMP modules need root or CAP_NET_RAW, as the fieldmon agent does.
+    """
+
+    name = "blackbox-exporter"
+
+    def __init__(
+        self,
+        directory: Path | str,
+        config_text: str,
+        *,
+        port: int | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(directory, startup_timeout=startup_timeout)
+        self.config_text = config_text
+        self.port = port
+        self._fixed_ports = port is not None
+
+    @property
+    def address(self) -> str:
+        """host:port, as a Prometheus scrape target."""
+        return f"{self.host}:{self.port}"
+
+    def _choose_ports(self) -> None:
+        self.port = free_port()
+
+    def _prepare(self) -> list[str]:
+        config = self.directory / "blackbox.yml"
+        config.write_text(self.config_text, encoding="utf-8")
+        return [
+            "prometheus-blackbox-exporter",
+            f"--config.file={config}",
+            f"--web.listen-address={LOOPBACK}:{self.port}",
+        ]
+
+    def _ready(self) -> bool:
+        assert self.process is not None and self.port is not None
+        return (
+            listens_on(self.process.pid, self.port)
+            and _http_status(f"http://{self.address}/-/healthy") == 200
+        )
+
+
+class PrometheusServer(_ServerProcess):
+    """Debian's `prometheus` on 127.0.0.1: `config_text` as prometheus.yml, `rules_text` as
+    rules.yml beside it (the config refers to it as `rules.yml`), its TSDB in `directory`."""
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        directory: Path | str,
+        config_text: str,
+        rules_text: str = "",
+        *,
+        port: int | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(directory, startup_timeout=startup_timeout)
+        self.config_text = config_text
+        self.rules_text = rules_text
+        self.port = port
+        self._fixed_ports = port is not None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API."""
+        return f"http://{self.host}:{self.port}"
+
+    def _choose_ports(self) -> None:
+        self.port = free_port()
+
+    def _prepare(self) -> list[str]:
+        config = self.directory / "prometheus.yml"
+        config.write_text(self.config_text, encoding="utf-8")
+        (self.directory / "rules.yml").write_text(self.rules_text, encoding="utf-8")
+        return [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={self.directory / 'data'}",
+            f"--web.listen-address={LOOPBACK}:{self.port}",
+        ]
+
+    def _ready(self) -> bool:
+        assert self.process is not None and self.port is not None
+        return (
+            listens_on(self.process.pid, self.port) and _http_status(f"{self.url}/-/ready") == 200
+        )

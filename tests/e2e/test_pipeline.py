@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldmon.lab.netns import silent_host
-from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
+from fieldmon.lab.servers import InfluxdServer, MosquittoServer, SnmpdServer, free_port
 
 BIN = Path(sys.executable).parent
 pytestmark = [
@@ -71,6 +71,8 @@ def test_agent_to_influxdb_through_mosquitto(
     sites = tmp_path / "site_configs"
     sites.mkdir()
     outbox = tmp_path / "agent" / "outbox.db"
+    snmpd = SnmpdServer(tmp_path / "snmpd").start()
+    (sites / "community").write_text(snmpd.community, encoding="utf-8")
     site_file = _write(
         sites / "e2e-site.yaml",
         f"""
@@ -87,6 +89,10 @@ links:
      spacing: 50ms, timeout: 500ms}}
   - {{name: parent-silent, address: {silent_address}, role: parent, interval: 1s, count: 5,
      spacing: 50ms, timeout: 500ms}}
+snmp_devices:
+  - {{name: uplink-router, address: 127.0.0.1, profile: if-mib, interval: 1s, interfaces: [lo],
+     snmp: {{version: 2c, community_file: community, port: {snmpd.port}, timeout: 500ms}}}}
+host: {{interval: 1s}}
 """,
     )
     http_port = free_port()
@@ -132,6 +138,19 @@ data_dir: ./collector-data
         assert silent_row["received"] == 0
         assert silent_row.get("rtt_avg_ms") is None
 
+        # The SNMP probe polled the router's IF-MIB (a real snmpd) and the host probe ran.
+        def snmp_rows() -> list[dict[str, object]]:
+            return influxd.query(
+                'SELECT * FROM "snmp_if" WHERE in_bps >= 0 GROUP BY *', db=influx_db
+            )
+
+        [lo_row, *_] = _wait_for(snmp_rows, 30, "an snmp_if row with a rate")
+        assert (lo_row["device"], lo_row["ifname"], lo_row["oper_up"]) == ("uplink-router", "lo", 1)
+        [host_row, *_] = _wait_for(
+            lambda: influxd.query('SELECT * FROM "host" GROUP BY *', db=influx_db), 30, "host rows"
+        )
+        assert 0 <= float(host_row["mem_pct"]) <= 100  # type: ignore[arg-type]
+
         # The alert role judged the same stream: two all-lost rounds make the silent parent
         # link LinkDown, recorded as an `alert` row (DESIGN.md) with the fixed label set.
         def link_down() -> list[dict[str, object]]:
@@ -160,6 +179,7 @@ data_dir: ./collector-data
     finally:
         agent_status = _stop(agent)
         collector_status = _stop(collector)
+        snmpd.stop()
     logs = f"agent log:\n{(tmp_path / 'agent.log').read_text()[-3000:]}"
     assert agent_status == 0, logs
     assert collector_status == 0, (tmp_path / "collector.log").read_text()[-3000:]

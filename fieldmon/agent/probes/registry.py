@@ -10,6 +10,8 @@ from fieldmon.agent.probes.base import Probe
 from fieldmon.agent.probes.host import HostProbe
 from fieldmon.agent.probes.icmp import IcmpProbe
 from fieldmon.agent.probes.icmp_socket import IcmpPinger
+from fieldmon.agent.probes.snmp import SnmpProbe
+from fieldmon.agent.snmp.client import SnmpClient
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,7 @@ class ProbeResources:
     """What probes of one agent share: sockets, clients, and the outbox's depth."""
 
     pinger: IcmpPinger
+    snmp: SnmpClient
     outbox_depth: Callable[[], int]
 
 
@@ -25,6 +28,14 @@ def icmp_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
     return [
         IcmpProbe(link, pinger=resources.pinger, site=config.site, agent=config.agent.id)
         for link in config.links
+    ]
+
+
+def snmp_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
+    """One SNMP probe per device, polled with its profile (if-mib or an AP profile file)."""
+    return [
+        SnmpProbe(device, site=config.site, agent=config.agent.id, client=resources.snmp)
+        for device in config.snmp_devices
     ]
 
 
@@ -42,6 +53,7 @@ def host_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
 
 PROBE_KINDS: dict[str, Callable[[SiteConfig, ProbeResources], list[Probe]]] = {
     "icmp": icmp_probes,
+    "snmp": snmp_probes,
     "host": host_probes,
 }
 

@@ -9,10 +9,12 @@ so no MIB is ever loaded. Several table columns are walked together in one GETBU
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import logging
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pyasn1.type import univ
 from pysnmp.entity.engine import SnmpEngine
@@ -23,14 +25,16 @@ from pysnmp.hlapi.v3arch.asyncio.transport import UdpTransportTarget
 from pysnmp.proto import rfc1905
 from pysnmp.proto.rfc1902 import ObjectName
 
-from fieldmon.agent.probes.snmp import SnmpDeviceConfig, SnmpV2cCredentials, SnmpV3Credentials
-from fieldmon.agent.snmp.errors import CryptoBackendMissing, SnmpError, SnmpTimeout
+from fieldmon.agent.snmp.errors import CryptoBackendMissingError, SnmpError, SnmpTimeoutError
+from fieldmon.agent.snmp.values import Column, Value
 from fieldmon.config.types import read_secret
+
+if TYPE_CHECKING:
+    # Only types: the probe module that defines them imports this one.
+    from fieldmon.agent.probes.snmp import SnmpDeviceConfig
 
 logger = logging.getLogger(__name__)
 
-Value = int | bytes | str  # integers of every SNMP kind, octet strings, OIDs in dotted form
-Column = dict[str, Value]  # row index ("1", "0.12.34.56.78.90.1") -> value
 
 _LCD = CommandGeneratorLcdConfigurator()
 _NULL = univ.Null("")
@@ -54,36 +58,55 @@ _PRIV = {
 
 
 def require_crypto_backend(device: str) -> None:
-    """Raise CryptoBackendMissing when SNMPv3 privacy is configured but cannot work.
+    """Raise CryptoBackendMissingError when SNMPv3 privacy is configured but cannot work.
 
     pysnmp imports `cryptography` lazily and only fails on the first encrypted packet, which
     would look like a silent timeout in the field; we check at start-up instead.
     """
     if importlib.util.find_spec("cryptography") is None:
-        raise CryptoBackendMissing(
+        raise CryptoBackendMissingError(
             f"SNMP device {device}: SNMPv3 privacy (priv) needs the Python package "
             "'cryptography', which is not installed: pip install cryptography"
         )
 
 
-def _auth_data(
-    device: str, credentials: SnmpV2cCredentials | SnmpV3Credentials
-) -> hlauth.CommunityData | hlauth.UsmUserData:
-    if isinstance(credentials, SnmpV2cCredentials):
+@dataclass(frozen=True)
+class Credentials:
+    """pysnmp auth data for a device and the key of the SNMP engine it may share."""
+
+    auth: hlauth.CommunityData | hlauth.UsmUserData
+    # pysnmp keeps one USM entry per user name per engine (the last configured wins), so
+    # devices whose v3 user shares a name but not its keys each need an engine of their own.
+    engine_key: str
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def auth_data(config: SnmpDeviceConfig) -> Credentials:
+    """pysnmp credentials for a device: reads its secret files, checks the crypto backend."""
+    device, credentials = config.name, config.snmp
+    if credentials.version == "2c":
         community = read_secret(credentials.community_file)
-        # mpModel 1 = SNMPv2c; the security name keys pysnmp's LCD cache, one per device.
-        return hlauth.CommunityData(f"fm-{device}", community, mpModel=1)
+        # pysnmp maps an answer's community back to the FIRST index configured with it and
+        # drops the answer when that index differs from the request's: devices that share a
+        # community (the usual case) must share one index, so it derives from the community.
+        index = "fm-" + _digest(community)
+        return Credentials(hlauth.CommunityData(index, community, mpModel=1), "v2c")
     auth_key = read_secret(credentials.auth_key_file) if credentials.auth_key_file else None
     priv_key = read_secret(credentials.priv_key_file) if credentials.priv_key_file else None
     if credentials.priv is not None:
         require_crypto_backend(device)
-    return hlauth.UsmUserData(
+    user = hlauth.UsmUserData(
         credentials.user,
         authKey=auth_key,
         privKey=priv_key,
         authProtocol=_AUTH[credentials.auth] if credentials.auth else hlauth.usmNoAuthProtocol,
         privProtocol=_PRIV[credentials.priv] if credentials.priv else hlauth.usmNoPrivProtocol,
     )
+    key = _digest(credentials.user, credentials.auth, auth_key, credentials.priv, priv_key)
+    return Credentials(user, f"v3-{key}")
 
 
 def _python_value(value: Any) -> Value | None:
@@ -104,26 +127,36 @@ class SnmpClient:
     def __init__(self, *, concurrency: int = 16, max_repetitions: int = 25) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.engine = SnmpEngine()
+        self._engines: dict[str, SnmpEngine] = {}
         self.max_repetitions = max_repetitions
         self.semaphore = asyncio.Semaphore(concurrency)
         self.requests = 0  # PDUs sent, for CPU-per-OID accounting
-        self.varbinds = 0  # var-binds received
+        self.varbinds = 0  # var-binds received, including a walk's overshoot past its columns
+        self.values = 0  # values kept: the OIDs actually polled (CPU per OID divides by this)
 
-    async def target(self, config: SnmpDeviceConfig) -> SnmpTarget:
-        """A handle on one device; raises CryptoBackendMissing now rather than at first poll."""
-        credentials = config.snmp
-        auth = _auth_data(config.name, credentials)
+    def engine(self, key: str) -> SnmpEngine:
+        """The SNMP engine for one set of credentials (v2c devices all share one)."""
+        if key not in self._engines:
+            self._engines[key] = SnmpEngine()
+        return self._engines[key]
+
+    async def target(
+        self, config: SnmpDeviceConfig, credentials: Credentials | None = None
+    ) -> SnmpTarget:
+        """A handle on one device (`credentials` from auth_data() at start-up, or read now)."""
+        creds = credentials if credentials is not None else auth_data(config)
         transport = await UdpTransportTarget.create(
-            (config.address, credentials.port),
-            timeout=credentials.timeout,
-            retries=credentials.retries,
+            (config.address, config.snmp.port),
+            timeout=config.snmp.timeout,
+            retries=config.snmp.retries,
         )
-        return SnmpTarget(self, config.name, auth, transport)
+        return SnmpTarget(self, config.name, creds, transport)
 
     def close(self) -> None:
-        """Close the engine's sockets."""
-        self.engine.close_dispatcher()
+        """Close every engine's sockets."""
+        for engine in self._engines.values():
+            engine.close_dispatcher()
+        self._engines.clear()
 
 
 class SnmpTarget:
@@ -133,17 +166,18 @@ class SnmpTarget:
         self,
         client: SnmpClient,
         device: str,
-        auth: hlauth.CommunityData | hlauth.UsmUserData,
+        credentials: Credentials,
         transport: UdpTransportTarget,
     ) -> None:
         self.client = client
         self.device = device
-        self._auth = auth
+        self._engine = client.engine(credentials.engine_key)
+        self._auth = credentials.auth
         self._transport = transport
 
     def _configure(self) -> str:
         addr_name, _params = _LCD.configure(
-            self.client.engine, self._auth, self._transport, _EMPTY_CONTEXT
+            self._engine, self._auth, self._transport, _EMPTY_CONTEXT
         )
         return str(addr_name)
 
@@ -157,19 +191,21 @@ class SnmpTarget:
 
         async with self.client.semaphore:
             target = self._configure()
-            send(self.client.engine, target, None, _EMPTY_CONTEXT, *args, done)
+            send(self._engine, target, None, _EMPTY_CONTEXT, *args, done)
             indication, status, index, varbinds = await future
         self.client.requests += 1
         if indication:
             text = str(indication)
             if "timeout" in text.lower():
-                raise SnmpTimeout(
+                raise SnmpTimeoutError(
                     f"{self.device}: {what}: no answer within "
                     f"{self._transport.timeout:g}s x {self._transport.retries + 1} tries"
                 )
             raise SnmpError(f"{self.device}: {what}: {text}")
         if status:
-            raise SnmpError(f"{self.device}: {what}: error-status {status.prettyPrint()} at {index}")
+            raise SnmpError(
+                f"{self.device}: {what}: error-status {status.prettyPrint()} at {index}"
+            )
         self.client.varbinds += len(varbinds)
         return tuple(varbinds)
 
@@ -184,6 +220,7 @@ class SnmpTarget:
             converted = _python_value(value)
             if converted is not None:
                 result[str(name)] = converted
+        self.client.values += len(result)
         return result
 
     async def walk(
@@ -209,6 +246,7 @@ class SnmpTarget:
                 request,
             )
             self._absorb(answer, active, roots, cursor, result)
+        self.client.values += sum(len(column) for column in result.values())
         return result
 
     @staticmethod

@@ -50,32 +50,31 @@ def counter_rate(
     - the value went down: a 32-bit counter wrapped once (the delta is taken modulo 2**32); a
       64-bit counter does not wrap in a device's lifetime, so that is a reset (discontinuity);
     - a wrapped delta that implies more than `max_per_second` (e.g. beyond the line rate) is
-      a reset that looked like a wrap: discontinuity.
+      a reset that looked like a wrap: discontinuity. Plain increases are never judged by it
+      (devices under-report speeds, e.g. net-snmp gives loopback 10 Mbit/s).
     """
     if width not in (COUNTER32, COUNTER64):
         raise ValueError(f"counter width must be 32 or 64 bits, not {width}")
     if previous is None:
         return FIRST
-    if _restarted(previous, current):
-        return BROKEN
     elapsed = current.at - previous.at
-    if elapsed <= 0:
+    if _restarted(previous, current) or elapsed <= 0:
         return BROKEN
     delta = current.value - previous.value
-    if delta < 0:
-        if width == COUNTER64:
-            return BROKEN
-        delta %= 2**width
-    per_second = delta / elapsed
-    if max_per_second is not None and per_second > max_per_second:
-        return BROKEN
-    return Rate(per_second)
+    if delta >= 0:
+        return Rate(delta / elapsed)
+    per_second = (delta % 2**width) / elapsed
+    impossible = max_per_second is not None and per_second > max_per_second
+    return BROKEN if width == COUNTER64 or impossible else Rate(per_second)
 
 
 def _restarted(previous: Reading, current: Reading) -> bool:
     if previous.uptime is not None and current.uptime is not None:
-        if current.uptime < previous.uptime:
-            return True
+        return current.uptime < previous.uptime or _changed(previous, current)
+    return _changed(previous, current)
+
+
+def _changed(previous: Reading, current: Reading) -> bool:
     return (
         previous.discontinuity is not None
         and current.discontinuity is not None

@@ -7,11 +7,11 @@ class SnmpError(Exception):
     """A device answered with an error, or not in a way we could use."""
 
 
-class SnmpTimeout(SnmpError):
+class SnmpTimeoutError(SnmpError):
     """No answer within the device's timeout and retries: dead, unreachable or wrong credentials."""
 
 
-class CryptoBackendMissing(RuntimeError):
+class CryptoBackendMissingError(RuntimeError):
     """SNMPv3 privacy is configured but the `cryptography` package is not installed."""
 
 
