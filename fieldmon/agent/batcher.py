@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from fieldmon.agent.outbox import Outbox
+from fieldmon.agent.outbox import Outbox, Priority, priority_of
 from fieldmon.wire.models import Sample
 
 logger = logging.getLogger(__name__)
@@ -46,15 +46,20 @@ class EnvelopeBatcher:
             self._wake.set()
 
     async def flush(self) -> None:
-        """Commit everything buffered now."""
+        """Commit everything buffered now; events and state changes in envelopes of their own."""
         while self._buffer:
-            chunk = self._buffer[: self._max_samples]
-            del self._buffer[: self._max_samples]
+            events = [s for s in self._buffer if priority_of([s]) is Priority.EVENT]
+            source = events or self._buffer
+            chunk = source[: self._max_samples]
+            priority = Priority.EVENT if events else Priority.BULK
+            taken = {id(sample) for sample in chunk}
+            self._buffer = [s for s in self._buffer if id(s) not in taken]
             loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self._disk, self._outbox.append, chunk)
-            except sqlite3.Error as exc:
-                # Keep the samples and try again later rather than lose them.
+                await loop.run_in_executor(self._disk, self._outbox.append, chunk, priority)
+            except (sqlite3.Error, OSError) as exc:
+                # A full disk even after dropping the oldest: keep the samples in memory and
+                # try again at the next flush rather than lose them.
                 self._buffer[:0] = chunk
                 logger.error("cannot write the outbox", extra={"error": str(exc)})
                 return

@@ -4,6 +4,12 @@ paho keeps unacknowledged QoS 1 messages in RAM and its 16-bit message ids wrap 
 and Mosquitto drops past its per-client queue limit, so the backlog is never handed to paho
 whole: at most `window` envelopes are in flight, and each stays on disk until the collector's
 `ack` names it. Envelopes not acknowledged within `ack_timeout` are sent again.
+
+Replay is fresh-first: at each (re)connect the envelopes created within `fresh_window` (and at
+least the newest one) become "live" together with everything appended afterwards; live ones
+go out first, newest first, so the NOC sees the site's present state at once. The older
+backlog drains behind them, oldest first, at most `replay_rate` envelopes per second (a token
+bucket holding one second's worth) so it never swamps a thin uplink.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
-from fieldmon.agent.outbox import Outbox, StoredEnvelope
+from fieldmon.agent.outbox import Outbox, Selection, StoredEnvelope
 from fieldmon.mqtt import MqttLink
 from fieldmon.wire import topics
 from fieldmon.wire.models import AckMessage
@@ -38,6 +44,8 @@ class Sender:
         disk: ThreadPoolExecutor,
         window: int = 32,
         ack_timeout: float = 30.0,
+        replay_rate: float = 20.0,
+        fresh_window: float = 60.0,
     ) -> None:
         self._outbox = outbox
         self._link = link
@@ -47,6 +55,11 @@ class Sender:
         self._samples_topic = topics.samples_topic(site, agent)
         self._ack_topic = topics.ack_topic(site, agent)
         self._in_flight: dict[int, float] = {}  # seq -> monotonic time sent
+        self._replay_rate = replay_rate
+        self._fresh_window = fresh_window
+        self._tokens = max(1.0, replay_rate)
+        self._tokens_at = time.monotonic()
+        self._live_from: int | None = None  # first live seq; None: work it out on connect
         self._wake = asyncio.Event()
         self.acknowledged = 0
         link.on_connected.append(self._connected)
@@ -59,6 +72,7 @@ class Sender:
         self._link.client.subscribe(self._ack_topic, qos=1)
         # A new connection may have lost whatever paho had in flight; send it all again.
         self._in_flight.clear()
+        self._live_from = None
         self.notify()
 
     async def _disk_call(self, function, *args):  # type: ignore[no-untyped-def]
@@ -93,6 +107,27 @@ class Sender:
         self._in_flight[envelope.seq] = time.monotonic()
         return True
 
+    def _refill(self) -> None:
+        now = time.monotonic()
+        burst = max(1.0, self._replay_rate)
+        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * self._replay_rate)
+        self._tokens_at = now
+
+    async def _select(self, room: int) -> Selection:
+        if self._live_from is None:
+            since = time.time_ns() - int(self._fresh_window * 1e9)
+            self._live_from = await self._disk_call(self._outbox.fresh_from, since)
+            logger.info("replaying fresh-first", extra={"live_from_seq": self._live_from})
+        self._refill()
+        return await self._disk_call(
+            lambda: self._outbox.select(
+                room,
+                set(self._in_flight),
+                live_from=self._live_from,
+                backlog_limit=int(self._tokens),
+            )
+        )
+
     async def run(self) -> None:
         """Send until cancelled."""
         while True:
@@ -101,14 +136,21 @@ class Sender:
             self._wake.clear()
             self._expire_in_flight()
             room = self._window - len(self._in_flight)
+            timeout = min(5.0, self._ack_timeout)
             if room > 0:
-                batch = await self._disk_call(self._outbox.pending, room, set(self._in_flight))
-                for envelope in batch:
+                selection = await self._select(room)
+                live = len(selection.envelopes) - selection.backlog
+                for index, envelope in enumerate(selection.envelopes):
                     if not self._link.connected.is_set() or not self._publish(envelope):
                         break
+                    if index >= live:
+                        self._tokens -= 1
+                if selection.backlog_left:
+                    # Come back when the bucket holds the next backlog token.
+                    timeout = min(timeout, max(0.01, (1 - self._tokens) / self._replay_rate))
             # Wake on the next change, or in time to re-send what was never acknowledged.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=min(5.0, self._ack_timeout))
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
     def in_flight(self) -> int:
         """Envelopes published and not yet acknowledged by a collector."""

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# A jump further than this is a restarted count (an agent whose outbox was lost), not a gap.
+MAX_GAP = 100_000
+
 
 @dataclass
 class AgentSeqs:
@@ -55,6 +58,13 @@ class SeqTracker:
             state.recovered += 1
             state.received += 1
             return SeqVerdict(duplicate=False)
+        if seq - max(state.above, default=state.contiguous) > MAX_GAP:
+            # The agent lost its outbox and restarted its seqs from a time base: a new count,
+            # not a trillion missing envelopes.
+            state = self.agents[(site, agent)] = AgentSeqs(
+                contiguous=seq - 1, received=state.received, duplicates=state.duplicates,
+                lost=state.lost, recovered=state.recovered,
+            )  # fmt: skip
         if seq <= state.contiguous or seq in state.above:
             state.duplicates += 1
             return SeqVerdict(duplicate=True)

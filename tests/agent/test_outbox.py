@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
-from fieldmon.agent.outbox import Outbox
+from fieldmon.agent.outbox import Outbox, Priority
 from fieldmon.wire.codec import decode_envelope
 from fieldmon.wire.models import Envelope, Sample
 
@@ -73,3 +75,137 @@ def test_waiting_samples_follow_appends_acks_and_reopen(tmp_path: Path) -> None:
     assert outbox.waiting_samples == 1
     outbox.close()
     assert Outbox(path, site="s", agent="a").waiting_samples == 1
+
+
+def _link(n: int) -> Sample:
+    return _sample(n)
+
+
+def _event(n: int) -> Sample:
+    return Sample(
+        measurement="alert",
+        tags={"alertname": "LinkDown", "target": f"t{n}"},
+        fields={"state": "firing"},
+        time=1_700_000_000_000_000_000 + n,
+    )
+
+
+def test_events_are_classed_and_selected_before_bulk(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db", site="s", agent="a")
+    for i in range(4):
+        outbox.append([_link(i)])
+    event = outbox.append([_event(4)])
+    assert event.priority == Priority.EVENT
+    outbox.append([_link(5)])
+    # Everything is backlog (live_from beyond the end): events first, then bulk oldest first.
+    chosen = outbox.select(10, set(), live_from=100, backlog_limit=3)
+    assert [e.seq for e in chosen.envelopes] == [4, 0, 1]
+    assert (chosen.backlog, chosen.backlog_left) == (3, True)
+
+
+def test_live_envelopes_go_first_newest_first_and_backlog_is_limited(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db", site="s", agent="a")
+    for i in range(10):
+        outbox.append([_link(i)])
+    chosen = outbox.select(5, {9}, live_from=7, backlog_limit=2)
+    assert [e.seq for e in chosen.envelopes] == [8, 7, 0, 1]
+    assert chosen.backlog == 2
+    assert chosen.backlog_left
+    nothing_old = outbox.select(5, set(), live_from=7, backlog_limit=0)
+    assert [e.seq for e in nothing_old.envelopes] == [9, 8, 7]
+    assert nothing_old.backlog_left
+
+
+def test_fresh_from_takes_recent_envelopes_and_at_least_the_newest(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    outbox = Outbox(path, site="s", agent="a")
+    assert outbox.fresh_from(0) == 0  # empty: whatever comes next is live
+    for i in range(6):
+        outbox.append([_link(i)])
+    # Back-date the first four, as if they had waited through an outage.
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE envelopes SET created_ns = created_ns - 3600000000000 WHERE seq < 4")
+    since = time.time_ns() - 60_000_000_000
+    assert outbox.fresh_from(since) == 4
+    outbox.acknowledge([(4, 5)])
+    assert outbox.fresh_from(since) == 3  # nothing recent: the newest alone is live
+
+
+def _simulate_cap(sizes: list[int], cap: int) -> list[int]:
+    """Indices that survive when the oldest is dropped until each new one fits."""
+    kept: list[int] = []
+    for index, size in enumerate(sizes):
+        while kept and sum(sizes[i] for i in kept) + size > cap:
+            kept.pop(0)
+        kept.append(index)
+    return kept
+
+
+def test_cap_drops_the_oldest_bulk_counts_exactly_and_keeps_the_newest(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    probe = Outbox(tmp_path / "size.db", site="s", agent="a")
+    size = len(probe.append([_link(1), _link(2), _link(3)]).payload)
+    cap = size * 5 + size // 2
+    outbox = Outbox(path, site="s", agent="a", max_bytes=cap)
+    stored = [outbox.append([_link(i), _link(i + 1), _link(i + 2)]) for i in range(20)]
+    kept = _simulate_cap([len(e.payload) for e in stored], cap)
+    dropped = 20 - len(kept)
+    assert dropped == 15
+    assert (outbox.dropped_envelopes, outbox.dropped_samples) == (dropped, dropped * 3)
+    assert [e.seq for e in outbox.pending(100)] == [stored[i].seq for i in kept]
+    assert outbox.pending(100)[-1].seq == stored[-1].seq
+    assert outbox.stored_bytes <= cap
+    assert outbox.waiting_samples == len(kept) * 3
+    outbox.close()
+    reopened = Outbox(path, site="s", agent="a", max_bytes=cap)
+    assert (reopened.dropped_envelopes, reopened.dropped_samples) == (15, 45)
+
+
+def test_cap_keeps_events_while_bulk_remains(tmp_path: Path) -> None:
+    probe = Outbox(tmp_path / "size.db", site="s", agent="a")
+    size = len(probe.append([_link(1)]).payload)
+    outbox = Outbox(tmp_path / "o.db", site="s", agent="a", max_bytes=size * 4)
+    event = outbox.append([_event(0)])
+    for i in range(1, 10):
+        outbox.append([_link(i)])
+    seqs = [e.seq for e in outbox.pending(100)]
+    assert seqs[0] == event.seq
+    assert seqs[-1] == 9
+    assert outbox.dropped_envelopes == 10 - len(seqs)
+
+
+def test_full_disk_drops_the_oldest_and_retries(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db", site="s", agent="a")
+    big = [_link(i) for i in range(200)]
+    # SQLite's own page limit gives the real SQLITE_FULL "database or disk is full" error.
+    (pages,) = outbox._db.execute("PRAGMA page_count").fetchone()
+    outbox._db.execute(f"PRAGMA max_page_count = {pages + 40}")
+    appended = [outbox.append(big) for _ in range(60)]
+    assert outbox.dropped_envelopes > 0
+    assert outbox.depth() + outbox.dropped_envelopes == len(appended)
+    assert outbox.dropped_samples == outbox.dropped_envelopes * 200
+    assert outbox.pending(1000)[-1].seq == appended[-1].seq
+
+
+def test_corrupt_file_is_moved_aside_and_seq_does_not_go_backwards(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    outbox = Outbox(path, site="s", agent="a")
+    last = [outbox.append([_link(i)]) for i in range(5)][-1]
+    outbox.close()
+    for leftover in tmp_path.glob("o.db-*"):
+        leftover.unlink()
+    path.write_bytes(b"this is not an SQLite database, just garbage " * 200)
+    fresh = Outbox(path, site="s", agent="a")
+    assert fresh.moved_aside is not None
+    assert fresh.moved_aside.read_bytes().startswith(b"this is not")
+    assert fresh.depth() == 0
+    assert fresh.append([_link(9)]).seq > last.seq
+
+
+def test_corrupt_file_without_seq_reservation_restarts_from_a_time_base(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    path.write_bytes(b"\x00garbage" * 512)
+    before_ms = time.time_ns() // 1_000_000
+    outbox = Outbox(path, site="s", agent="a")
+    assert outbox.moved_aside is not None and outbox.moved_aside.exists()
+    assert outbox.append([_link(1)]).seq >= before_ms

@@ -66,3 +66,10 @@ def test_any_order_with_resends_counts_each_seq_once(order: list[int], resends: 
     assert state.received == 40 - below_first
     assert state.duplicates == resends + below_first
     assert state.missing == 0
+
+
+def test_a_restarted_count_is_not_a_giant_gap() -> None:
+    tracker = SeqTracker(loss_grace=60)
+    _feed(tracker, [0, 1, 2, 1_800_000_000_000, 1_800_000_000_001])
+    state = tracker.agents[("s", "a")]
+    assert (state.received, state.missing, state.contiguous) == (5, 0, 1_800_000_000_001)
