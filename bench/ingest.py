@@ -169,6 +169,19 @@ def _written(http_port: int) -> float:
     return 0.0
 
 
+def _stop(collector: subprocess.Popen[bytes], workdir: Path) -> None:
+    """SIGTERM and wait; a collector that does not stop is a bug worth its log, then killed."""
+    collector.send_signal(signal.SIGTERM)
+    try:
+        collector.wait(timeout=30)
+    except subprocess.TimeoutExpired as exc:
+        collector.kill()
+        collector.wait()
+        log = (workdir / "collector.log").read_text(errors="replace")
+        message = f"the collector ignored SIGTERM for 30 s; its log ends:\n{log[-3000:]}"
+        raise RuntimeError(message) from exc
+
+
 def _wait_http(port: int) -> None:
     deadline = time.monotonic() + 30
     while True:
@@ -187,6 +200,8 @@ def end_to_end(
     influxd: InfluxdServer,
     payloads: list[bytes],
     samples: int,
+    *,
+    roles: list[str],
 ) -> tuple[float, float]:
     """Samples/s the collector drains from its queued session into influxd; its CPU share."""
     sites = workdir / "site_configs"
@@ -202,6 +217,7 @@ def end_to_end(
         f'influxdb: {{api: v1, url: "{influxd.url}", database: bench_e2e}}\n'
         f"site_configs: ./site_configs\nhttp: {{listen: '127.0.0.1:{http_port}'}}\n"
         "data_dir: ./collector-data\n"
+        f"roles: [{', '.join(roles)}]\n"
     )
     command = [str(BIN / "fieldmon-collector"), "run", "--config", str(config)]
     log = (workdir / "collector.log").open("ab")
@@ -209,8 +225,7 @@ def end_to_end(
     collector = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     _wait_http(http_port)
     time.sleep(1.0)
-    collector.send_signal(signal.SIGTERM)
-    collector.wait(timeout=30)
+    _stop(collector, workdir)
     publish_all(mosquitto.port, payloads, "bench-agent")
 
     collector = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -249,8 +264,7 @@ def end_to_end(
         elapsed = time.perf_counter() - started
         cpu = sum(process.cpu_times()[:2]) - cpu_before
     finally:
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(timeout=30)
+        _stop(collector, workdir)
     return samples / elapsed, cpu / elapsed
 
 
@@ -259,6 +273,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envelopes", type=int, default=2000)
     parser.add_argument("--samples-per-envelope", type=int, default=100)
+    parser.add_argument(
+        "--roles",
+        default="ingest",
+        help="collector roles: ingest (what this measures; scales out in a shared group) or "
+        "ingest,alerts (one process judging every round too)",
+    )
     args = parser.parse_args()
     envelopes = realistic_envelopes(args.envelopes, args.samples_per_envelope)
     payloads = [encode(envelope) for envelope in envelopes]
@@ -274,7 +294,9 @@ def main() -> None:
             influxd.create_database("bench_ceiling")
             mqtt_rate = mosquitto_ceiling(mosquitto.port, payloads) * args.samples_per_envelope
             influx_rate = asyncio.run(influx_ceiling(influxd.url, "bench_ceiling", bodies, samples))
-            e2e_rate, cpu_share = end_to_end(workdir, mosquitto, influxd, payloads, samples)
+            e2e_rate, cpu_share = end_to_end(
+                workdir, mosquitto, influxd, payloads, samples, roles=args.roles.split(",")
+            )
     slower = min(mqtt_rate, influx_rate)
     result = {
         "envelopes": args.envelopes,
@@ -283,6 +305,7 @@ def main() -> None:
         "mosquitto_alone_samples_per_s": round(mqtt_rate),
         "influxd_write_alone_points_per_s": round(influx_rate),
         "fieldmon_end_to_end_samples_per_s": round(e2e_rate),
+        "collector_roles": args.roles,
         "collector_cpu_cores": round(cpu_share, 2),
         "ratio_to_slower_ceiling": round(e2e_rate / slower, 2),
         "cpus": os.cpu_count(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections import deque
 from collections.abc import Callable
 from typing import Annotated
 
@@ -18,6 +19,9 @@ from pydantic import Field
 from fieldmon.config.types import Duration, SecretFile, StrictModel, read_secret
 
 logger = logging.getLogger(__name__)
+
+# Messages handled per turn of the event loop before other tasks (writes, HTTP) get a turn.
+INBOX_CHUNK = 64
 
 
 class TlsConfig(StrictModel):
@@ -98,6 +102,7 @@ class MqttLink:
         self.last_error: str | None = None
         # Bumped on every connect: an earlier connection's packet ids must not be acked on this one.
         self.generation = 0
+        self._inbox: deque[mqtt.MQTTMessage] = deque()
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
@@ -184,8 +189,24 @@ class MqttLink:
     def _handle_message(
         self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage
     ) -> None:
-        if self.on_message is not None:
-            self._call(self.on_message, message)
+        # One wake-up of the event loop per burst, not per message: each call_soon_threadsafe
+        # writes a byte to the loop's self-pipe, and a flood of them fills the pipe so that a
+        # SIGTERM arriving under load is lost ("signal wakeup fd: Resource temporarily
+        # unavailable"). deque append/popleft are thread-safe.
+        self._inbox.append(message)
+        if len(self._inbox) == 1:
+            self._call(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        """Hand queued messages to `on_message`, yielding to the loop between chunks."""
+        for _ in range(INBOX_CHUNK):
+            if not self._inbox:
+                return
+            message = self._inbox.popleft()
+            if self.on_message is not None:
+                self.on_message(message)
+        if self._inbox:
+            self._loop.call_soon(self._drain_inbox)
 
     def _handle_publish(
         self,

@@ -62,11 +62,14 @@ class StatusBoard:
             if sample.measurement != "link":
                 continue
             target = sample.tags.get("target", "")
-            link = view.links.setdefault(target, LinkView(role=sample.tags.get("role", "")))
-            fields = {k: float(v) for k, v in sample.fields.items() if not isinstance(v, str)}
+            link = view.links.get(target)
+            if link is None:
+                link = view.links[target] = LinkView(role=sample.tags.get("role", ""))
+            # On the ingest hot path: keep references, convert nothing (samples are immutable).
+            fields = sample.fields
             if sample.time >= link.latest_at:
-                link.latest, link.latest_at = fields, sample.time
-            rtt = fields.get("rtt_p95_ms")
-            link.history.append((sample.time, fields.get("loss_pct", 0.0), rtt))
-            if len(link.history) > 1 and link.history[-2][0] > sample.time:
-                link.history = deque(sorted(link.history), maxlen=HISTORY_POINTS)
+                link.latest, link.latest_at = fields, sample.time  # type: ignore[assignment]
+            history = link.history
+            history.append((sample.time, fields.get("loss_pct", 0.0), fields.get("rtt_p95_ms")))  # type: ignore[arg-type]
+            if len(history) > 1 and history[-2][0] > sample.time:
+                link.history = deque(sorted(history), maxlen=HISTORY_POINTS)

@@ -109,8 +109,12 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
     )
     runner = await _start_http(config, build_app(http_state))
 
-    await _prepare_storage(writer)
-    tasks = [asyncio.create_task(pipeline.run(), name="ingest")]
+    # In the background: a database that is down at start must not keep SIGTERM waiting, and
+    # writes before it is ready are retried like any other (a missing database is retryable).
+    tasks = [
+        asyncio.create_task(_prepare_storage(writer), name="prepare-storage"),
+        asyncio.create_task(pipeline.run(), name="ingest"),
+    ]
     if alerts is not None:
         tasks.append(asyncio.create_task(alerts.run(), name="alerts"))
     if dispatcher is not None:
