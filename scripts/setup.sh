@@ -12,6 +12,7 @@ DEBIAN_PACKAGES=(
   snmpd snmp                           # SNMP agents for the probes' tests, snmpbulkwalk for benches
   fping iproute2 iptables procps kmod  # ICMP reference, namespaces, loss injection, sysctl
   prometheus-alertmanager              # the recommended notification route
+  prometheus prometheus-blackbox-exporter  # the usual alternative, beside fieldmon in bench/alert_latency
   chromium fonts-dejavu-core           # headless browser test of the collector's status page
 )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,21 +16,8 @@ from fieldmon.agent.snmp.client import SnmpClient
 from fieldmon.agent.snmp.errors import ProfileError
 from fieldmon.agent.snmp.profiles import PROFILES_DIR, available_profiles, load_profile
 from fieldmon.lab.servers import SnmpdServer
+from fieldmon.lab.simap import recorded_walk, walk_server
 from fieldmon.wire.models import Sample
-
-DATA = Path(__file__).parent.parent / "data" / "snmp"
-WALK_AGENT = DATA / "walk_agent.py"
-# Subtrees a walk's OIDs belong to; snmpd hands each to the walk agent (priority 1 beats its
-# own IF-MIB, so a walk can stand for a whole device's interfaces).
-_SUBTREES = (
-    "1.3.6.1.2.1.2.2",
-    "1.3.6.1.2.1.31.1.1",
-    "1.2.840.10036",
-    "1.3.6.1.4.1.41112",
-    "1.3.6.1.4.1.14179",
-    "1.3.6.1.4.1.14823",
-    "1.3.6.1.4.1.14988",
-)
 
 EXPECTED = {
     "generic-ap": {
@@ -58,23 +44,6 @@ EXPECTED = {
 }
 
 
-def _subtrees(walk: Path) -> list[str]:
-    oids = [
-        line.split()[0].strip(".")
-        for line in walk.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    return [tree for tree in _SUBTREES if any(oid.startswith(tree + ".") for oid in oids)]
-
-
-def _walk_server(directory: Path, walk: Path) -> SnmpdServer:
-    lines = [
-        f"pass_persist -p 1 .{tree} {sys.executable} {WALK_AGENT} {walk}"
-        for tree in _subtrees(walk)
-    ]
-    return SnmpdServer(directory, extra_config="\n".join(lines))
-
-
 @dataclass(frozen=True)
 class ApDevice:
     """A simulated AP: its profile name, the walk it serves (a copy tests may edit), snmpd."""
@@ -86,10 +55,10 @@ class ApDevice:
 
 @pytest.fixture
 def ap_device(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ApDevice]:
-    """snmpd serving `tests/data/snmp/<profile>.walk` for the profile named by the parameter."""
+    """snmpd serving the recorded walk for the profile named by the parameter."""
     walk = tmp_path / "device.walk"
-    shutil.copy(DATA / f"{request.param}.walk", walk)
-    server = _walk_server(tmp_path / "snmpd", walk).start()
+    shutil.copy(recorded_walk(request.param), walk)
+    server = walk_server(tmp_path / "snmpd", walk).start()
     try:
         yield ApDevice(request.param, walk, server)
     finally:
@@ -194,7 +163,7 @@ def test_every_shipped_profile_loads_and_has_a_recorded_walk() -> None:
     for name in names:
         profile = load_profile(name)
         assert profile.name == name
-        assert (DATA / f"{name}.walk").is_file()
+        assert recorded_walk(name).is_file()
 
 
 def test_unknown_profile_lists_the_known_ones() -> None:
