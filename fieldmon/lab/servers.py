@@ -524,7 +524,8 @@ def udp_bound_by(pid: int, port: int, host: str = LOOPBACK) -> bool:
     ip_hex = socket.inet_aton(host)[::-1].hex().upper()
     wanted = f"{ip_hex}:{port:04X}"
     try:
-        with open("/proc/net/udp", encoding="ascii") as table:
+        # The process's own view: right also when it runs in another network namespace.
+        with open(f"/proc/{pid}/net/udp", encoding="ascii") as table:
             inodes = {
                 f"socket:[{fields[9]}]"
                 for fields in (line.split() for line in table.readlines()[1:])
@@ -543,6 +544,10 @@ class SnmpdServer(_ServerProcess):
     USM users made by `createUser` in our directory, never in /var/lib/snmp. A v2c community
     and a v3 authPriv (SHA/AES) user are configured; `extra_config` adds lines such as
     `pass_persist` or `override`.
+
+    `namespace` runs it inside that network namespace (`ip netns exec`, which keeps the PID),
+    so its IF-MIB shows that namespace's interfaces; `listen` are the addresses it serves on
+    (default 127.0.0.1) and `allow_from` the source network its community and user accept.
     """
 
     name = "snmpd"
@@ -558,8 +563,17 @@ class SnmpdServer(_ServerProcess):
         v3_priv_key: str = "priv-secret-1",
         extra_config: str = "",
         startup_timeout: float = 15.0,
+        namespace: str | None = None,
+        listen: tuple[str, ...] = (LOOPBACK,),
+        allow_from: str = LOOPBACK,
     ) -> None:
         super().__init__(directory, startup_timeout=startup_timeout)
+        if not listen:
+            raise ValueError("snmpd needs at least one address to listen on")
+        self.namespace = namespace
+        self.listen = listen
+        self.allow_from = allow_from
+        self.host = listen[0]
         self.port = port
         self._fixed_ports = port is not None
         self.community = community
@@ -586,7 +600,7 @@ class SnmpdServer(_ServerProcess):
     def config_text(self) -> str:
         """The snmpd.conf this server starts with."""
         lines = [
-            f"rocommunity {self.community} {LOOPBACK}",
+            f"rocommunity {self.community} {self.allow_from}",
             f'createUser {self.v3_user} SHA "{self.v3_auth_key}" AES "{self.v3_priv_key}"',
             f"rouser {self.v3_user} priv",
             "sysLocation fieldmon test",
@@ -600,8 +614,10 @@ class SnmpdServer(_ServerProcess):
         self.persistent_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text(), encoding="utf-8")
         pidfile = self.directory / "snmpd.pid"
-        # `env` execs snmpd, so the PID we hold is snmpd's own.
+        # `env` (and `ip netns exec`) exec snmpd, so the PID we hold is snmpd's own.
+        inside = ["ip", "netns", "exec", self.namespace] if self.namespace else []
         return [
+            *inside,
             "env",
             f"SNMP_PERSISTENT_DIR={self.persistent_dir}",
             "snmpd",
@@ -614,7 +630,7 @@ class SnmpdServer(_ServerProcess):
             str(self.config_path),
             "-p",
             str(pidfile),
-            f"udp:{LOOPBACK}:{self.port}",
+            ",".join(f"udp:{address}:{self.port}" for address in self.listen),
         ]
 
     def _launch_and_wait(self) -> bool:
@@ -628,7 +644,7 @@ class SnmpdServer(_ServerProcess):
 
     def _ready(self) -> bool:
         assert self.process is not None and self.port is not None
-        return udp_bound_by(self.process.pid, self.port)
+        return udp_bound_by(self.process.pid, self.port, self.listen[0])
 
 
 class AlertmanagerServer(_ServerProcess):
