@@ -25,7 +25,7 @@ from fieldmon.config.errors import ConfigError
 from fieldmon.mqtt import MqttLink, new_client
 from fieldmon.wire import topics
 from fieldmon.wire.codec import encode
-from fieldmon.wire.models import StatusMessage
+from fieldmon.wire.models import FieldValue, Sample, StatusMessage
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,40 @@ def _status(config: SiteConfig, state: str, reason: str | None = None) -> bytes:
             version=__version__,
             reason=reason,
         )
+    )
+
+
+def agent_event(config: SiteConfig, kind: str, message: str, **fields: FieldValue) -> Sample:
+    """An `event` row: something the agent noticed that is not a periodic reading.
+
+    Tags site, agent, kind | fields message (words for the NOC) and the kind's own values. The
+    outbox classes it EVENT: it goes out before bulk samples and is dropped last.
+    """
+    return Sample(
+        measurement="event",
+        tags={"site": config.site, "agent": config.agent.id, "kind": kind},
+        fields={"message": message, **fields},
+        time=time.time_ns(),
+    )
+
+
+def _outbox_full_event(config: SiteConfig, outbox: Outbox) -> Sample:
+    return agent_event(
+        config,
+        "outbox_dropping",
+        f"the outbox reached its cap of {config.agent.outbox.max_mb:g} MB: "
+        "dropping the oldest bulk samples until the uplink drains it",
+        dropped_samples=outbox.dropped_samples,
+        waiting_samples=outbox.waiting_samples,
+    )
+
+
+def _outbox_corrupt_event(config: SiteConfig, outbox: Outbox) -> Sample:
+    return agent_event(
+        config,
+        "outbox_corrupt",
+        f"the outbox file was corrupt; moved it to {outbox.moved_aside} and started a fresh queue",
+        moved_to=str(outbox.moved_aside),
     )
 
 
@@ -107,38 +141,15 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
         ),
     )
     link = _connect_link(config, loop)
-    sender = Sender(
-        outbox,
-        link,
-        site=config.site,
-        agent=config.agent.id,
-        disk=disk,
-        replay_rate=config.agent.outbox.replay_rate,
-        fresh_window=config.agent.outbox.fresh_window,
-    )
-    ack_topic = topics.ack_topic(config.site, config.agent.id)
-
-    ack_tasks: set[asyncio.Task[None]] = set()
-
-    def on_message(message: object) -> None:
-        if getattr(message, "topic", None) == ack_topic:
-            task = asyncio.create_task(sender.handle_ack(message.payload))  # type: ignore[attr-defined]
-            ack_tasks.add(task)
-            task.add_done_callback(ack_tasks.discard)
-
-    link.on_message = on_message
-    batcher = EnvelopeBatcher(
-        outbox,
-        disk,
-        max_samples=config.agent.max_samples_per_envelope,
-        linger=config.agent.linger,
-        on_committed=sender.notify,
-    )
+    sender, batcher = _pipeline(config, outbox, link, disk)
     async with IcmpPinger() as pinger:
         probes = ProbeSet(batcher)
         snmp = SnmpClient()
         resources = ProbeResources(
-            pinger=pinger, snmp=snmp, outbox_depth=lambda: outbox.waiting_samples
+            pinger=pinger,
+            snmp=snmp,
+            outbox_depth=lambda: outbox.waiting_samples,
+            outbox_dropped=lambda: outbox.dropped_samples,
         )
         probes.start(build_probes(config, resources))
         background = [
@@ -179,6 +190,47 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
     await loop.run_in_executor(disk, outbox.close)
     disk.shutdown(wait=True)
     logger.info("agent stopped", extra={"unacknowledged": sender.in_flight()})
+
+
+def _pipeline(
+    config: SiteConfig, outbox: Outbox, link: MqttLink, disk: ThreadPoolExecutor
+) -> tuple[Sender, EnvelopeBatcher]:
+    """The sender (fed acks from `link`) and the batcher that commits to the outbox."""
+    sender = Sender(
+        outbox,
+        link,
+        site=config.site,
+        agent=config.agent.id,
+        disk=disk,
+        replay_rate=config.agent.outbox.replay_rate,
+        fresh_window=config.agent.outbox.fresh_window,
+    )
+    ack_topic = topics.ack_topic(config.site, config.agent.id)
+    ack_tasks: set[asyncio.Task[None]] = set()
+
+    def on_message(message: object) -> None:
+        if getattr(message, "topic", None) == ack_topic:
+            task = asyncio.create_task(sender.handle_ack(message.payload))  # type: ignore[attr-defined]
+            ack_tasks.add(task)
+            task.add_done_callback(ack_tasks.discard)
+
+    link.on_message = on_message
+
+    def committed() -> None:
+        sender.notify()
+        if outbox.take_drop_start():
+            batcher.add([_outbox_full_event(config, outbox)])
+
+    batcher = EnvelopeBatcher(
+        outbox,
+        disk,
+        max_samples=config.agent.max_samples_per_envelope,
+        linger=config.agent.linger,
+        on_committed=committed,
+    )
+    if outbox.moved_aside is not None:
+        batcher.add([_outbox_corrupt_event(config, outbox)])
+    return sender, batcher
 
 
 async def _drain(sender: Sender) -> None:

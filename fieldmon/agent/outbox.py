@@ -8,7 +8,9 @@ Priorities: each envelope has a class, `Priority.EVENT` (alerts, state changes) 
 `Priority.BULK` (measurements). `select()` hands the sender the live envelopes (newest round
 first) before the backlog, and events before bulk within each; when the outbox is full the
 oldest bulk envelopes are dropped first and counted exactly (`dropped_envelopes`,
-`dropped_samples`, persisted in the file).
+`dropped_samples`, persisted in the file). A drop episode starts at the first drop and ends once
+acknowledgements bring the stored bytes under `RESUME_FRACTION` of the cap; `take_drop_start()`
+tells the caller once per episode, so it can send one event rather than one per envelope.
 
 Size: `max_bytes` bounds the payload bytes stored (the file itself is larger by SQLite's page
 and index overhead, roughly 5-15 %, plus a WAL of at most a few MB between checkpoints). A
@@ -60,6 +62,9 @@ logger = logging.getLogger(__name__)
 SEQ_BLOCK = 1024
 # On a full disk, free at least this much besides the new envelope before the one retry.
 _FULL_DISK_SLACK = 256 * 1024
+# A drop episode ends when acknowledgements bring the stored bytes under this share of the cap
+# (hysteresis: an outbox hovering at the cap is one episode, not one per envelope).
+RESUME_FRACTION = 0.9
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -137,6 +142,8 @@ class Outbox:
         self.stored_bytes = int(stored)
         self.dropped_envelopes = self._meta("dropped_envelopes")
         self.dropped_samples = self._meta("dropped_samples")
+        self.dropping = False  # in a drop episode: full, and not yet drained under the cap
+        self._drop_started = False
 
     # -- opening, corruption, seq reservation -------------------------------------------
 
@@ -350,11 +357,33 @@ class Outbox:
         self.dropped_samples += samples
         self.waiting_samples -= samples
         self.stored_bytes -= freed
-        logger.warning(
-            "outbox full: dropped the oldest envelopes",
+        details = {
+            "envelopes": envelopes,
+            "samples": samples,
+            "dropped_samples_total": self.dropped_samples,
+        }
+        if self.dropping:
+            # Once per append while the outage lasts: the episode's start was logged as an error.
+            logger.debug("outbox full: dropped the oldest envelopes", extra=details)
+            return
+        self.dropping = self._drop_started = True
+        logger.error("outbox full: dropping the oldest bulk samples", extra=details)
+
+    def take_drop_start(self) -> bool:
+        """True once after a drop episode began (the caller reports it); False otherwise."""
+        started, self._drop_started = self._drop_started, False
+        return started
+
+    def _end_drop_episode(self) -> None:
+        if not self.dropping:
+            return
+        if self.max_bytes is not None and self.stored_bytes >= self.max_bytes * RESUME_FRACTION:
+            return
+        self.dropping = False
+        logger.info(
+            "the outbox has room again",
             extra={
-                "envelopes": envelopes,
-                "samples": samples,
+                "dropped_envelopes_total": self.dropped_envelopes,
                 "dropped_samples_total": self.dropped_samples,
             },
         )
@@ -382,6 +411,8 @@ class Outbox:
             raise
         self.waiting_samples -= removed_samples
         self.stored_bytes -= removed_bytes
+        if removed:
+            self._end_drop_episode()
         return removed
 
     # -- reading --------------------------------------------------------------------------

@@ -10,6 +10,11 @@ least the newest one) become "live" together with everything appended afterwards
 go out first, newest first, so the NOC sees the site's present state at once. The older
 backlog drains behind them, oldest first, at most `replay_rate` envelopes per second (a token
 bucket holding one second's worth) so it never swamps a thin uplink.
+
+paho keeps its own RAM copy of every unacknowledged publish and re-sends those first when it
+reconnects: after an uplink cut, the envelopes published into the dead connection (the oldest
+backlog) would overtake the fresh-first replay and then arrive twice. The outbox holds them all,
+so the sender drops paho's copies at each connect, before paho re-sends them.
 """
 
 from __future__ import annotations
@@ -63,6 +68,16 @@ class Sender:
         self._wake = asyncio.Event()
         self.acknowledged = 0
         link.on_connected.append(self._connected)
+        self._forward_connect = link.client.on_connect
+        link.client.on_connect = self._drop_paho_copies
+
+    def _drop_paho_copies(self, client: mqtt.Client, *args: object) -> None:
+        # Runs in paho's thread, in CONNACK handling before paho re-sends its queue.
+        dropped = client.drop_out_messages()
+        if dropped:
+            logger.debug("dropped paho's own copies", extra={"messages": len(dropped)})
+        if self._forward_connect is not None:
+            self._forward_connect(client, *args)
 
     def notify(self) -> None:
         """Something changed (new envelope, ack, reconnect): look at the outbox again."""

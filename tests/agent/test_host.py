@@ -82,6 +82,19 @@ def test_outbox_depth_is_reported() -> None:
     assert _collect(probe).fields["outbox_depth"] == 1234
 
 
+def test_outbox_dropped_is_reported_beside_the_depth() -> None:
+    dropped = iter([0, 75])
+    probe = _probe(None, outbox_depth=lambda: 5, outbox_dropped=lambda: next(dropped))
+    first, second = _collect(probe).fields, _collect(probe).fields
+    assert (first["outbox_depth"], first["outbox_dropped"]) == (5, 0)
+    assert second["outbox_dropped"] == 75
+    assert isinstance(second["outbox_dropped"], int)
+
+
+def test_outbox_dropped_absent_without_an_outbox(no_sensors: None) -> None:
+    assert "outbox_dropped" not in _collect(_probe(None)).fields
+
+
 def test_pi_undervoltage_and_temperature_from_vcgencmd(no_sensors: None) -> None:
     health = PiHealth(throttle=ThrottleState.from_word(0x50005), temp_c=61.2)
     fields = _collect(_probe(health)).fields

@@ -209,3 +209,37 @@ def test_corrupt_file_without_seq_reservation_restarts_from_a_time_base(tmp_path
     outbox = Outbox(path, site="s", agent="a")
     assert outbox.moved_aside is not None and outbox.moved_aside.exists()
     assert outbox.append([_link(1)]).seq >= before_ms
+
+
+def test_a_drop_episode_is_reported_once_and_ends_when_acks_make_room(tmp_path: Path) -> None:
+    probe = Outbox(tmp_path / "size.db", site="s", agent="a")
+    size = len(probe.append([_link(1)]).payload)
+    outbox = Outbox(tmp_path / "o.db", site="s", agent="a", max_bytes=size * 4)
+    stored = [outbox.append([_link(i)]) for i in range(4)]
+    assert not outbox.take_drop_start()
+    stored += [outbox.append([_link(i)]) for i in range(4, 12)]
+    assert outbox.dropping
+    assert outbox.take_drop_start()
+    assert not outbox.take_drop_start()  # still the same episode, however many drops follow
+    assert outbox.dropped_envelopes == 12 - outbox.depth()
+    # One ack that leaves the outbox well under the cap ends the episode; the next drop is news.
+    before = outbox.dropped_envelopes
+    kept = [e.seq for e in outbox.pending(100)]
+    outbox.acknowledge([(kept[0], kept[0])])
+    assert not outbox.dropping
+    while outbox.dropped_envelopes == before:
+        outbox.append([_link(20)])
+    assert outbox.take_drop_start()
+
+
+def test_an_ack_that_leaves_the_outbox_near_the_cap_keeps_the_episode(tmp_path: Path) -> None:
+    probe = Outbox(tmp_path / "size.db", site="s", agent="a")
+    size = len(probe.append([_link(1)]).payload)
+    outbox = Outbox(tmp_path / "o.db", site="s", agent="a", max_bytes=size * 20)
+    stored = [outbox.append([_link(i)]) for i in range(25)]
+    assert outbox.take_drop_start()
+    outbox.acknowledge([(stored[-1].seq, stored[-1].seq)])  # 19 of 20 left: still full
+    assert outbox.dropping
+    outbox.append([_link(30)])
+    outbox.append([_link(31)])
+    assert not outbox.take_drop_start()

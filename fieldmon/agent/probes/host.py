@@ -7,8 +7,10 @@ Emits one `host` row per run, timestamped at the run's start (ns since the epoch
   float), temp_c (SoC / CPU temperature in degrees Celsius, from the kernel's sensors, else from
   vcgencmd), undervoltage (bool, the Pi's supply is under-voltage now), throttled (bool, the Pi
   firmware caps, throttles or soft-limits the CPU now), outbox_depth (integer samples waiting
-  to be acknowledged). A field the host cannot measure (no sensor, not a Pi, no outbox) is left
-  out, never sent as a fake 0.
+  to be acknowledged), outbox_dropped (integer samples the outbox has dropped to stay under
+  `max_mb` or on a full disk, cumulative over the outbox file's life: a counter, so
+  `non_negative_difference()` gives the drops per interval). A field the host cannot measure (no
+  sensor, not a Pi, no outbox) is left out, never sent as a fake 0.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ PiHealthReader = Callable[[], Awaitable[PiHealth | None]]
 class HostProbe:
     """Measures the agent's own host; each `collect()` is one `host` row.
 
-    `outbox_depth` reports how many samples wait in the outbox; `pi_health` reads the Pi
-    firmware (a seam for tests; by default vcgencmd, skipped where it is absent).
+    `outbox_depth` reports how many samples wait in the outbox, `outbox_dropped` how many it
+    has dropped so far; `pi_health` reads the Pi firmware (a seam for tests; by default
+    vcgencmd, skipped where it is absent).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class HostProbe:
         site: str,
         agent: str,
         outbox_depth: Callable[[], int] | None = None,
+        outbox_dropped: Callable[[], int] | None = None,
         pi_health: PiHealthReader | None = None,
     ) -> None:
         self.config = config
@@ -61,6 +65,7 @@ class HostProbe:
         self.interval = config.interval
         self._tags = {"site": site, "agent": agent}
         self._outbox_depth = outbox_depth
+        self._outbox_dropped = outbox_dropped
         self._pi_health = pi_health if pi_health is not None else PiFirmware().read
         # Our own baseline rather than psutil.cpu_percent(None), whose single global baseline
         # any other caller in the process would move. The first collect() covers the time
@@ -89,6 +94,8 @@ class HostProbe:
         fields.update(_pi_fields(health, sensor_temp))
         if self._outbox_depth is not None:
             fields["outbox_depth"] = int(self._outbox_depth())
+        if self._outbox_dropped is not None:
+            fields["outbox_dropped"] = int(self._outbox_dropped())
         return [Sample(measurement="host", tags=dict(self._tags), fields=fields, time=started_ns)]
 
     def _disk_pct(self) -> float | None:

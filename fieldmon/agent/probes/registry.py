@@ -21,6 +21,7 @@ class ProbeResources:
     pinger: IcmpPinger
     snmp: SnmpClient
     outbox_depth: Callable[[], int]
+    outbox_dropped: Callable[[], int] | None = None  # samples dropped at the cap, cumulative
 
 
 def icmp_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
@@ -47,6 +48,7 @@ def host_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
             site=config.site,
             agent=config.agent.id,
             outbox_depth=resources.outbox_depth,
+            outbox_dropped=resources.outbox_dropped,
         )
     ]
 
