@@ -122,6 +122,22 @@ class HttpConfig(StrictModel):
         return int(self.listen.rpartition(":")[2])
 
 
+class SpoolConfig(StrictModel):
+    """The disk spool: batches InfluxDB does not take within `retry_budget` wait here, durably.
+
+    A spooled batch is acknowledged to the broker and the agents (it is fsync'd first) and
+    written to InfluxDB, oldest first, once it answers again. When the spool is full the
+    collector stops acknowledging, so the broker and the agents' outboxes keep the data.
+    """
+
+    enabled: bool = True
+    dir: Path | None = None  # default: data_dir/spool; relative paths are relative to this file
+    max_mb: Annotated[float, Field(gt=0)] = 1024.0  # disk the spool may take, in MiB
+    segment_mb: Annotated[float, Field(gt=0, le=1024)] = 16.0  # size of one segment file
+    # In-memory retries of a batch (429 / 5xx / timeouts / refused) before it is spooled.
+    retry_budget: Annotated[Duration, Field(ge=0)] = 5.0
+
+
 class CollectorConfig(StrictModel):
     """Everything the collector daemon needs."""
 
@@ -132,7 +148,13 @@ class CollectorConfig(StrictModel):
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
-    data_dir: Path = Path("/var/lib/fieldmon-collector")  # dead letters (and later the spool)
+    data_dir: Path = Path("/var/lib/fieldmon-collector")  # dead letters, alert state, the spool
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the spool's segment files live."""
+        return self.spool.dir if self.spool.dir is not None else self.data_dir / "spool"
 
 
 def load_collector_config(path: Path | str) -> CollectorConfig:
@@ -143,4 +165,6 @@ def load_collector_config(path: Path | str) -> CollectorConfig:
         config.site_configs = (path.parent / config.site_configs).resolve()
     if not config.data_dir.is_absolute():
         config.data_dir = (path.parent / config.data_dir).resolve()
+    if config.spool.dir is not None and not config.spool.dir.is_absolute():
+        config.spool.dir = (path.parent / config.spool.dir).resolve()
     return config

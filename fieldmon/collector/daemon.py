@@ -22,8 +22,9 @@ from fieldmon.collector.ingest import IngestPipeline
 from fieldmon.collector.inventory import Inventory, load_inventory
 from fieldmon.collector.metrics import CollectorMetrics
 from fieldmon.collector.notify import Dispatcher, build_notifiers
-from fieldmon.collector.pointwriter import PointWriter
+from fieldmon.collector.pointwriter import DurableStore, PointWriter
 from fieldmon.collector.seqtrack import SeqTracker
+from fieldmon.collector.spool import MIB, Spool, SpoolError
 from fieldmon.collector.storage.base import WriteError
 from fieldmon.collector.storage.registry import make_writer
 from fieldmon.config.errors import ConfigError
@@ -44,6 +45,24 @@ async def _prepare_storage(writer: object) -> None:
             delay = min(30.0, delay * 2)
         else:
             return
+
+
+async def _open_spool(config: CollectorConfig) -> Spool | None:
+    """The disk spool, or None (disabled, or its directory unusable: then writes are retried
+    in memory and acknowledgements held while the database is down, which loses nothing)."""
+    if not config.spool.enabled:
+        return None
+    try:
+        return await asyncio.to_thread(
+            lambda: Spool(
+                config.spool_dir,
+                max_bytes=int(config.spool.max_mb * MIB),
+                segment_bytes=int(config.spool.segment_mb * MIB),
+            )
+        )
+    except SpoolError as exc:
+        logger.error("running without the disk spool", extra={"error": str(exc)})
+        return None
 
 
 def _mqtt_link(config: CollectorConfig, loop: asyncio.AbstractEventLoop) -> MqttLink:
@@ -70,6 +89,8 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
     inventory = await asyncio.to_thread(load_inventory, config.site_configs)
     writer = make_writer(config.influxdb)
     points = PointWriter(writer, metrics, DeadLetterFile(config.data_dir / "dead-letter.jsonl"))
+    spool = await _open_spool(config)
+    store = DurableStore(points, metrics, spool, retry_budget=config.spool.retry_budget)
     link = _mqtt_link(config, loop)
     pipeline = IngestPipeline(
         inventory=inventory,
@@ -81,6 +102,7 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         max_payload_bytes=config.broker.max_payload_bytes,
         max_deliveries=max(1, config.broker.receive_maximum // 2),
         seqs=None if config.broker.shared_group else SeqTracker(config.alerting.data_loss_grace),
+        store=store,
     )
     board, alerts, dispatcher = _wire_roles(config, inventory, pipeline, points, link)
 
@@ -114,6 +136,7 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
     tasks = [
         asyncio.create_task(_prepare_storage(writer), name="prepare-storage"),
         asyncio.create_task(pipeline.run(), name="ingest"),
+        asyncio.create_task(store.drain(), name="spool-drain"),
     ]
     if alerts is not None:
         tasks.append(asyncio.create_task(alerts.run(), name="alerts"))
@@ -127,6 +150,8 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         await dispatcher.close(deadline=10.0)
     await runner.cleanup()
     await writer.close()
+    if spool is not None:
+        await asyncio.to_thread(spool.close)
     logger.info("collector stopped")
 
 

@@ -1,8 +1,10 @@
 """MQTT samples -> decode -> line protocol -> batched writes -> acks to broker and agents.
 
 A message is acknowledged to the broker (MQTT manual ack) and its seq to the agent (the
-`ack` topic) only after its points are stored, so a collector or database that fails
-mid-way loses nothing: the broker re-delivers, the agent re-sends.
+`ack` topic) only after its points are stored, in the database or in the disk spool, so a
+collector or database that fails mid-way loses nothing: the broker re-delivers, the agent
+re-sends. When neither takes a batch (database down, spool full), its acks are held: the broker
+stops sending at our Receive Maximum and keeps the rest, the agents keep theirs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import paho.mqtt.client as mqtt
 
 from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.metrics import CollectorMetrics
-from fieldmon.collector.pointwriter import PointWriter
+from fieldmon.collector.pointwriter import DurableStore, PointWriter
 from fieldmon.collector.seqtrack import SeqTracker
 from fieldmon.collector.storage.lineprotocol import encode_sample
 from fieldmon.mqtt import MqttLink
@@ -79,9 +81,11 @@ class IngestPipeline:
         max_payload_bytes: int,
         max_deliveries: int,
         seqs: SeqTracker | None = None,
+        store: DurableStore | None = None,
     ) -> None:
         self.inventory = inventory
-        self._points = points
+        # Without a spool: retry until the database takes each batch.
+        self._store = store if store is not None else DurableStore(points, metrics)
         self._metrics = metrics
         self._link = link
         self._batch_size = batch_size
@@ -193,12 +197,12 @@ class IngestPipeline:
             await self.flush()
 
     async def flush(self) -> None:
-        """Store the current batch (retrying until the database takes it), then acknowledge."""
+        """Store the current batch (database or spool, waiting until one takes it), then ack."""
         batch, self._batch = self._batch, Batch()
         if not batch.lines and not batch.deliveries:
             return
         if batch.lines:
-            await self._points.store(batch.lines)
+            await self._store.keep(batch.lines)
         self._acknowledge(batch)
         self._metrics.pending_points.set(len(self._batch))
 

@@ -73,3 +73,33 @@ class CollectorMetrics:
         self.acks_published = Counter(
             "fieldmon_acks_published", "Ack messages sent to agents", registry=self.registry
         )
+        self.spool_bytes = Gauge(
+            "fieldmon_spool_bytes",
+            "Bytes the disk spool takes (batches the database did not take in time)",
+            registry=self.registry,
+        )
+        self.spool_batches_spooled = Counter(
+            "fieldmon_spool_batches_spooled",
+            "Batches written to the disk spool (and then acknowledged)",
+            registry=self.registry,
+        )
+        self.spool_points_spooled = Counter(
+            "fieldmon_spool_points_spooled",
+            "Points written to the disk spool",
+            registry=self.registry,
+        )
+        self.spool_batches_drained = Counter(
+            "fieldmon_spool_batches_drained",
+            "Spooled batches written to the database and removed from the spool",
+            registry=self.registry,
+        )
+        self.spool_full = Gauge(
+            "fieldmon_spool_full",
+            "1 while the spool refuses batches (full or failing): acknowledgements are held",
+            registry=self.registry,
+        )
+        self.spool_torn_records = Gauge(
+            "fieldmon_spool_torn_records",
+            "Torn or corrupt spool records skipped since start (never acknowledged batches)",
+            registry=self.registry,
+        )
