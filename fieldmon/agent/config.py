@@ -49,6 +49,18 @@ class AgentSection(StrictModel):
         return self
 
 
+class SiteAlerting(StrictModel):
+    """This site's overrides of the collector's alert defaults (collector `alerting` section)."""
+
+    ap_down_polls: Annotated[int, Field(ge=1, le=100)] | None = None
+    interface_down_polls: Annotated[int, Field(ge=1, le=100)] | None = None
+    uplink_util_pct: Annotated[float, Field(gt=0, le=100)] | None = None
+    uplink_saturated_for: Annotated[Duration, Field(ge=0)] | None = None
+    backlog_depth: Annotated[int, Field(ge=1)] | None = None  # samples in the outbox
+    backlog_for: Annotated[Duration, Field(ge=0)] | None = None
+    power_for: Annotated[Duration, Field(ge=0)] | None = None
+
+
 class SiteConfig(StrictModel):
     """A field hospital site: its agent, links, SNMP devices and host checks."""
 
@@ -60,6 +72,7 @@ class SiteConfig(StrictModel):
     snmp_devices: list[SnmpDeviceConfig] = Field(default_factory=list)
     host: HostConfig = Field(default_factory=HostConfig)
     hooks: HooksConfig | None = None
+    alerting: SiteAlerting | None = None  # read by the collector's alert engine
 
     _reserved_site = field_validator("site")(_not_reserved)
 

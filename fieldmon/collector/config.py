@@ -55,6 +55,20 @@ class AlertingConfig(StrictModel):
     # A gap in an agent's seqs counts as lost (AgentDataLoss) once open this long; shorter gaps
     # are a fresh-first replay still draining.
     data_loss_grace: Annotated[Duration, Field(gt=0)] = 3600.0
+    # AgentDataLoss resolves once this long passes without another envelope or sample lost.
+    data_loss_clear: Annotated[Duration, Field(gt=0)] = 3600.0
+    # Device and agent alerts (fieldmon.collector.alerts.kinds); a site file's `alerting`
+    # section overrides the thresholds and durations (not the clear settings) for its site.
+    ap_down_polls: Annotated[int, Field(ge=1, le=100)] = 3  # up=0 (or no row) this many polls
+    interface_down_polls: Annotated[int, Field(ge=1, le=100)] = 3  # oper_up=0 this many polls
+    device_clear_polls: Annotated[int, Field(ge=1, le=100)] = 2  # ApDown/InterfaceDown clear
+    uplink_util_pct: Annotated[float, Field(gt=0, le=100)] = 90.0
+    uplink_saturated_for: Annotated[Duration, Field(ge=0)] = 300.0
+    backlog_depth: Annotated[int, Field(ge=1)] = 5000  # samples waiting in the agent's outbox
+    backlog_for: Annotated[Duration, Field(ge=0)] = 300.0
+    power_for: Annotated[Duration, Field(ge=0)] = 60.0  # under-voltage / throttled this long
+    # UplinkSaturated, AgentBacklog and AgentPower clear after this long under 80 % / unset.
+    condition_clear_for: Annotated[Duration, Field(ge=0)] = 120.0
 
 
 class AlertmanagerConfig(StrictModel):

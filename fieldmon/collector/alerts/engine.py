@@ -10,6 +10,9 @@ Link rounds are judged by sample time (fieldmon.collector.alerts.linkstate). Per
 - an exact duplicate of a recently judged round (an agent's resend) is ignored.
 
 SiteUnreachable is time-based (fieldmon.collector.alerts.sitewatch), evaluated by `tick`.
+`ap`, `snmp_if` and `host` rows feed the device and agent alerts (fieldmon.collector.alerts.kinds)
+by the same live / history rules; envelope seqs and outbox drops feed AgentDataLoss
+(fieldmon.collector.alerts.dataloss).
 The engine keeps `active_alerts()` (paged and firing) for notifiers that re-send, and marks
 itself `dirty` whenever something worth persisting changed (see fieldmon.collector.alerts.store).
 """
@@ -22,6 +25,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from fieldmon.agent.probes.icmp import IcmpLinkConfig, LinkRole
+from fieldmon.collector.alerts.dataloss import DataLossWatch
+from fieldmon.collector.alerts.kinds import ConditionAlerts
 from fieldmon.collector.alerts.linkstate import Round, Rules, Thresholds
 from fieldmon.collector.alerts.linktrack import LinkContext, LinkTrack
 from fieldmon.collector.alerts.model import AlertState, OutageReport, Transition
@@ -84,6 +89,10 @@ class AlertEngine:
         self._watches = {site: SiteWatch() for site in sites}
         self._active: dict[tuple[str, ...], Transition] = {}
         self._reports: list[OutageReport] = []
+        self._conditions = ConditionAlerts(sites, config, clock, self._started)
+        self._data_loss = DataLossWatch(
+            self._conditions.views, config.data_loss_grace, config.data_loss_clear
+        )
         self.dirty = False
 
     # --- inputs -------------------------------------------------------------------------------
@@ -91,12 +100,15 @@ class AlertEngine:
     def observe_envelope(self, envelope: Envelope) -> list[Transition]:
         """Every sample of an envelope (the site is heard even when it carries none)."""
         out = self._heard(envelope.site)
+        now = self._clock()
+        self._conditions.heard(envelope.site, now)
+        out.extend(self._data_loss.observe(envelope.site, envelope.agent, envelope.seq, now))
         for sample in envelope.samples:
             out.extend(self._judge_sample(envelope.site, sample))
         return self._record(out)
 
     def observe(self, sample: Sample) -> list[Transition]:
-        """One sample: its site is heard; `link` rows are judged, other measurements ignored."""
+        """One sample: its site is heard; link, device and agent rows are judged."""
         site = sample.tags.get("site", "")
         out = self._heard(site)
         out.extend(self._judge_sample(site, sample))
@@ -120,7 +132,7 @@ class AlertEngine:
         return []
 
     def tick(self, now: float | None = None) -> list[Transition]:
-        """Time-based alerts (SiteUnreachable); call every second or so."""
+        """Time-based alerts (SiteUnreachable, missing radios, data loss); call every second."""
         now = self._clock() if now is None else now
         out: list[Transition] = []
         for site, watch in self._watches.items():
@@ -133,6 +145,8 @@ class AlertEngine:
                     self._config.offline_grace,
                 )
             )
+        out.extend(self._conditions.tick(now))
+        out.extend(self._data_loss.tick(now))
         return self._record(out)
 
     # --- outputs ------------------------------------------------------------------------------
@@ -155,6 +169,8 @@ class AlertEngine:
             "history": {_key_text(key): track.to_dict() for key, track in self._history.items()},
             "sites": {site: watch.to_dict() for site, watch in self._watches.items()},
             "active": [transition.to_dict() for transition in self._active.values()],
+            "conditions": self._conditions.to_dict(),
+            "data_loss": self._data_loss.to_dict(),
         }
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -168,6 +184,9 @@ class AlertEngine:
                 self._watches[site] = SiteWatch.from_dict(watch)
         active = (Transition.from_dict(item) for item in data["active"])
         self._active = {t.key: t for t in active if t.labels["site"] in self._sites}
+        # Absent from state files written before these alerts existed.
+        self._conditions.restore(data.get("conditions", {}))
+        self._data_loss.restore(data.get("data_loss", {}))
         self.dirty = False
 
     # --- internals ----------------------------------------------------------------------------
@@ -186,8 +205,13 @@ class AlertEngine:
         return self._watches[site].heard(self._site_context(site), self._clock())
 
     def _judge_sample(self, site: str, sample: Sample) -> list[Transition]:
-        if site not in self._sites or sample.measurement != "link":
+        if site not in self._sites:
             return []
+        if sample.measurement != "link":
+            out = self._conditions.judge(site, sample, self._late)
+            if sample.measurement == "host":
+                out.extend(self._data_loss.observe_host(site, sample, self._clock()))
+            return out
         link = sample.tags.get("target")
         round_ = Round.from_sample(sample)
         if link is None or round_ is None:
@@ -198,7 +222,7 @@ class AlertEngine:
         ctx, interval = self._link_context(site, link, sample.tags.get("role"))
         live = self._live.setdefault(key, LinkTrack())
         if live.machine.newest is None or round_.time > live.machine.newest:
-            transitions, report = live.judge(round_, ctx, late=self._is_late(round_, interval))
+            transitions, report = live.judge(round_, ctx, late=self._late(round_.time, interval))
         else:
             transitions, report = self._backfill(key, round_, ctx)
         if report is not None:
@@ -217,11 +241,13 @@ class AlertEngine:
             return [], None
         return track.judge(round_, ctx, late=True)
 
-    def _is_late(self, round_: Round, interval: float) -> bool:
-        age = self._clock() - round_.time / NS
+    def _late(self, time_ns: int, interval: float) -> bool:
+        age = self._clock() - time_ns / NS
         return age > interval + self._config.late_after
 
     def _record(self, transitions: list[Transition]) -> list[Transition]:
+        if self._data_loss.changed:
+            self.dirty = True
         for transition in transitions:
             self.dirty = True
             if transition.state is AlertState.RESOLVED:

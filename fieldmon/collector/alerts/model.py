@@ -17,6 +17,12 @@ class AlertName(StrEnum):
     LINK_DOWN = "LinkDown"
     LINK_FLAPPING = "LinkFlapping"
     SITE_UNREACHABLE = "SiteUnreachable"
+    AP_DOWN = "ApDown"
+    INTERFACE_DOWN = "InterfaceDown"
+    UPLINK_SATURATED = "UplinkSaturated"
+    AGENT_POWER = "AgentPower"
+    AGENT_BACKLOG = "AgentBacklog"
+    AGENT_DATA_LOSS = "AgentDataLoss"
 
 
 class Severity(StrEnum):
@@ -38,7 +44,8 @@ class AlertState(StrEnum):
 class Transition:
     """One alert changing state; `page` is False for history that must not notify anyone.
 
-    Identity is `labels` (alertname, site, target, severity), never a measured value;
+    Identity is `labels` (alertname, site, target, severity, plus a fixed set per alertname
+    such as device and radio for ApDown), never a measured value;
     measured values live in `annotations` (strings, as Alertmanager wants them) and `value`.
     Times are ns since the epoch, in sample time.
     """
