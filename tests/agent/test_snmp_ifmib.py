@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 from fieldmon.agent.probes.snmp import SnmpDeviceConfig, SnmpProbe
 from fieldmon.agent.snmp import client as client_module
 from fieldmon.agent.snmp.client import SnmpClient
-from fieldmon.agent.snmp.errors import CryptoBackendMissingError
+from fieldmon.agent.snmp.errors import CryptoBackendMissingError, SnmpTimeoutError
 from fieldmon.agent.snmp.ifmib import IfMibPoller
 from fieldmon.lab.netns import Namespace, unique_name, veth
 from fieldmon.lab.servers import SnmpdServer, free_port
@@ -336,3 +338,81 @@ def test_v3_devices_with_one_user_name_and_same_or_other_keys(tmp_path: Path) ->
     for poll in polls:
         devices = {row.tags["device"] for row in poll if row.tags["ifname"] == "lo"}
         assert devices == {"router-0", "router-1", "router-2"}
+
+
+_STABLE_COLUMNS = [
+    "1.3.6.1.2.1.31.1.1.1.1",  # ifName (OCTET STRING)
+    "1.3.6.1.2.1.2.2.1.3",  # ifType (INTEGER)
+    "1.3.6.1.2.1.2.2.1.6",  # ifPhysAddress (OCTET STRING, binary)
+    "1.3.6.1.2.1.31.1.1.1.15",  # ifHighSpeed (Gauge32)
+]
+_STABLE_SCALARS = [
+    "1.3.6.1.2.1.1.1.0",  # sysDescr
+    "1.3.6.1.2.1.1.2.0",  # sysObjectID (OBJECT IDENTIFIER)
+    "1.3.6.1.2.1.2.1.0",  # ifNumber
+    "1.3.6.1.2.1.1.99.0",  # absent: left out by both
+]
+
+
+def test_own_v2c_codec_reads_a_real_snmpd_exactly_as_pysnmp_does(
+    snmpd: SnmpdServer, tmp_path: Path
+) -> None:
+    config = _v2c(snmpd, tmp_path)
+
+    async def read(client: SnmpClient) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        try:
+            target = await client.target(config)
+            # Two repetitions: every walk takes several GETBULK rounds and column exits.
+            columns = await target.walk(_STABLE_COLUMNS, max_repetitions=2)
+            return type(target).__name__, await target.get(_STABLE_SCALARS), columns
+        finally:
+            client.close()
+
+    ours = asyncio.run(read(SnmpClient()))
+    theirs = asyncio.run(read(SnmpClient(pysnmp_v2c=True)))
+    assert (ours[0], theirs[0]) == ("V2cTarget", "PysnmpTarget")
+    assert ours[1:] == theirs[1:]
+    assert ours[2][_STABLE_COLUMNS[0]]  # not vacuous: interfaces were read
+    assert isinstance(ours[1]["1.3.6.1.2.1.1.2.0"], str)
+
+
+def test_v2c_silent_device_is_asked_retries_plus_one_times_then_times_out(
+    tmp_path: Path,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.setblocking(False)
+        config = _v2c_to(silent.getsockname()[1], tmp_path, timeout="0.2s", retries=2)
+
+        async def scenario() -> tuple[str, float]:
+            client = SnmpClient()
+            try:
+                target = await client.target(config)
+                started = time.monotonic()
+                with pytest.raises(SnmpTimeoutError) as caught:
+                    await target.get(["1.3.6.1.2.1.1.3.0"])
+                return str(caught.value), time.monotonic() - started
+            finally:
+                client.close()
+
+        message, elapsed = asyncio.run(scenario())
+        copies = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                copies.append(silent.recv(2048))
+    assert message == "router-a: GET 1 OIDs: no answer within 0.2s x 3 tries"
+    assert 0.6 <= elapsed < 1.5
+    assert len(copies) == 3 and len(set(copies)) == 1  # the same request-id each time
+
+
+def _v2c_to(port: int, tmp_path: Path, **snmp: Any) -> SnmpDeviceConfig:
+    community = tmp_path / "community"
+    community.write_text("fieldmon-test\n", encoding="utf-8")
+    return SnmpDeviceConfig.model_validate(
+        {
+            "name": "router-a",
+            "address": "127.0.0.1",
+            "profile": "if-mib",
+            "snmp": {"version": "2c", "community_file": str(community), "port": port, **snmp},
+        }
+    )
