@@ -346,6 +346,9 @@ class IcmpPinger:
                 rnd, channel=channel, sockaddr=sockaddr, count=count, spacing=spacing, result=result
             )
             if rnd.outstanding:
+                # A reply that came back before the next echo left emptied the round for a
+                # moment and set `done`; the echoes still out must get their full window.
+                rnd.done.clear()
                 # The last echo's window closes `timeout` after it left; earlier ones before.
                 since_last = (time.perf_counter_ns() - rnd.echoes[-1].sent_perf_ns) / 1e9
                 with contextlib.suppress(TimeoutError):
