@@ -4,9 +4,9 @@
   for that many poll intervals while the rest of the site still reports. A radio counts only
   once it was seen up (a radio disabled from the start is not an outage). Clears after
   `device_clear_polls` polls up.
-- InterfaceDown (`snmp_if`, per device + ifname): `oper_up=0` for `interface_down_polls` polls.
-  Armed once the interface was seen up, or from the start when the device's `interfaces` list
-  names it (ports that were never up on a switch polled whole stay quiet).
+- InterfaceDown (`snmp_if`, per device + ifname): `oper_up=0` for `interface_down_polls` polls,
+  for an interface the agent polls (the device's `interfaces` list, or all of them without one)
+  once it was seen up: a standby LTE modem or a switch port never used stays quiet.
 - UplinkSaturated (`snmp_if`): `util_pct` at or over `uplink_util_pct` for `uplink_saturated_for`.
 - AgentPower (`host`): `undervoltage` or `throttled` true for `power_for`.
 - AgentBacklog (`host`): `outbox_depth` at or over `backlog_depth` samples for `backlog_for`.
@@ -135,7 +135,7 @@ class SiteView:
     parent_hospital: str
     site_name: str
     limits: Limits
-    devices: dict[str, tuple[float, list[str] | None]]  # name -> (interval, interfaces)
+    devices: dict[str, float]  # name -> poll interval (seconds)
     host_interval: float
 
     @classmethod
@@ -147,13 +147,13 @@ class SiteView:
             parent_hospital=config.parent_hospital,
             site_name=config.name,
             limits=Limits.for_site(alerting, config),
-            devices={d.name: (d.interval, d.interfaces) for d in config.snmp_devices},
+            devices={device.name: device.interval for device in config.snmp_devices},
             host_interval=config.host.interval,
         )
 
     def interval(self, device: str) -> float:
         """A device's poll interval (seconds)."""
-        return self.devices.get(device, (DEFAULT_POLL_INTERVAL, None))[0]
+        return self.devices.get(device, DEFAULT_POLL_INTERVAL)
 
 
 def _number(value: object) -> float | None:
@@ -204,7 +204,7 @@ def _snmp_if(view: SiteView, sample: Sample) -> list[Reading]:
     device, ifname = sample.tags.get("device"), sample.tags.get("ifname")
     if not device or not ifname:
         return []
-    interval, listed = view.devices.get(device, (DEFAULT_POLL_INTERVAL, None))
+    interval = view.interval(device)
     extra = {"device": device, "ifname": ifname}
     target = f"{device}/{ifname}"
     out: list[Reading] = []
@@ -220,7 +220,7 @@ def _snmp_if(view: SiteView, sample: Sample) -> list[Reading]:
                 {"oper_up": _fmt(oper_up)},
                 interval,
                 arms=True,
-                armed_from_start=listed is not None and ifname in listed,
+                armed_from_start=False,
                 cause="down",
             )
         )
