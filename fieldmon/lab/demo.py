@@ -1,96 +1,115 @@
 """`fieldmon-lab demo`: two field hospitals and the whole pipeline on this machine.
 
-Starts Mosquitto, influxd and Alertmanager on loopback, each site's parent hospital in a network
-namespace of our own, the collector and one agent per site; shows every site's links and the
-firing alerts as they are measured; for the middle third of the run cuts one site's parent link
-(iptables in the parent hospital's namespace drops every echo), so LinkDown fires and then
-resolves; and prints what reached InfluxDB. Data and logs stay in the data folder.
+Starts Mosquitto, influxd and Alertmanager on loopback, a lab (fieldmon/lab/topology.py) with two
+sites - each a site router with simulated APs (real snmpd serving recorded walks), a parent
+hospital and the internet in network namespaces of our own - the collector and one agent per
+site, polling links over ICMP and APs over SNMP. A live view shows each site's links, APs and
+alerts as the pipeline measured them; a schedule degrades one site's parent link (loss, delay and
+jitter), then cuts it, then restores it, so LinkDegraded and LinkDown fire and then resolve. At
+the end it prints what reached InfluxDB. Data and logs stay in the data folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 
-from fieldmon.lab.netns import Namespace, remove_stale, unique_name, veth
 from fieldmon.lab.servers import AlertmanagerServer, InfluxdServer, MosquittoServer, free_port
+from fieldmon.lab.topology import (
+    COMMUNITY,
+    ApSpec,
+    Lab,
+    Schedule,
+    SiteSpec,
+    Step,
+    remove_stale_labs,
+)
 
 BIN = Path(sys.executable).parent
 DATABASE = "fieldmon"
-NAMESPACE_TAG = "demo"
+LAB_STEM = "demo"  # the lab is named demo<pid>, so a crashed demo's leftovers are recognisable
 IMPAIRED_SITE = "demo-pavilion"
-SITES = {  # site -> (display name, link interval)
+SITES = {
     "demo-pavilion": "Demo field hospital - Pavilion",
     "demo-school": "Demo field hospital - School gym",
+}
+DEMO_SITES = (
+    SiteSpec(
+        "demo-pavilion", aps=(ApSpec("ap-hall-a", "generic-ap"), ApSpec("ap-hall-b", "unifi"))
+    ),
+    SiteSpec("demo-school", aps=(ApSpec("ap-gym", "mikrotik"),)),
+)
+# lab link -> (the agent's link name, its role)
+AGENT_LINKS = {
+    "parent": ("parent-gw", "parent"),
+    "internet": ("internet", "internet"),
+    "lan": ("site-gateway", "gateway"),
 }
 ALERTMANAGER_CONFIG = """
 route: {receiver: log, group_by: [site], group_wait: 1s, group_interval: 5s, repeat_interval: 1h}
 receivers: [{name: log}]
 """
+SNMP_INTERVAL = "10s"
 
 
-@dataclass(frozen=True)
-class Site:
-    """One simulated site: its parent hospital's namespace and address."""
-
-    site: str
-    agent: str
-    parent: str
-    internet: str
-    parent_ns: Namespace
-
-
-@contextlib.contextmanager
-def simulated_sites() -> Iterator[list[Site]]:
-    """Per site a parent hospital and an internet host, each behind its own veth link."""
-    remove_stale(f"fm-{NAMESPACE_TAG}-")  # left by a demo that crashed
-    with contextlib.ExitStack() as stack:
-        sites = []
-        for site in SITES:
-            parent = stack.enter_context(Namespace(unique_name(NAMESPACE_TAG)))
-            internet = stack.enter_context(Namespace(unique_name(NAMESPACE_TAG)))
-            parent_ip = str(veth(None, parent).b_v4.ip)
-            internet_ip = str(veth(None, internet).b_v4.ip)
-            sites.append(Site(site, f"{site}-pi1", parent_ip, internet_ip, parent))
-        yield sites
+def demo_schedule(duration: float) -> list[Step]:
+    """Degrade the impaired site's parent link at a quarter of the run, cut it, restore it."""
+    link = f"{IMPAIRED_SITE}/parent"
+    return [
+        Step(0.25 * duration, link, f"{IMPAIRED_SITE} parent link degraded: 20 % loss, "
+             "60 ± 20 ms added", loss_pct=20, delay_ms=60, jitter_ms=20),
+        Step(0.4 * duration, link, f"{IMPAIRED_SITE} parent link cut", cut=True),
+        Step(0.65 * duration, link, f"{IMPAIRED_SITE} parent link restored", restore=True),
+    ]  # fmt: skip
 
 
-def cut_parent(site: Site, cut: bool) -> None:
-    """Drop every echo request reaching the site's parent hospital, or stop dropping."""
-    site.parent_ns.run("iptables", "-F", "INPUT")
-    if cut:
-        site.parent_ns.run(
-            "iptables", "-A", "INPUT", "-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP"
-        )
-
-
-def write_site_file(folder: Path, workdir: Path, site: Site, mosquitto_port: int) -> Path:
+def write_site_file(folder: Path, workdir: Path, lab: Lab, site: str, mosquitto_port: int) -> Path:
     """The site file a field engineer would write for this simulated site."""
-    path = folder / f"{site.site}.yaml"
+    agent = f"{site}-pi1"
+    links = []
+    for link in lab.site_links(site):
+        name, role = AGENT_LINKS[link.name]
+        extra = (
+            "count: 20, spacing: 100ms, timeout: 1s, thresholds: {loss_pct: 5, rtt_ms: 80}"
+            if role == "parent"
+            else "count: 10"
+        )
+        links.append(
+            f"  - {{name: {name}, address: {link.address}, role: {role}, interval: 5s, {extra}}}"
+        )
+    devices = []
+    for device in lab.site_devices(site):
+        only = ", interfaces: [wan-parent, wan-internet]" if device.profile == "if-mib" else ""
+        devices.append(
+            f"  - {{name: {device.name}, address: {device.address}, profile: {device.profile}"
+            f"{only}, interval: {SNMP_INTERVAL},\n"
+            f"     snmp: {{version: 2c, community_file: secrets/snmp-community.txt}}}}"
+        )
+    path = folder / f"{site}.yaml"
     path.write_text(
-        f"""site: {site.site}
-name: "{SITES[site.site]}"
+        f"""site: {site}
+name: "{SITES[site]}"
 parent_hospital: demo-central
 agent:
-  id: {site.agent}
-  broker: {{host: 127.0.0.1, port: {mosquitto_port}, username: {site.agent}}}
-  outbox: {{path: {workdir / site.agent / "outbox.db"}}}
+  id: {agent}
+  broker: {{host: 127.0.0.1, port: {mosquitto_port}, username: {agent}}}
+  outbox: {{path: {workdir / agent / "outbox.db"}}}
 links:
-  - {{name: parent-gw, address: {site.parent}, role: parent, interval: 5s, count: 20,
-     spacing: 100ms, timeout: 1s, thresholds: {{loss_pct: 5, rtt_ms: 80}}}}
-  - {{name: internet, address: {site.internet}, role: internet, interval: 5s, count: 10}}
-  - {{name: site-gateway, address: 127.0.0.1, role: gateway, interval: 5s, count: 10}}
+{chr(10).join(links)}
+snmp_devices:
+{chr(10).join(devices)}
 host: {{interval: 10s}}
 """,
         encoding="utf-8",
@@ -133,33 +152,103 @@ def _fmt(value: object, unit: str = "") -> str:
 _COLOURS = {"ok": "green", "degraded": "yellow", "down": "red", "unreachable": "magenta"}
 
 
-def status_table(status: dict[str, object], elapsed: float, phase: str) -> Table:
-    """One line per site and link, as the collector's status API reports them."""
-    table = Table(title=f"after {elapsed:.0f}s - {phase}")
-    for column in ("site", "link", "state", "loss", "rtt p95", "jitter", "MOS"):
-        table.add_column(column)
-    for site in status.get("sites", []):  # type: ignore[union-attr]
-        for link in site["links"]:
-            latest, state = link["latest"], link["state"]
-            colour = _COLOURS.get(state, "white")
+def _impairment(lab: Lab, site: str, agent_link: str) -> str:
+    """What the lab does to the link behind `agent_link` now, in words."""
+    for link in lab.site_links(site):
+        if AGENT_LINKS[link.name][0] != agent_link:
+            continue
+        if link.cut:
+            return "[red]cut[/red]"
+        parts = [f"{link.loss_pct:g} % loss"] if link.loss_pct else []
+        if link.delay_ms or link.jitter_ms:
+            parts.append(f"+{link.delay_ms:g} ± {link.jitter_ms:g} ms")
+        return ", ".join(parts) or "-"
+    return "-"
+
+
+def _latest_snmp(influxd: InfluxdServer) -> dict[str, list[dict[str, object]]]:
+    """The last minute's AP radios and router interfaces per site, as InfluxDB has them."""
+    rows: dict[str, list[dict[str, object]]] = {}
+    queries = (
+        'SELECT last("up") AS "up", last("clients") AS "clients", '
+        'last("channel_util_pct") AS "util" FROM "ap" WHERE time > now() - 1m '
+        'GROUP BY "site", "device", "radio"',
+        'SELECT last("oper_up") AS "up", last("in_bps") AS "in_bps", last("out_bps") AS "out_bps"'
+        ' FROM "snmp_if" WHERE time > now() - 1m GROUP BY "site", "device", "ifname"',
+    )
+    for query in queries:
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            for row in influxd.query(query, db=DATABASE):
+                rows.setdefault(str(row.get("site")), []).append(row)
+    return rows
+
+
+def site_table(
+    site: dict[str, object],
+    lab: Lab,
+    snmp: list[dict[str, object]],
+    alerts: list[dict[str, object]],
+) -> Table:
+    """One site: its links as measured (and as impaired), its APs and router, its alerts."""
+    name = str(site["site"])
+    table = Table(title=f"{name} - {SITES.get(name, '')}", title_justify="left", min_width=100)
+    for column in ("", "name", "state", "loss / clients", "rtt p95 / util", "jitter", "MOS",
+                   "lab impairment"):  # fmt: skip
+        table.add_column(column, no_wrap=True)
+    for link in site["links"]:  # type: ignore[attr-defined]
+        latest, state = link["latest"], link["state"]
+        colour = _COLOURS.get(state, "white")
+        table.add_row(
+            "link",
+            link["name"],
+            f"[{colour}]{state}[/{colour}]",
+            _fmt(latest.get("loss_pct"), " %"),
+            _fmt(latest.get("rtt_p95_ms"), " ms"),
+            _fmt(latest.get("jitter_ms"), " ms"),
+            _fmt(latest.get("mos")),
+            _impairment(lab, name, link["name"]),
+        )
+    for row in snmp:
+        if "radio" in row:
+            up = row.get("up") == 1
             table.add_row(
-                site["site"],
-                link["name"],
-                f"[{colour}]{state}[/{colour}]",
-                _fmt(latest.get("loss_pct"), " %"),
-                _fmt(latest.get("rtt_p95_ms"), " ms"),
-                _fmt(latest.get("jitter_ms"), " ms"),
-                _fmt(latest.get("mos")),
-            )
+                "AP",
+                f"{row.get('device')} radio {row.get('radio')}",
+                "[green]up[/green]" if up else "[red]down[/red]",
+                "-" if row.get("clients") is None else str(row.get("clients")),
+                _fmt(row.get("util"), " %"),
+                "", "", "",
+            )  # fmt: skip
+        else:
+            up = row.get("up") == 1
+            traffic = f"in {_fmt(_kbit(row.get('in_bps')))} / out {_fmt(_kbit(row.get('out_bps')))}"
+            table.add_row(
+                "router",
+                f"{row.get('device')} {row.get('ifname')}",
+                "[green]up[/green]" if up else "[red]down[/red]",
+                traffic + " kbit/s",
+                "", "", "", "",
+            )  # fmt: skip
+    for alert in alerts:
+        labels = alert["labels"]  # type: ignore[index]
+        if labels.get("site") == name:  # type: ignore[union-attr]
+            table.add_row(
+                "alert",
+                str(labels.get("alertname")),  # type: ignore[union-attr]
+                "[bold red]firing[/bold red]",
+                str(labels.get("target", "")),  # type: ignore[union-attr]
+                "", "", "", "",
+            )  # fmt: skip
     return table
 
 
-def _alert_lines(alerts: dict[str, object]) -> list[str]:
-    return [
-        f"[bold red]FIRING[/bold red] {a['labels']['alertname']} {a['labels']['site']}/"  # type: ignore[index]
-        f"{a['labels']['target']}: {a['annotations'].get('summary', '')}"  # type: ignore[index]
-        for a in alerts.get("alerts", [])  # type: ignore[union-attr]
-    ]
+def _kbit(bps: object) -> float | None:
+    return None if bps is None else float(bps) / 1000  # type: ignore[arg-type]
+
+
+def _alert_key(alert: dict[str, object]) -> str:
+    labels = alert["labels"]  # type: ignore[index]
+    return f"{labels['alertname']} {labels['site']}/{labels.get('target', '')}"  # type: ignore[index]
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -176,8 +265,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def summary(influxd: InfluxdServer) -> Table:
-    """How many rows reached InfluxDB per site and link, and their worst loss."""
+def summary(influxd: InfluxdServer) -> Group:
+    """How many rows reached InfluxDB per site and link (and SNMP device), the alert history."""
     table = Table(title="What the demo wrote to InfluxDB (database fieldmon, measurement link)")
     for column in ("site", "link", "rows", "worst loss", "mean rtt p50"):
         table.add_column(column)
@@ -198,7 +287,24 @@ def summary(influxd: InfluxdServer) -> Table:
         for row in influxd.query(query, db=DATABASE):
             counts.append(f"{row.get('alertname')} {state}: {row.get('count')}")
     table.caption = "alert rows: " + ("  ".join(counts) or "none")
-    return table
+    snmp = Table(title="SNMP rows (measurements ap and snmp_if)")
+    for column in ("site", "device", "measurement", "rows"):
+        snmp.add_column(column)
+    for measurement, field in (("ap", "up"), ("snmp_if", "oper_up")):
+        query = f'SELECT COUNT("{field}") FROM "{measurement}" GROUP BY "site", "device"'
+        for row in influxd.query(query, db=DATABASE):
+            snmp.add_row(str(row.get("site")), str(row.get("device")), measurement,
+                         f"{row.get('count')} rows")  # fmt: skip
+    return Group(table, snmp)
+
+
+def write_secrets(folder: Path) -> None:
+    """The SNMP community the site files refer to (secrets/snmp-community.txt)."""
+    secrets = folder / "secrets"
+    secrets.mkdir(exist_ok=True)
+    community = secrets / "snmp-community.txt"
+    community.write_text(COMMUNITY + "\n", encoding="utf-8")
+    community.chmod(0o600)
 
 
 def run_demo(duration: float, workdir: Path, console: Console) -> int:
@@ -211,10 +317,15 @@ def run_demo(duration: float, workdir: Path, console: Console) -> int:
         alertmanager = stack.enter_context(
             AlertmanagerServer(workdir / "alertmanager", ALERTMANAGER_CONFIG)
         )
-        sites = stack.enter_context(simulated_sites())
+        remove_stale_labs(LAB_STEM)  # left by a demo that crashed
+        lab = Lab.up(f"{LAB_STEM}{os.getpid()}", DEMO_SITES, workdir / "lab")
+        stack.callback(lab.down, keep_files=True)
         folder = workdir / "site_configs"
         folder.mkdir(exist_ok=True)
-        site_files = [write_site_file(folder, workdir, site, mosquitto.port) for site in sites]
+        write_secrets(folder)
+        site_files = {
+            site: write_site_file(folder, workdir, lab, site, mosquitto.port) for site in SITES
+        }
         collector_file, http_port = write_collector_file(
             workdir, mosquitto.port, influxd.url, alertmanager.url
         )
@@ -225,42 +336,91 @@ def run_demo(duration: float, workdir: Path, console: Console) -> int:
                 workdir / "collector.log",
             )  # fmt: skip
             processes.callback(_stop, collector)
-            for site, site_file in zip(sites, site_files, strict=True):
+            for site, site_file in site_files.items():
                 agent = _start(
                     [str(BIN / "fieldmon-agent"), "run", "--config", str(site_file),
                      "--log-format", "text"],
-                    workdir / f"{site.agent}.log",
+                    workdir / f"{site}-pi1.log",
                 )  # fmt: skip
                 processes.callback(_stop, agent)
             console.print(
                 f"status page [bold]http://127.0.0.1:{http_port}/[/bold] - Alertmanager "
                 f"{alertmanager.url} - InfluxDB {influxd.url} (database {DATABASE}) - "
-                f"Mosquitto 127.0.0.1:{mosquitto.port}"
+                f"Mosquitto 127.0.0.1:{mosquitto.port} - lab {lab.name} "
+                f"(`fieldmon-lab status {lab.name} --state-dir {workdir / 'lab'}`)"
             )
-            impaired = next(site for site in sites if site.site == IMPAIRED_SITE)
-            _watch(console, http_port, impaired, duration)
+            _watch(console, http_port, lab, influxd, duration)
         console.print(summary(influxd))
     console.print(f"Stopped. Logs and InfluxDB data stay in {workdir}")
     return 0
 
 
-def _watch(console: Console, http_port: int, impaired: Site, duration: float) -> None:
-    """Show the sites every 5 s; cut the impaired site's parent link for the middle third."""
+class _View:
+    """The live view's content and the event lines, refreshed from the collector and InfluxDB."""
+
+    def __init__(self, http_port: int, lab: Lab, influxd: InfluxdServer) -> None:
+        self.http_port = http_port
+        self.lab = lab
+        self.influxd = influxd
+        self.firing: set[str] = set()
+        self.phase = "healthy"
+
+    def refresh(self, elapsed: float) -> tuple[Group, list[str]]:
+        """The view now, and what changed since the last call (alerts firing or resolving)."""
+        status = _api(self.http_port, "/api/v1/sites")
+        alerts = list(_api(self.http_port, "/api/v1/alerts").get("alerts", []))  # type: ignore[call-overload]
+        snmp = _latest_snmp(self.influxd)
+        events = []
+        now = {_alert_key(alert): alert for alert in alerts}
+        for key in sorted(now.keys() - self.firing):
+            summary_text = now[key].get("annotations", {}).get("summary", "")
+            events.append(f"[bold red]FIRING[/bold red] {key}: {summary_text}")
+        for key in sorted(self.firing - now.keys()):
+            events.append(f"[bold green]RESOLVED[/bold green] {key}")
+        self.firing = set(now)
+        tables = [
+            site_table(site, self.lab, snmp.get(str(site["site"]), []), alerts)
+            for site in status.get("sites", [])  # type: ignore[attr-defined]
+        ]
+        heading = f"[bold]after {elapsed:.0f}s[/bold] - {self.phase}"
+        return Group(heading, *tables), events
+
+
+def _watch(
+    console: Console, http_port: int, lab: Lab, influxd: InfluxdServer, duration: float
+) -> None:
+    """Run the impairment schedule and show the sites until `duration` or Ctrl-C."""
+    steps_done: list[Step] = []
+    lock = threading.Lock()
+
+    def on_step(step: Step) -> None:
+        with lock:
+            steps_done.append(step)
+
+    view = _View(http_port, lab, influxd)
+    schedule = Schedule(lab, demo_schedule(duration), on_step).start()
+    interval = 2.0 if console.is_terminal else 5.0
     started = time.monotonic()
-    phase = "healthy"
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
     try:
-        while (elapsed := time.monotonic() - started) < duration:
-            if duration / 3 <= elapsed < 2 * duration / 3:
-                wanted = f"{impaired.site} parent link cut"
-            else:
-                wanted = "healthy" if elapsed < duration / 3 else "parent link restored"
-            if wanted != phase:
-                cut_parent(impaired, wanted.endswith("cut"))
-                console.print(f"[bold yellow]>>> {wanted}[/bold yellow]")
-                phase = wanted
-            console.print(status_table(_api(http_port, "/api/v1/sites"), elapsed, phase))
-            for line in _alert_lines(_api(http_port, "/api/v1/alerts")):
-                console.print(line)
-            time.sleep(5)
+        with live or contextlib.nullcontext():
+            while (elapsed := time.monotonic() - started) < duration:
+                with lock:
+                    new_steps, steps_done[:] = list(steps_done), []
+                for step in new_steps:
+                    view.phase = step.label
+                    console.print(f"[bold yellow]>>> {step.label}[/bold yellow]")
+                content, events = view.refresh(elapsed)
+                for event in events:
+                    console.print(event)
+                if live is not None:
+                    live.update(content, refresh=True)
+                else:
+                    console.print(content)
+                time.sleep(min(interval, max(0.0, duration - elapsed)))
     except KeyboardInterrupt:
         console.print("interrupted; tearing down")
+    finally:
+        schedule.stop()
+        for error in schedule.errors:
+            console.print(f"[red]schedule: {error}[/red]")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from types import TracebackType
 from typing import Self
 
 from fieldmon.lab.echo_responder import Impairment
-from fieldmon.lab.netns import Namespace
+from fieldmon.lab.netns import Namespace, run
 
 ECHO_SYSCTLS = ("net.ipv4.icmp_echo_ignore_all", "net.ipv6.icmp.echo_ignore_all")
 _READY_TIMEOUT_S = 10.0
@@ -96,6 +97,20 @@ class EchoResponder:
         self.counts: dict[str, int] = {}
         self._process: subprocess.Popen[bytes] | None = None
         self._saved_sysctls: dict[str, str] = {}
+
+    @classmethod
+    def attach(cls, namespace: Namespace, pid: int, state_dir: Path) -> EchoResponder:
+        """The responder another process started in `namespace` (the lab's state records its PID
+        and directory); the kernel's echo answers were on before it, as in a fresh namespace."""
+        responder = cls(namespace, state_dir=state_dir)
+        responder.impairment = Impairment.from_file(responder.settings)
+        responder.pid = pid
+        responder._saved_sysctls = dict.fromkeys(ECHO_SYSCTLS, "0")
+        return responder
+
+    def running(self) -> bool:
+        """True while the responder process is alive."""
+        return self.pid is not None and process_alive(self.pid, self.MARKER)
 
     def __repr__(self) -> str:
         return f"EchoResponder({self.namespace.name!r}, {self.impairment}, pid={self.pid})"
@@ -196,3 +211,88 @@ def read_counts(log: Path) -> dict[str, int]:
             with contextlib.suppress(ValueError):
                 return dict(json.loads(line))
     return {}
+
+
+# --- link impairments applied by the kernel: loss (iptables statistic), rate (tbf), cut ---
+
+LOSS_CHAIN = "FM-LOSS"
+_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$")
+_RATE_UNITS = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000}
+
+
+def rate_bps(rate: str) -> int:
+    """Bits per second of a tc rate such as `1mbit`, `512kbit`; a clear error otherwise."""
+    match = _RATE_RE.match(rate.strip().lower())
+    if match is None:
+        raise ValueError(f"rate {rate!r} is not a number with bit, kbit, mbit or gbit (e.g. 1mbit)")
+    bps = float(match.group(1)) * _RATE_UNITS[match.group(2)]
+    if bps < 8_000:
+        raise ValueError(f"rate {rate!r} is below 8kbit, too slow for a link")
+    return int(bps)
+
+
+def set_rate(ns: Namespace | None, dev: str, rate: str | None) -> None:
+    """Shape what `dev` sends to `rate` with a token bucket (tbf); None removes the limit."""
+    if rate is None:
+        run(ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
+        return
+    bps = rate_bps(rate)
+    # A burst of 5 ms of traffic, at least a few full frames, keeps TCP near the rate.
+    burst = max(4 * 1514, bps // 8 // 200)
+    run(
+        ns,
+        "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+        "rate", str(bps), "burst", str(burst), "latency", "100ms",
+    )  # fmt: skip
+
+
+def set_loss(ns: Namespace | None, dev: str, loss_pct: float) -> None:
+    """Drop `loss_pct` % of the packets arriving on `dev` (both families), at random.
+
+    The rules sit in the raw table's PREROUTING, so forwarded and local traffic alike are hit.
+    A first, target-less rule counts every packet that arrives; the second counts the drops
+    (`loss_counters`). Changing the loss starts both counts again.
+    """
+    if not 0 <= loss_pct <= 100:
+        raise ValueError(f"loss must be between 0 and 100 %, got {loss_pct}")
+    for tool in ("iptables", "ip6tables"):
+        run(ns, tool, "-t", "raw", "-N", LOSS_CHAIN, check=False)  # exists after the first call
+        if run(ns, tool, "-t", "raw", "-C", "PREROUTING", "-j", LOSS_CHAIN, check=False).returncode:
+            run(ns, tool, "-t", "raw", "-A", "PREROUTING", "-j", LOSS_CHAIN)
+        run(ns, tool, "-t", "raw", "-F", LOSS_CHAIN)
+        run(ns, tool, "-t", "raw", "-A", LOSS_CHAIN, "-i", dev)
+        if loss_pct > 0:
+            run(
+        ns,
+                tool, "-t", "raw", "-A", LOSS_CHAIN, "-i", dev, "-m", "statistic",
+                "--mode", "random", "--probability", f"{loss_pct / 100:.6f}", "-j", "DROP",
+            )  # fmt: skip
+
+
+def loss_counters(ns: Namespace | None, dev: str) -> tuple[int, int]:
+    """(packets arrived, packets dropped) on `dev` since the loss was last set; (0, 0) if never."""
+    arrived = dropped = 0
+    for tool in ("iptables", "ip6tables"):
+        listing = run(ns, tool, "-t", "raw", "-L", LOSS_CHAIN, "-v", "-x", "-n", check=False)
+        for line in listing.stdout.splitlines()[2:]:
+            fields = line.split()
+            if len(fields) < 2 or dev not in fields:
+                continue
+            if "DROP" in fields:
+                dropped += int(fields[0])
+            else:
+                arrived += int(fields[0])
+    return arrived, dropped
+
+
+def set_link_state(ns: Namespace | None, dev: str, up: bool, routes: list[list[str]]) -> None:
+    """Cut (`up=False`: the far end goes down, so the near end loses carrier) or restore.
+
+    Taking a device down deletes the routes through it; `routes` (`ip` argument lists such as
+    `["-6", "route", "replace", "default", "via", ...]`) are put back when it comes up again.
+    """
+    ip = ("ip",) if ns is None else ("ip", "-n", ns.name)
+    run(None, *ip, "link", "set", dev, "up" if up else "down")
+    if up:
+        for route in routes:
+            run(None, *ip, *route)

@@ -24,7 +24,7 @@ def _namespaces() -> set[str]:
 def test_demo_runs_end_to_end_and_tears_down(tmp_path: Path) -> None:
     before = _namespaces()
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "fieldmon-lab"), "demo", "--duration", "60",
+        [str(Path(sys.executable).parent / "fieldmon-lab"), "demo", "--duration", "70",
          "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
@@ -54,4 +54,4 @@ def test_demo_runs_end_to_end_and_tears_down(tmp_path: Path) -> None:
         for link in ("parent-gw", "internet", "site-gateway")
     }
     assert min(int(cells[2]) for cells in rows) >= 5
-    assert not {name for name in _namespaces() - before if name.startswith("fm-demo-")}
+    assert not {name for name in _namespaces() - before if name.startswith("fm-lab.demo")}
