@@ -57,6 +57,7 @@ class SiteAlerting(StrictModel):
     uplink_util_pct: Annotated[float, Field(gt=0, le=100)] | None = None
     uplink_saturated_for: Annotated[Duration, Field(ge=0)] | None = None
     backlog_depth: Annotated[int, Field(ge=1)] | None = None  # samples in the outbox
+    backlog_age: Annotated[Duration, Field(gt=0)] | None = None  # oldest unacked sample
     backlog_for: Annotated[Duration, Field(ge=0)] | None = None
     power_for: Annotated[Duration, Field(ge=0)] | None = None
 

@@ -65,6 +65,8 @@ class AlertingConfig(StrictModel):
     uplink_util_pct: Annotated[float, Field(gt=0, le=100)] = 90.0
     uplink_saturated_for: Annotated[Duration, Field(ge=0)] = 300.0
     backlog_depth: Annotated[int, Field(ge=1)] = 5000  # samples waiting in the agent's outbox
+    # ...or the oldest unacknowledged sample this old (`outbox_age_s`, where the agent reports it)
+    backlog_age: Annotated[Duration, Field(gt=0)] = 900.0
     backlog_for: Annotated[Duration, Field(ge=0)] = 300.0
     power_for: Annotated[Duration, Field(ge=0)] = 60.0  # under-voltage / throttled this long
     # UplinkSaturated, AgentBacklog and AgentPower clear after this long under 80 % / unset.

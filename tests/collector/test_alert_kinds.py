@@ -58,6 +58,7 @@ CONFIG = AlertingConfig(
     uplink_util_pct=90,
     uplink_saturated_for=30,
     backlog_depth=100,
+    backlog_age=100,
     backlog_for=30,
     power_for=20,
     condition_clear_for=20,
@@ -150,6 +151,12 @@ CASES: list[tuple[str, str, Any, list[Any], list[tuple[int, str]]]] = [
     ("backlog over 100 samples for 30 s", "AgentBacklog",
      lambda i, v: host(i, {"outbox_depth": v}), [0, 150, 150, 150, 150, 90, 90, 50, 50, 50],
      [(4, "firing"), (9, "resolved")]),
+    ("backlog by the oldest sample's age", "AgentBacklog",
+     lambda i, v: host(i, {"outbox_depth": 5, "outbox_age_s": v}),
+     [0, 150, 150, 150, 150, 90, 50, 50, 50], [(4, "firing"), (8, "resolved")]),
+    ("backlog clears only when depth and age are both low", "AgentBacklog",
+     lambda i, v: host(i, {"outbox_depth": v, "outbox_age_s": 150 if v >= 100 or i < 8 else 0}),
+     [150, 150, 150, 150, 10, 10, 10, 10, 10, 10, 10], [(3, "firing"), (10, "resolved")]),
     ("backlog hovering never flaps", "AgentBacklog", lambda i, v: host(i, {"outbox_depth": v}),
      [99, 101, 99, 100, 80, 120, 79, 130, 99], []),
 ]  # fmt: skip
@@ -476,3 +483,22 @@ def test_state_file_from_before_these_alerts_still_loads(tmp_path: Path) -> None
     snapshot = engine.snapshot()
     del snapshot["conditions"], snapshot["data_loss"]
     _engine(clock).restore(snapshot)
+
+
+def test_power_and_backlog_texts_name_what_is_wrong() -> None:
+    clock = Clock(T0)
+    engine = _engine(clock)
+    rows = [
+        host(i, {"undervoltage": True, "throttled": True, "outbox_depth": 400, "outbox_age_s": 30})
+        for i in range(4)
+    ]
+    fired = {t.alertname: t for _, t in _feed(engine, clock, rows)}
+    power = fired["AgentPower"].annotations
+    assert "power problem since" in power["summary"]
+    assert power["cause"] == "under-voltage and throttled"
+    assert (power["undervoltage"], power["throttled"]) == ("true", "true")
+    backlog = fired["AgentBacklog"].annotations
+    assert "outbox backlog since" in backlog["summary"]
+    assert "(400 samples, oldest 30 s)" in backlog["summary"]
+    assert backlog["cause"] == "depth"
+    assert fired["AgentBacklog"].labels["target"] == AGENT

@@ -9,7 +9,9 @@
   once it was seen up: a standby LTE modem or a switch port never used stays quiet.
 - UplinkSaturated (`snmp_if`): `util_pct` at or over `uplink_util_pct` for `uplink_saturated_for`.
 - AgentPower (`host`): `undervoltage` or `throttled` true for `power_for`.
-- AgentBacklog (`host`): `outbox_depth` at or over `backlog_depth` samples for `backlog_for`.
+- AgentBacklog (`host`): `outbox_depth` at or over `backlog_depth` samples, or `outbox_age_s`
+  (the oldest unacknowledged sample's age, where the agent reports it) at or over `backlog_age`,
+  for `backlog_for`; it clears once both are under 80 %.
 
 Numeric conditions clear under 80 % of the threshold held for `condition_clear_for` (hysteresis);
 every duration needs at least two samples, so one odd sample never fires or clears anything.
@@ -43,7 +45,7 @@ from fieldmon.collector.alerts.model import (
     iso_time,
 )
 from fieldmon.collector.config import AlertingConfig
-from fieldmon.wire.models import Sample
+from fieldmon.wire.models import FieldValue, Sample
 
 if TYPE_CHECKING:
     from fieldmon.agent.config import SiteConfig
@@ -71,6 +73,7 @@ class Limits:
     uplink_util_pct: float
     uplink_saturated_for: float
     backlog_depth: int
+    backlog_age: float
     backlog_for: float
     power_for: float
     clear_for: float
@@ -91,6 +94,7 @@ class Limits:
             uplink_util_pct=pick("uplink_util_pct"),
             uplink_saturated_for=pick("uplink_saturated_for"),
             backlog_depth=pick("backlog_depth"),
+            backlog_age=pick("backlog_age"),
             backlog_for=pick("backlog_for"),
             power_for=pick("power_for"),
             clear_for=config.condition_clear_for,
@@ -265,24 +269,42 @@ def _host(view: SiteView, sample: Sample) -> list[Reading]:
                 cause=" and ".join(_POWER_WORDS[name] for name in on),
             )
         )
-    depth = _number(fields.get("outbox_depth"))
-    if depth is not None:
-        out.append(
-            Reading(
-                AlertName.AGENT_BACKLOG,
-                agent,
-                {"agent": agent},
-                numeric_verdict(depth, view.limits.backlog_depth),
-                depth,
-                {"outbox_depth": f"{depth:.0f}"},
-                view.host_interval,
-                cause="backlog",
-            )
-        )
-    return out
+    backlog = _backlog(view, agent, fields)
+    return out if backlog is None else [*out, backlog]
+
+
+def _backlog(view: SiteView, agent: str, fields: dict[str, FieldValue]) -> Reading | None:
+    limits = view.limits
+    checks = {
+        "outbox_depth": (_number(fields.get("outbox_depth")), float(limits.backlog_depth)),
+        "outbox_age_s": (_number(fields.get("outbox_age_s")), limits.backlog_age),
+    }
+    present = {name: (value, limit) for name, (value, limit) in checks.items() if value is not None}
+    if not present:
+        return None
+    verdicts = [numeric_verdict(value, limit) for value, limit in present.values()]
+    if Verdict.BAD in verdicts:
+        verdict = Verdict.BAD
+    elif all(v is Verdict.GOOD for v in verdicts):
+        verdict = Verdict.GOOD
+    else:
+        verdict = Verdict.HOVER
+    over = [name for name, (value, limit) in present.items() if value >= limit]
+    depth = present.get("outbox_depth", (0.0, 0.0))[0] or 0.0
+    return Reading(
+        AlertName.AGENT_BACKLOG,
+        agent,
+        {"agent": agent},
+        verdict,
+        depth,
+        {name: f"{value:.0f}" for name, (value, _) in present.items()},
+        view.host_interval,
+        cause=" and ".join(_BACKLOG_WORDS[name] for name in over),
+    )
 
 
 _POWER_WORDS = {"undervoltage": "under-voltage", "throttled": "throttled"}
+_BACKLOG_WORDS = {"outbox_depth": "depth", "outbox_age_s": "age"}
 _READERS: dict[str, Callable[[SiteView, Sample], list[Reading]]] = {
     "ap": _ap,
     "snmp_if": _snmp_if,
@@ -310,7 +332,8 @@ def _threshold_text(alertname: AlertName, limits: Limits) -> str:
         ),
         AlertName.AGENT_POWER: f"under-voltage or throttled for {limits.power_for:g} s",
         AlertName.AGENT_BACKLOG: (
-            f"outbox >= {limits.backlog_depth} samples for {limits.backlog_for:g} s"
+            f"outbox >= {limits.backlog_depth} samples or oldest >= {limits.backlog_age:g} s, "
+            f"for {limits.backlog_for:g} s"
         ),
     }[alertname]
 
@@ -325,7 +348,12 @@ def _headline(alertname: AlertName, what: str, firing: Firing, measured: dict[st
         return f"{what} saturated since {since} (util {measured.get('util_pct', '?')} %)"
     if alertname is AlertName.AGENT_POWER:
         return f"{what} power problem since {since}: {firing.cause or 'flags set'}"
-    return f"{what} outbox backlog since {since} ({measured.get('outbox_depth', '?')} samples)"
+    held = [
+        pattern.format(measured[name])
+        for name, pattern in (("outbox_depth", "{} samples"), ("outbox_age_s", "oldest {} s"))
+        if name in measured
+    ]
+    return f"{what} outbox backlog since {since} ({', '.join(held)})"
 
 
 def transition(
