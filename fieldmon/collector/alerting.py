@@ -163,7 +163,10 @@ class AlertRole:
 
     async def flush(self) -> None:
         """Save the state (before the rows: a restart must know what was paged) and write rows."""
-        await asyncio.to_thread(self._store.save_if_dirty, self.engine)
+        if self.engine.dirty:
+            # Taken here, on the loop that feeds the engine: a snapshot read in a thread could
+            # meet a set being changed under it. Encoding and the disk write go to the thread.
+            await asyncio.to_thread(self._store.save, self.engine.snapshot())
         rows, self._rows = self._rows, []
         if rows:
             await self._points.store(rows)

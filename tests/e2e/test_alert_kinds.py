@@ -3,7 +3,8 @@
 Real parts only: snmpd serving a copy of the recorded generic-ap walk (fieldmon.lab.simap), the
 agent polling it every second, Mosquitto, the collector (ingest + alerts) and Alertmanager
 delivering to a webhook receiver. Removing wlan0's rows from the walk makes the agent report it
-down (`up=0`); ApDown fires after `ap_down_polls` polls and resolves once the rows are back.
+down (`up=0`); ApDown fires after `ap_down_polls` polls. The collector is restarted in the
+middle of the episode: it must neither page again nor lose the resolve once the rows are back.
 wlan1 is down in the recording from the start: a radio never seen up must never page.
 """
 
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,11 +104,15 @@ def test_radio_removed_from_the_walk_pages_ap_down_and_resolves(
         am=alertmanager.url,
     )
     logs = (tmp_path / "processes.log").open("wb")
-    collector = subprocess.Popen(
-        [str(BIN / "fieldmon-collector"), "run", "--config", str(collector_file)],
-        stdout=logs,
-        stderr=subprocess.STDOUT,
-    )
+
+    def start_collector() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(BIN / "fieldmon-collector"), "run", "--config", str(collector_file)],
+            stdout=logs,
+            stderr=subprocess.STDOUT,
+        )
+
+    collector = start_collector()
     agent = subprocess.Popen(
         [str(BIN / "fieldmon-agent"), "run", "--config", str(site_file)],
         stdout=logs,
@@ -137,6 +143,10 @@ def test_radio_removed_from_the_walk_pages_ap_down_and_resolves(
         assert ap_down_alerts() == [], "no page while every watched radio is up"
         walk.write_text(without_wlan0, encoding="utf-8")
         _wait_for(seen("firing"), "ApDown firing at Alertmanager", 20)
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(timeout=20)
+        collector = start_collector()
+        time.sleep(3)  # the restored collector judges a few more down polls: no second page
         walk.write_text(original, encoding="utf-8")
         _wait_for(seen("resolved"), "ApDown resolved at Alertmanager", 20)
     finally:
@@ -149,6 +159,9 @@ def test_radio_removed_from_the_walk_pages_ap_down_and_resolves(
         receiver.server.shutdown()
         snmpd.stop()
 
+    log = (tmp_path / "processes.log").read_text(encoding="utf-8")
+    assert log.count("page: kinds-site: AP ap-hall radio wlan0 down since") == 1
+    assert log.count("page: kinds-site: AP ap-hall radio wlan0 recovered") == 1
     alerts = ap_down_alerts()
     # One radio, one identity: the fixed label set, never a measured value.
     assert {tuple(sorted(a["labels"].items())) for a in alerts} == {  # type: ignore[attr-defined]
