@@ -1,4 +1,4 @@
-"""Alert engine core: link state machine, site silence, transitions and their persistence."""
+"""Alert engine core: link state machine, site silence, device and agent alerts, persistence."""
 
 from fieldmon.collector.alerts.engine import AlertEngine
 from fieldmon.collector.alerts.linkstate import LinkState
