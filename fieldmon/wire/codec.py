@@ -6,9 +6,10 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
-from fieldmon.wire.models import SCHEMA_VERSION, Envelope
+from fieldmon.wire.models import SCHEMA_VERSION, Envelope, Sample
 
 DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 # Longest rejection detail kept: it goes to logs and the dead-letter record, and a hostile
@@ -44,8 +45,13 @@ def _rejection(reason: RejectReason, detail: str) -> Rejection:
     return Rejection(reason, detail)
 
 
-def encode(message: BaseModel) -> bytes:
+_SAMPLE_ADAPTER: TypeAdapter[Sample] = TypeAdapter(Sample)
+
+
+def encode(message: BaseModel | Sample) -> bytes:
     """Compact JSON, with field aliases (the Envelope's `schema`)."""
+    if isinstance(message, Sample):
+        return _SAMPLE_ADAPTER.dump_json(message)
     return message.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
@@ -56,6 +62,28 @@ def _schema_version(payload: bytes) -> object:
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     return document.get("schema") if isinstance(document, dict) else None
+
+
+# pydantic names the member of FieldValue's union that each error came from; one bad value
+# gives one error per member. Those are folded into one problem per value.
+_UNION_MEMBERS = frozenset({"bool", "int", "float", "str", "constrained-float"})
+_FIELD_VALUE_HINT = "must be a boolean, a 64-bit integer, a finite number or a string"
+
+
+def _problems(errors: list[ErrorDetails]) -> list[tuple[str, str]]:
+    """(location, message) per invalid value, union members folded together, in order."""
+    problems: dict[str, str] = {}
+    for error in errors:
+        loc = error["loc"]
+        folded = bool(loc) and loc[-1] in _UNION_MEMBERS
+        where = ".".join(str(part) for part in (loc[:-1] if folded else loc)) or "(document)"
+        if not folded:
+            problems.setdefault(where, error["msg"])
+        elif error["type"] == "finite_number":
+            problems[where] = f"{error['msg']} (NaN and infinity cannot be stored)"
+        else:
+            problems.setdefault(where, _FIELD_VALUE_HINT)
+    return list(problems.items())
 
 
 def decode_envelope(
@@ -78,9 +106,9 @@ def decode_envelope(
                 RejectReason.UNSUPPORTED_SCHEMA,
                 f"schema {version!r}, this collector reads {SCHEMA_VERSION}",
             )
-        first = errors[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(document)"
-        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        return _rejection(RejectReason.INVALID, f"{where}: {first['msg']}{more}")
+        problems = _problems(errors)
+        where, message = problems[0]
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return _rejection(RejectReason.INVALID, f"{where}: {message}{more}")
     except (RecursionError, MemoryError) as exc:
         return _rejection(RejectReason.INVALID, f"unparseable document: {type(exc).__name__}")

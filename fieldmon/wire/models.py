@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from dataclasses import field as dataclass_field
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 SCHEMA_VERSION: Final = 1
 ID_PATTERN = r"^[a-z0-9-]+$"
@@ -15,12 +17,15 @@ RESERVED_IDS = frozenset({"alerts"})
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=64)]
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # Field values map one-to-one onto InfluxDB line-protocol types (bool, int, float, string).
-# Strict members keep 1.0 a float, 1 an integer and true a boolean. Range checks are in
-# Sample._storable: integers must fit 64 bits (InfluxDB refuses the whole batch otherwise).
+# Strict members keep 1.0 a float, 1 an integer and true a boolean. Floats must be finite and
+# integers fit 64 bits, or InfluxDB refuses the whole batch. Finiteness is a constraint checked
+# in pydantic-core; the integer range is checked in Sample._storable, because a range
+# constraint here would make the union fall through to the float member, which takes a
+# too-big integer as a float instead of refusing it.
 FieldValue = (
     Annotated[bool, Strict()]
     | Annotated[int, Strict()]
-    | Annotated[float, Strict()]
+    | Annotated[float, Strict(), Field(allow_inf_nan=False)]
     | Annotated[str, Strict()]
 )
 # Nanoseconds since the Unix epoch: InfluxDB's native precision, and exact in JSON integers.
@@ -38,27 +43,25 @@ def is_valid_id(value: str) -> bool:
     return bool(_ID_RE.fullmatch(value)) and value not in RESERVED_IDS
 
 
-class Sample(BaseModel):
+# A pydantic dataclass rather than a BaseModel: it validates the same way on construction,
+# but the collector decodes every sample of every site, and pydantic-core builds slotted
+# dataclass instances about twice as fast as model instances (bench/ingest). A copy with
+# changes is `dataclasses.replace(sample, time=...)`, which validates again.
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=ConfigDict(extra="forbid"))
+class Sample:
     """One measurement row, shaped like an InfluxDB point."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     measurement: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
-    tags: dict[_TAG_KEY, _TAG_VALUE] = Field(default_factory=dict)
-    fields: dict[_TAG_KEY, FieldValue] = Field(min_length=1)
+    tags: dict[_TAG_KEY, _TAG_VALUE] = dataclass_field(default_factory=dict)
+    fields: Annotated[dict[_TAG_KEY, FieldValue], Field(min_length=1)]
     time: TimestampNs
 
     @field_validator("fields")
     @classmethod
     def _storable(cls, fields: dict[str, FieldValue]) -> dict[str, FieldValue]:
-        # On the collector's hot path: one tight loop, no isinstance chains (`x - x` is 0.0 for
-        # every finite float and NaN for inf and NaN).
+        # On the collector's hot path: one tight loop over the values, integers only.
         for key, value in fields.items():
-            kind = type(value)
-            if kind is float:
-                if value - value != 0.0:  # type: ignore[operator]
-                    raise ValueError(f"field {key!r} is not a finite number")
-            elif kind is int and not _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+            if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
                 raise ValueError(f"field {key!r} does not fit a 64-bit integer")
         return fields
 

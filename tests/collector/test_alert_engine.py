@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -168,8 +169,9 @@ def test_hovering_at_the_threshold_never_flaps_a_notification() -> None:
     for index in range(300):
         loss = hovering[index % len(hovering)]
         clock.now = T0 + 10 * index + 1
-        sample = _sample(index, "G").model_copy(
-            update={"fields": {"sent": 100, "received": 100 - int(loss), "loss_pct": loss}}
+        sample = dataclasses.replace(
+            _sample(index, "G"),
+            fields={"sent": 100, "received": 100 - int(loss), "loss_pct": loss},
         )
         out += engine.observe(sample)
     assert [(t.alertname, t.state) for t in out] == [(AlertName.LINK_DEGRADED, AlertState.FIRING)]

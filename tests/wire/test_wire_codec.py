@@ -149,6 +149,25 @@ def test_non_finite_floats(literal: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    ("literal", "detail"),
+    [
+        (b"NaN", "samples.0.fields.loss_pct: Input should be a finite number"),
+        (b"1e999", "samples.0.fields.loss_pct: Input should be a finite number"),
+        (b"null", "samples.0.fields.loss_pct: must be a boolean, a 64-bit integer, a finite"),
+        (b"[1]", "samples.0.fields.loss_pct: must be a boolean, a 64-bit integer, a finite"),
+        (b"18446744073709551616", "field 'loss_pct' does not fit a 64-bit integer"),
+    ],
+)
+def test_bad_field_value_named_once(literal: bytes, detail: str) -> None:
+    # One bad value is one problem, not one per member of the value union.
+    payload = _payload(_document()).replace(b'"loss_pct": 0.0', b'"loss_pct": ' + literal)
+    result = decode_envelope(payload)
+    assert isinstance(result, Rejection)
+    assert detail in result.detail
+    assert "more)" not in result.detail
+
+
+@pytest.mark.parametrize(
     "document",
     [
         _document(extra=1),
