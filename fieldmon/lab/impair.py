@@ -269,10 +269,12 @@ def set_loss(ns: Namespace | None, dev: str, loss_pct: float) -> None:
             )  # fmt: skip
 
 
-def loss_counters(ns: Namespace | None, dev: str) -> tuple[int, int]:
+def loss_counters(
+    ns: Namespace | None, dev: str, families: tuple[str, ...] = ("ipv4", "ipv6")
+) -> tuple[int, int]:
     """(packets arrived, packets dropped) on `dev` since the loss was last set; (0, 0) if never."""
     arrived = dropped = 0
-    for tool in ("iptables", "ip6tables"):
+    for tool in ({"ipv4": "iptables", "ipv6": "ip6tables"}[family] for family in families):
         listing = run(ns, tool, "-t", "raw", "-L", LOSS_CHAIN, "-v", "-x", "-n", check=False)
         for line in listing.stdout.splitlines()[2:]:
             fields = line.split()
@@ -296,3 +298,14 @@ def set_link_state(ns: Namespace | None, dev: str, up: bool, routes: list[list[s
     if up:
         for route in routes:
             run(None, *ip, *route)
+        _wait_carrier(ns, dev)
+
+
+def _wait_carrier(ns: Namespace | None, dev: str, timeout: float = 2.0) -> None:
+    """Return once `dev` reports LOWER_UP (its peer is up too), or after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flags = run(ns, "ip", "-br", "link", "show", dev, check=False).stdout
+        if "LOWER_UP" in flags:
+            return
+        time.sleep(0.02)

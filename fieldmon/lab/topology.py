@@ -375,9 +375,12 @@ class Lab:
             ns = Namespace(namespace_name(lab, site.name, role))
             self.state.namespaces.append(ns.name)  # recorded first: teardown finds it
             spaces[role] = ns.create()
-            # Renaming and cutting take devices down: keep their IPv6 addresses meanwhile.
+            # Renaming and cutting take devices down: keep their IPv6 addresses meanwhile. No
+            # duplicate address detection: a link-local address still tentative cannot receive
+            # the neighbour advertisements a router needs to forward to the next hop.
             for scope in ("all", "default"):
                 ns.sysctl(f"net.ipv6.conf.{scope}.keep_addr_on_down", "1")
+                ns.sysctl(f"net.ipv6.conf.{scope}.accept_dad", "0")
         gw = spaces["gw"]
         gw.sysctl("net.ipv4.ip_forward", "1")
         gw.sysctl("net.ipv6.conf.all.forwarding", "1")
@@ -400,11 +403,14 @@ class Lab:
                 "via", str(lan.b_v6.ip),
             )  # fmt: skip
             self._add_link(site, role, pair, _GW_DEVICES[role], "eth0", routes)
-        if site.router:
-            self._start_device(site, "uplink-router", None, gw, lan)
-        for number, ap in enumerate(site.aps, start=1):
-            port = veth(None, gw)  # the AP's switch port
+        ports = []
+        for number in range(1, len(site.aps) + 1):
+            port = veth(None, gw)  # an AP's switch port
             _rename(gw, port.b_name, f"port{number}")
+            ports.append(port)
+        if site.router:  # after the ports: snmpd caches the interface table it starts with
+            self._start_device(site, "uplink-router", None, gw, lan)
+        for ap, port in zip(site.aps, ports, strict=True):
             self._start_device(site, ap.name, ap, gw, port)
 
     def _add_link(  # noqa: PLR0917 - private, one call site per link kind
@@ -566,9 +572,9 @@ class Lab:
         links = []
         for link in self.state.links:
             far = Namespace(link.far_ns)
-            arrived, dropped = (
-                loss_counters(far, link.far_dev) if link.far_ns in existing else (0, 0)
-            )
+            present = link.far_ns in existing
+            arrived, dropped = loss_counters(far, link.far_dev) if present else (0, 0)
+            _, dropped_v4 = loss_counters(far, link.far_dev, ("ipv4",)) if present else (0, 0)
             links.append(
                 {
                     "link": link.key,
@@ -584,6 +590,7 @@ class Lab:
                     and process_alive(link.echo_pid, EchoResponder.MARKER),
                     "packets_arrived": arrived,
                     "packets_dropped": dropped,
+                    "ipv4_packets_dropped": dropped_v4,
                 }
             )
         devices = [
