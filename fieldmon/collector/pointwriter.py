@@ -140,6 +140,7 @@ class DurableStore:
         self._retry_budget = retry_budget
         self._database_down = False
         self._full = False
+        self._drained_since_empty = 0
         self._wake = asyncio.Event()  # set when a batch is spooled
         self._room = asyncio.Event()  # set when a drained batch freed spool space
         if spool is not None:
@@ -159,6 +160,10 @@ class DurableStore:
                 self._set_full(False)  # nothing is held any more
                 return True
             self._database_down = True
+            logger.warning(
+                "database not taking writes: spooling batches to disk until it answers",
+                extra={"spool": str(self._spool.directory), "spool_bytes": self._spool.bytes},
+            )
         return await self._append(self._spool, lines)
 
     async def keep(self, lines: list[str]) -> None:
@@ -214,11 +219,15 @@ class DurableStore:
         self._metrics.spool_torn_records.set(spool.torn_records)
         if batch is None:
             self._metrics.spool_bytes.set(spool.bytes)
+            if self._drained_since_empty:
+                logger.info("spool drained", extra={"batches": self._drained_since_empty})
+                self._drained_since_empty = 0
             await self._wake.wait()
             return
         await self._points.store(batch.lines)
         self._database_down = False
         await asyncio.to_thread(spool.release, batch)
         self._metrics.spool_batches_drained.inc()
+        self._drained_since_empty += 1
         self._metrics.spool_bytes.set(spool.bytes)
         self._room.set()

@@ -86,6 +86,7 @@ class Spool:
         self._appending: _Segment | None = None
         self._append_fd: int | None = None
         self._cursor = 0  # offset of the next record to read in the oldest segment
+        self._total = 0  # bytes of every segment
         self._next_number = 1
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -109,6 +110,7 @@ class Spool:
                 self._unlink(segment)
                 continue
             self._segments.append(segment)
+            self._total += segment.size
         if self._segments and self._segments[0].number == cursor_segment:
             self._cursor = min(cursor_offset, self._segments[0].size)
         self._next_number = max([cursor_segment, *numbers], default=0) + 1
@@ -132,17 +134,17 @@ class Spool:
 
     # -- state ------------------------------------------------------------------------------
 
+    # Read without the lock (an int and a deque length), so the event loop may ask at any time
+    # without waiting for an fsync in a worker thread.
     @property
     def bytes(self) -> int:
         """Bytes the spool's segments take on disk."""
-        with self._lock:
-            return sum(segment.size for segment in self._segments)
+        return self._total
 
     @property
     def empty(self) -> bool:
         """True when no record waits to be drained."""
-        with self._lock:
-            return not self._segments
+        return not self._segments
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -156,7 +158,7 @@ class Spool:
         payload = "\n".join(lines).encode("utf-8", "replace")
         record = HEADER.pack(MAGIC, len(payload), len(lines), zlib.crc32(payload)) + payload
         with self._lock:
-            if sum(segment.size for segment in self._segments) + len(record) > self.max_bytes:
+            if self._total + len(record) > self.max_bytes:
                 return False
             try:
                 segment, fd = self._segment_for(len(record))
@@ -170,6 +172,7 @@ class Spool:
                 self._abandon_append(segment, fd, exc)
                 return False
             segment.size += len(record)
+            self._total += len(record)
             return True
 
     def _segment_for(self, record_bytes: int) -> tuple[_Segment, int]:
@@ -283,6 +286,7 @@ class Spool:
 
     def _retire_oldest(self) -> None:
         segment = self._segments.popleft()
+        self._total -= segment.size
         if segment is self._appending:
             self._close_append()
         self._cursor = 0

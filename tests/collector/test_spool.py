@@ -10,15 +10,23 @@ import subprocess
 import sys
 import time
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from fieldmon.agent.config import AgentSection, SiteConfig
 from fieldmon.collector.deadletter import DeadLetterFile
+from fieldmon.collector.ingest import IngestPipeline
+from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.metrics import CollectorMetrics
 from fieldmon.collector.pointwriter import DurableStore, PointWriter
 from fieldmon.collector.spool import HEADER, Spool, SpoolError
 from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError
+from fieldmon.mqtt import BrokerConfig
+from fieldmon.wire.codec import encode
+from fieldmon.wire.models import AckMessage, Envelope, Sample
+from fieldmon.wire.topics import samples_topic
 
 
 def _batch(number: int, size: int = 3) -> list[str]:
@@ -378,3 +386,97 @@ def test_batches_spooled_before_a_restart_are_drained_after_it(tmp_path: Path) -
     database.up = True
     asyncio.run(second_run())
     assert database.writes == [_batch(0), _batch(1)]
+
+
+# -- IngestPipeline with the spool ----------------------------------------------------------
+
+
+@dataclass
+class _Message:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int = 1
+
+
+@dataclass
+class _Client:
+    acked: list[int] = field(default_factory=list)
+    published: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def ack(self, mid: int, _qos: int) -> None:
+        self.acked.append(mid)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        self.published.append((topic, payload))
+
+
+@dataclass
+class _Link:
+    client: _Client = field(default_factory=_Client)
+    generation: int = 1
+
+
+def _pipeline(store: DurableStore, metrics: CollectorMetrics) -> tuple[IngestPipeline, _Link]:
+    site = SiteConfig(
+        site="pavilion-2",
+        name="Pavilion 2",
+        parent_hospital="central",
+        agent=AgentSection(id="pi1", broker=BrokerConfig(host="127.0.0.1")),
+    )
+    link = _Link()
+    pipeline = IngestPipeline(
+        inventory=Inventory(sites={"pavilion-2": site}),
+        points=None,  # type: ignore[arg-type]
+        metrics=metrics,
+        link=link,  # type: ignore[arg-type]
+        batch_size=1000,
+        flush_interval=0.05,
+        max_payload_bytes=64 * 1024,
+        max_deliveries=100,
+        store=store,
+    )
+    return pipeline, link
+
+
+def _message(seq: int, mid: int) -> _Message:
+    sample = Sample(
+        measurement="link",
+        tags={"site": "pavilion-2", "agent": "pi1", "target": "gw"},
+        fields={"loss_pct": 0.0},
+        time=1_700_000_000_000_000_000 + seq,
+    )
+    envelope = Envelope(site="pavilion-2", agent="pi1", seq=seq, sent_at=1, samples=[sample])
+    return _Message(samples_topic("pavilion-2", "pi1"), encode(envelope), mid)
+
+
+def test_ingest_acknowledges_a_spooled_batch_and_holds_one_the_full_spool_refused(
+    tmp_path: Path,
+) -> None:
+    database = _Database()
+    database.up = False
+
+    async def scenario() -> None:
+        store, spool, metrics = _store(tmp_path, database, max_bytes=150)  # one record
+        pipeline, link = _pipeline(store, metrics)
+        pipeline.handle(_message(1, mid=11))
+        await pipeline.flush()  # database down: spooled, so acknowledged
+        assert link.client.acked == [11]
+        [(topic, payload)] = link.client.published
+        assert topic == "fieldmon/v1/pavilion-2/pi1/ack"
+        assert AckMessage.model_validate_json(payload).ranges == [(1, 1)]
+        assert not spool.empty
+        pipeline.handle(_message(2, mid=12))
+        flushing = asyncio.create_task(pipeline.flush())  # too big for what is left: held
+        await asyncio.sleep(0.3)
+        assert link.client.acked == [11] and not flushing.done()
+        database.up = True
+        drainer = asyncio.create_task(store.drain())
+        await asyncio.wait_for(flushing, timeout=10)
+        assert link.client.acked == [11, 12]
+        await _until(lambda: spool.empty)
+        drainer.cancel()
+
+    asyncio.run(scenario())
+    stored = [line for write in database.writes for line in write]
+    assert len(stored) == 2 and len(set(stored)) == 2
