@@ -173,6 +173,7 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
         await probes.stop()
         await batcher.flush()
         await _drain(sender)
+        sender.before_clean_disconnect()
         if link.connected.is_set():
             info = link.client.publish(
                 topics.status_topic(config.site, config.agent.id),

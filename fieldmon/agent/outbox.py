@@ -8,9 +8,12 @@ Priorities: each envelope has a class, `Priority.EVENT` (alerts, state changes) 
 `Priority.BULK` (measurements). `select()` hands the sender the live envelopes (newest round
 first) before the backlog, and events before bulk within each; when the outbox is full the
 oldest bulk envelopes are dropped first and counted exactly (`dropped_envelopes`,
-`dropped_samples`, persisted in the file). A drop episode starts at the first drop and ends once
-acknowledgements bring the stored bytes under `RESUME_FRACTION` of the cap; `take_drop_start()`
-tells the caller once per episode, so it can send one event rather than one per envelope.
+`dropped_samples`, persisted in the file); envelopes in flight (published, awaiting their ack)
+are spared, so a drop is counted only for what never left on the current connection (the cap
+may be exceeded by the sender's window, 32 envelopes). A drop episode starts at the first drop
+and ends once acknowledgements bring the stored bytes under `RESUME_FRACTION` of the cap;
+`take_drop_start()` tells the caller once per episode, so it can send one event rather than
+one per envelope.
 
 Size: `max_bytes` bounds the payload bytes stored (the file itself is larger by SQLite's page
 and index overhead, roughly 5-15 %, plus a WAL of at most a few MB between checkpoints). A
@@ -63,8 +66,8 @@ SEQ_BLOCK = 1024
 # On a full disk, free at least this much besides the new envelope before the one retry.
 _FULL_DISK_SLACK = 256 * 1024
 # A drop episode ends when acknowledgements bring the stored bytes under this share of the cap
-# (hysteresis: an outbox hovering at the cap is one episode, not one per envelope).
-RESUME_FRACTION = 0.9
+# (hysteresis: an outbox draining near the cap, new rounds still arriving, is one episode).
+RESUME_FRACTION = 0.5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -142,6 +145,11 @@ class Outbox:
         self.stored_bytes = int(stored)
         self.dropped_envelopes = self._meta("dropped_envelopes")
         self.dropped_samples = self._meta("dropped_samples")
+        # Seqs handed to the sender by select() and not yet acknowledged or released: dropped
+        # only when nothing else is left, since they may already have arrived, and a drop is
+        # then counted as lost though it was not. Kept here, in the one disk thread, so that
+        # no append can drop an envelope between its selection and its publication.
+        self.in_flight: set[int] = set()
         self.dropping = False  # in a drop episode: full, and not yet drained under the cap
         self._drop_started = False
 
@@ -308,7 +316,7 @@ class Outbox:
         """
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            dropped = self._make_room(_FULL_DISK_SLACK)
+            dropped = self._make_room(_FULL_DISK_SLACK, spare_in_flight=False)
             self._db.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -324,8 +332,13 @@ class Outbox:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
-    def _make_room(self, excess: int) -> tuple[int, int, int]:
+    def _make_room(self, excess: int, *, spare_in_flight: bool = True) -> tuple[int, int, int]:
         """Delete the oldest envelopes (bulk before events) until `excess` bytes are freed.
+
+        Envelopes in flight are spared for the cap (they leave at their ack within moments;
+        the cap may be exceeded by at most the sender's window), so that every envelope
+        counted as dropped is one that was never published on the current connection. On a
+        full disk they go last, but they go.
 
         Runs inside the caller's transaction, persists the drop counters there too, and
         returns (envelopes, samples, bytes) deleted.
@@ -335,9 +348,15 @@ class Outbox:
         victims: list[int] = []
         freed = samples = 0
         rows = self._db.execute(
-            "SELECT seq, samples, length(payload) FROM envelopes ORDER BY priority DESC, seq"
+            "SELECT priority, seq, samples, length(payload) FROM envelopes "
+            "ORDER BY priority DESC, seq"
         ).fetchall()
-        for seq, count, size in rows:
+        in_flight = self.in_flight
+        if spare_in_flight:
+            rows = [row for row in rows if row[1] not in in_flight]
+        else:
+            rows.sort(key=lambda row: row[1] in in_flight)  # stable: oldest first within
+        for _priority, seq, count, size in rows:
             if freed >= excess:
                 break
             victims.append(seq)
@@ -409,6 +428,8 @@ class Outbox:
         except BaseException:
             self._rollback()
             raise
+        for first, last in ranges:
+            self.in_flight.difference_update([s for s in self.in_flight if first <= s <= last])
         self.waiting_samples -= removed_samples
         self.stored_bytes -= removed_bytes
         if removed:
@@ -464,7 +485,15 @@ class Outbox:
         ).fetchall()
         backlog = [StoredEnvelope(*row) for row in rows if row[0] not in exclude]
         taken = backlog[: max(room, 0)]
+        self.in_flight.update(envelope.seq for envelope in chosen + taken)
         return Selection(chosen + taken, len(taken), len(backlog) > len(taken))
+
+    def release(self, seqs: list[int] | None = None) -> None:
+        """Selected seqs that were not published, or whose ack timed out (None: all of them)."""
+        if seqs is None:
+            self.in_flight.clear()
+        else:
+            self.in_flight.difference_update(seqs)
 
     def depth(self) -> int:
         """Envelopes waiting for a collector's ack."""

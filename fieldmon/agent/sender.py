@@ -14,7 +14,11 @@ bucket holding one second's worth) so it never swamps a thin uplink.
 paho keeps its own RAM copy of every unacknowledged publish and re-sends those first when it
 reconnects: after an uplink cut, the envelopes published into the dead connection (the oldest
 backlog) would overtake the fresh-first replay and then arrive twice. The outbox holds them all,
-so the sender drops paho's copies at each connect, before paho re-sends them.
+so the sender drops paho's copies at each connect, before paho re-sends them. For the same
+reason the connection's socket lingers 0 s on close: when paho gives up on a dead uplink, the
+kernel discards what it still held unsent instead of retransmitting it over the old connection
+the moment the link returns (ahead of the replay, and twice). `before_clean_disconnect()`
+restores the normal close so that a clean shutdown's last packets are still delivered.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -73,11 +79,16 @@ class Sender:
 
     def _drop_paho_copies(self, client: mqtt.Client, *args: object) -> None:
         # Runs in paho's thread, in CONNACK handling before paho re-sends its queue.
+        _set_linger(client, abort=True)
         dropped = client.drop_out_messages()
         if dropped:
             logger.debug("dropped paho's own copies", extra={"messages": len(dropped)})
         if self._forward_connect is not None:
             self._forward_connect(client, *args)
+
+    def before_clean_disconnect(self) -> None:
+        """Let the socket close gracefully: the last status and DISCONNECT must get out."""
+        _set_linger(self._link.client, abort=False)
 
     def notify(self) -> None:
         """Something changed (new envelope, ack, reconnect): look at the outbox again."""
@@ -87,6 +98,7 @@ class Sender:
         self._link.client.subscribe(self._ack_topic, qos=1)
         # A new connection may have lost whatever paho had in flight; send it all again.
         self._in_flight.clear()
+        self._disk.submit(self._outbox.release)
         self._live_from = None
         self.notify()
 
@@ -113,6 +125,7 @@ class Sender:
         for seq in expired:
             del self._in_flight[seq]
         if expired:
+            self._disk.submit(self._outbox.release, expired)
             logger.info("no ack in time; sending again", extra={"seqs": len(expired)})
 
     def _publish(self, envelope: StoredEnvelope) -> bool:
@@ -157,6 +170,8 @@ class Sender:
                 live = len(selection.envelopes) - selection.backlog
                 for index, envelope in enumerate(selection.envelopes):
                     if not self._link.connected.is_set() or not self._publish(envelope):
+                        unsent = [e.seq for e in selection.envelopes[index:]]
+                        self._disk.submit(self._outbox.release, unsent)
                         break
                     if index >= live:
                         self._tokens -= 1
@@ -170,3 +185,12 @@ class Sender:
     def in_flight(self) -> int:
         """Envelopes published and not yet acknowledged by a collector."""
         return len(self._in_flight)
+
+
+def _set_linger(client: mqtt.Client, *, abort: bool) -> None:
+    """SO_LINGER 0 (close discards unsent data and resets) or the default graceful close."""
+    sock = client.socket()
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # the socket may be closing under us
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", int(abort), 0))

@@ -222,10 +222,12 @@ def test_a_drop_episode_is_reported_once_and_ends_when_acks_make_room(tmp_path: 
     assert outbox.take_drop_start()
     assert not outbox.take_drop_start()  # still the same episode, however many drops follow
     assert outbox.dropped_envelopes == 12 - outbox.depth()
-    # One ack that leaves the outbox well under the cap ends the episode; the next drop is news.
+    # Acks that leave the outbox at half the cap end the episode; the next drop is news.
     before = outbox.dropped_envelopes
     kept = [e.seq for e in outbox.pending(100)]
     outbox.acknowledge([(kept[0], kept[0])])
+    assert outbox.dropping  # 3/4 of the cap: still draining
+    outbox.acknowledge([(kept[1], kept[1])])
     assert not outbox.dropping
     while outbox.dropped_envelopes == before:
         outbox.append([_link(20)])
@@ -243,3 +245,22 @@ def test_an_ack_that_leaves_the_outbox_near_the_cap_keeps_the_episode(tmp_path: 
     outbox.append([_link(30)])
     outbox.append([_link(31)])
     assert not outbox.take_drop_start()
+
+
+def test_envelopes_in_flight_are_spared_by_the_cap(tmp_path: Path) -> None:
+    probe = Outbox(tmp_path / "size.db", site="s", agent="a")
+    size = len(probe.append([_link(1)]).payload)
+    outbox = Outbox(tmp_path / "o.db", site="s", agent="a", max_bytes=size * 5)
+    stored = [outbox.append([_link(i)]) for i in range(5)]
+    # The sender takes the two oldest (published, awaiting acks).
+    chosen = outbox.select(2, set(), live_from=100, backlog_limit=2)
+    assert [e.seq for e in chosen.envelopes] == [stored[0].seq, stored[1].seq]
+    outbox.append([_link(5)])
+    outbox.append([_link(6)])
+    kept = [e.seq for e in outbox.pending(100)]
+    assert stored[0].seq in kept and stored[1].seq in kept
+    assert stored[2].seq not in kept
+    # Once acknowledged or released they are ordinary again.
+    outbox.acknowledge([(stored[0].seq, stored[0].seq)])
+    outbox.release([stored[1].seq])
+    assert outbox.in_flight == set()
