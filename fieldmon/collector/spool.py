@@ -27,6 +27,7 @@ which changes nothing there (same measurement, tags and time; the same values).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -335,5 +336,9 @@ def _fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        # Some filesystems cannot fsync a directory; their entries are durable another way.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(fd)
