@@ -141,7 +141,7 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
         ),
     )
     link = _connect_link(config, loop)
-    sender, batcher = _pipeline(config, outbox, link, disk)
+    sender, batcher = build_pipeline(config, outbox, link, disk)
     async with IcmpPinger() as pinger:
         probes = ProbeSet(batcher)
         snmp = SnmpClient()
@@ -193,7 +193,7 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
     logger.info("agent stopped", extra={"unacknowledged": sender.in_flight()})
 
 
-def _pipeline(
+def build_pipeline(
     config: SiteConfig, outbox: Outbox, link: MqttLink, disk: ThreadPoolExecutor
 ) -> tuple[Sender, EnvelopeBatcher]:
     """The sender (fed acks from `link`) and the batcher that commits to the outbox."""
