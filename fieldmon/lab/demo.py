@@ -47,7 +47,13 @@ SITES = {
 }
 DEMO_SITES = (
     SiteSpec(
-        "demo-pavilion", aps=(ApSpec("ap-hall-a", "generic-ap"), ApSpec("ap-hall-b", "unifi"))
+        "demo-pavilion",
+        aps=(
+            ApSpec("ap-hall-a", "generic-ap"),
+            ApSpec("ap-hall-b", "unifi"),
+            ApSpec("wlc-triage", "cisco-wlc"),  # a controller: channel use per radio
+            ApSpec("ap-stores", "mikrotik"),  # noise floor per radio
+        ),
     ),
     SiteSpec("demo-school", aps=(ApSpec("ap-gym", "mikrotik"),)),
 )
