@@ -128,6 +128,7 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         link=link,
         board=board,
         active_alerts=alerts.active_alerts if alerts else list,
+        store=store,
     )
     runner = await _start_http(config, build_app(http_state))
 

@@ -15,7 +15,7 @@ from fieldmon.collector.alerts import Transition
 from fieldmon.collector.board import SiteView, StatusBoard
 from fieldmon.collector.ingest import IngestPipeline
 from fieldmon.collector.metrics import CollectorMetrics
-from fieldmon.collector.pointwriter import PointWriter
+from fieldmon.collector.pointwriter import DurableStore, PointWriter
 from fieldmon.mqtt import MqttLink
 
 # /healthz turns unhealthy when the database has refused writes for this long.
@@ -40,6 +40,7 @@ class HttpState:
     link: MqttLink
     board: StatusBoard
     active_alerts: Callable[[], list[Transition]]
+    store: DurableStore | None = None
 
 
 def _alert_json(alert: Transition) -> dict[str, Any]:
@@ -104,6 +105,10 @@ def build_app(state: HttpState) -> web.Application:
             points.last_ok is None or time.time() - points.last_ok > WRITE_STALL_S
         ):
             problems.append(f"database: {points.last_error}")
+        if state.store is not None and state.store.holding:
+            problems.append(
+                "spool: full; batches wait unacknowledged until the database takes writes"
+            )
         body = {"status": "ok" if not problems else "unhealthy", "problems": problems}
         return web.json_response(body, status=200 if not problems else 503)
 

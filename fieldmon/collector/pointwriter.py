@@ -186,6 +186,11 @@ class DurableStore:
             self._wake.set()
         return stored
 
+    @property
+    def holding(self) -> bool:
+        """True while the spool is full and batches wait unacknowledged for room."""
+        return self._full
+
     def _set_full(self, full: bool) -> None:
         if full == self._full:
             return

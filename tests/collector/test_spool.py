@@ -350,6 +350,7 @@ def test_a_full_spool_holds_the_batch_until_draining_makes_room(tmp_path: Path) 
         assert await store.put(_batch(1))
         assert not await store.put(_batch(2))  # full: not durable, must not be acknowledged
         assert _metric(metrics, "fieldmon_spool_full") == 1
+        assert store.holding  # /healthz reports it
         held = asyncio.create_task(store.keep(_batch(2)))
         await asyncio.sleep(0.2)
         assert not held.done()
@@ -359,6 +360,7 @@ def test_a_full_spool_holds_the_batch_until_draining_makes_room(tmp_path: Path) 
         await _until(lambda: spool.empty)
         drainer.cancel()
         assert _metric(metrics, "fieldmon_spool_full") == 0
+        assert not store.holding
 
     asyncio.run(scenario())
     assert sorted(line for write in database.writes for line in write) == sorted(
