@@ -302,6 +302,7 @@ def drain(
     mosquitto_dir: Path,
     influxd: InfluxdServer,
     envelopes: int,
+    *,
     baseline_s: float,
     replay_rate: float | None,
 ) -> dict:
@@ -496,8 +497,8 @@ def main() -> None:
                 workdir / "mosquitto-drain",
                 influxd,
                 backlog_n,
-                baseline_s,
-                args.replay_rate,
+                baseline_s=baseline_s,
+                replay_rate=args.replay_rate,
             )
         cost = write_cost(workdir, write_s)
     result = {
