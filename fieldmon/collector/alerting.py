@@ -22,7 +22,7 @@ from fieldmon.collector.alerts.model import OutageReport
 from fieldmon.collector.config import AlertingConfig
 from fieldmon.collector.ingest import check_identity
 from fieldmon.collector.inventory import Inventory
-from fieldmon.collector.pointwriter import PointWriter
+from fieldmon.collector.pointwriter import DurableStore
 from fieldmon.collector.storage.lineprotocol import encode_sample
 from fieldmon.wire import topics
 from fieldmon.wire.codec import decode_envelope
@@ -59,7 +59,7 @@ class AlertRole:
         self,
         inventory: Inventory,
         config: AlertingConfig,
-        points: PointWriter,
+        points: DurableStore,
         state_path: Path,
         *,
         max_payload_bytes: int,
@@ -169,4 +169,6 @@ class AlertRole:
             await asyncio.to_thread(self._store.save, self.engine.snapshot())
         rows, self._rows = self._rows, []
         if rows:
-            await self._points.store(rows)
+            # Through the spool when the database is down, like samples: a restart of the
+            # collector then loses no alert or outage row either.
+            await self._points.keep(rows)

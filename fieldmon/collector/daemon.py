@@ -104,7 +104,7 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         seqs=None if config.broker.shared_group else SeqTracker(config.alerting.data_loss_grace),
         store=store,
     )
-    board, alerts, dispatcher = _wire_roles(config, inventory, pipeline, points, link)
+    board, alerts, dispatcher = _wire_roles(config, inventory, pipeline, store, link)
 
     reloads: set[asyncio.Task[None]] = set()
 
@@ -160,14 +160,14 @@ def _wire_roles(
     config: CollectorConfig,
     inventory: Inventory,
     pipeline: IngestPipeline,
-    points: PointWriter,
+    store: DurableStore,
     link: MqttLink,
 ) -> tuple[StatusBoard, AlertRole | None, Dispatcher | None]:
     """Subscriptions and message routes for this collector's roles."""
     board = StatusBoard(inventory)
     ingest_role, alerts_role = Role.INGEST in config.roles, Role.ALERTS in config.roles
     alerts, dispatcher = (
-        _alert_role(config, inventory, points, link) if alerts_role else (None, None)
+        _alert_role(config, inventory, store, link) if alerts_role else (None, None)
     )
     subscriptions = routing.plan(ingest_role, alerts_role, config.broker.shared_group)
     if alerts is not None and any(s.identifier == routing.ALERT_SAMPLES_ID for s in subscriptions):
@@ -187,7 +187,7 @@ def _wire_roles(
 
 
 def _alert_role(
-    config: CollectorConfig, inventory: Inventory, points: PointWriter, link: MqttLink
+    config: CollectorConfig, inventory: Inventory, store: DurableStore, link: MqttLink
 ) -> tuple[AlertRole, Dispatcher]:
     """The alert engine and the notifiers it pages through (each in its own lane)."""
 
@@ -214,7 +214,7 @@ def _alert_role(
     role = AlertRole(
         inventory,
         config.alerting,
-        points,
+        store,
         config.data_dir / "alert-state.json",
         max_payload_bytes=config.broker.max_payload_bytes,
         page=page,
