@@ -124,6 +124,7 @@ def test_probe_turns_a_round_into_one_link_row() -> None:
                 "tos": 184,
                 "ttl": 9,
                 "interface": "eth0",
+                "align": True,  # 3 x 10 ms + 0.5 s leaves the 5 s interval room for the tick
             },
         )
     ]

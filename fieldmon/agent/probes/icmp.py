@@ -112,6 +112,8 @@ class IcmpProbe:
             tos=config.tos,
             ttl=config.ttl,
             interface=config.interface,
+            # Share the pinger's send clock when waiting up to one spacing still fits.
+            align=config.count * config.spacing + config.timeout <= config.interval,
         )
         if result.errors:
             logger.warning(
