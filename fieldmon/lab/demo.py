@@ -71,13 +71,13 @@ SNMP_INTERVAL = "10s"
 
 
 def demo_schedule(duration: float) -> list[Step]:
-    """Degrade the impaired site's parent link at a quarter of the run, cut it, restore it."""
+    """Degrade the impaired site's parent link (27 s into a 90 s run), cut it, restore it."""
     link = f"{IMPAIRED_SITE}/parent"
     return [
-        Step(0.25 * duration, link, f"{IMPAIRED_SITE} parent link degraded: 20 % loss, "
+        Step(0.3 * duration, link, f"{IMPAIRED_SITE} parent link degraded: 20 % loss, "
              "60 ± 20 ms added", loss_pct=20, delay_ms=60, jitter_ms=20),
-        Step(0.4 * duration, link, f"{IMPAIRED_SITE} parent link cut", cut=True),
-        Step(0.65 * duration, link, f"{IMPAIRED_SITE} parent link restored", restore=True),
+        Step(0.45 * duration, link, f"{IMPAIRED_SITE} parent link cut", cut=True),
+        Step(0.67 * duration, link, f"{IMPAIRED_SITE} parent link restored", restore=True),
     ]  # fmt: skip
 
 

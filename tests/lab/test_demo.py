@@ -1,4 +1,5 @@
-"""The README's demo command: two sites, a parent link cut and restored, alerts fire and resolve."""
+"""The README's demo command: two sites with APs, a parent link degraded, cut and restored, alerts
+fire and resolve, links and SNMP devices reach InfluxDB."""
 
 from __future__ import annotations
 
@@ -35,9 +36,14 @@ def test_demo_runs_end_to_end_and_tears_down(tmp_path: Path) -> None:
     output = result.stdout
     assert result.returncode == 0, output[-3000:] + result.stderr[-3000:]
     assert "status page http://127.0.0.1:" in output
+    assert "demo-pavilion parent link degraded" in output
     assert "demo-pavilion parent link cut" in output
+    assert "demo-pavilion parent link restored" in output
     # The cut parent link paged LinkDown while it lasted ...
     assert "FIRING LinkDown demo-pavilion/parent-gw" in output
+    assert "RESOLVED LinkDown demo-pavilion/parent-gw" in output
+    # The live view showed the APs as the agent polled them.
+    assert "ap-hall-b radio na" in output and "uplink-router wan-parent" in output
     summary = output[output.index("What the demo wrote") :]
     # ... and the alert history has both the firing and the resolve.
     assert "LinkDown firing" in summary
@@ -54,4 +60,20 @@ def test_demo_runs_end_to_end_and_tears_down(tmp_path: Path) -> None:
         for link in ("parent-gw", "internet", "site-gateway")
     }
     assert min(int(cells[2]) for cells in rows) >= 5
+    snmp_rows = {
+        (cells[0], cells[1], cells[2])
+        for line in summary.splitlines()
+        if len(cells := [c.strip() for c in line.split("│") if c.strip()]) == 4
+        and cells[3].endswith(" rows")
+        and int(cells[3].split()[0]) >= 3
+    }
+    assert snmp_rows == {
+        ("demo-pavilion", "ap-hall-a", "ap"),
+        ("demo-pavilion", "ap-hall-b", "ap"),
+        ("demo-pavilion", "wlc-triage", "ap"),
+        ("demo-pavilion", "ap-stores", "ap"),
+        ("demo-school", "ap-gym", "ap"),
+        ("demo-pavilion", "uplink-router", "snmp_if"),
+        ("demo-school", "uplink-router", "snmp_if"),
+    }
     assert not {name for name in _namespaces() - before if name.startswith("fm-lab.demo")}
