@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 def _up(args: argparse.Namespace, state_dir: Path, console: Console) -> int:
     from fieldmon.lab.topology import DEFAULT_SITES, ApSpec, Lab, SiteSpec
 
-    sites = DEFAULT_SITES
+    sites: tuple[SiteSpec, ...] = DEFAULT_SITES
     if args.sites:
         sites = tuple(
             SiteSpec(name, aps=(ApSpec(f"ap-{name}", "generic-ap"),)) for name in args.sites

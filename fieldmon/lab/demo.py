@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -143,7 +144,7 @@ notify: {{alertmanager: {{url: "{am_url}"}}}}
     return path, http_port
 
 
-def _api(http_port: int, path: str) -> dict[str, object]:
+def _api(http_port: int, path: str) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{path}", timeout=5) as reply:
             return dict(json.loads(reply.read()))
@@ -172,9 +173,9 @@ def _impairment(lab: Lab, site: str, agent_link: str) -> str:
     return "-"
 
 
-def _latest_snmp(influxd: InfluxdServer) -> dict[str, list[dict[str, object]]]:
+def _latest_snmp(influxd: InfluxdServer) -> dict[str, list[dict[str, Any]]]:
     """The last minute's AP radios and router interfaces per site, as InfluxDB has them."""
-    rows: dict[str, list[dict[str, object]]] = {}
+    rows: dict[str, list[dict[str, Any]]] = {}
     queries = (
         'SELECT last("up") AS "up", last("clients") AS "clients", '
         'last("channel_util_pct") AS "util" FROM "ap" WHERE time > now() - 1m '
@@ -190,10 +191,10 @@ def _latest_snmp(influxd: InfluxdServer) -> dict[str, list[dict[str, object]]]:
 
 
 def site_table(
-    site: dict[str, object],
+    site: dict[str, Any],
     lab: Lab,
-    snmp: list[dict[str, object]],
-    alerts: list[dict[str, object]],
+    snmp: list[dict[str, Any]],
+    alerts: list[dict[str, Any]],
 ) -> Table:
     """One site: its links as measured (and as impaired), its APs and router, its alerts."""
     name = str(site["site"])
@@ -201,7 +202,7 @@ def site_table(
     for column in ("", "name", "state", "loss / clients", "rtt p95 / util", "jitter", "MOS",
                    "lab impairment"):  # fmt: skip
         table.add_column(column, no_wrap=True)
-    for link in site["links"]:  # type: ignore[attr-defined]
+    for link in site["links"]:
         latest, state = link["latest"], link["state"]
         colour = _COLOURS.get(state, "white")
         table.add_row(
@@ -236,13 +237,13 @@ def site_table(
                 "", "", "", "",
             )  # fmt: skip
     for alert in alerts:
-        labels = alert["labels"]  # type: ignore[index]
-        if labels.get("site") == name:  # type: ignore[union-attr]
+        labels = alert["labels"]
+        if labels.get("site") == name:
             table.add_row(
                 "alert",
-                str(labels.get("alertname")),  # type: ignore[union-attr]
+                str(labels.get("alertname")),
                 "[bold red]firing[/bold red]",
-                str(labels.get("target", "")),  # type: ignore[union-attr]
+                str(labels.get("target", "")),
                 "", "", "", "",
             )  # fmt: skip
     return table
@@ -252,9 +253,9 @@ def _kbit(bps: object) -> float | None:
     return None if bps is None else float(bps) / 1000  # type: ignore[arg-type]
 
 
-def _alert_key(alert: dict[str, object]) -> str:
-    labels = alert["labels"]  # type: ignore[index]
-    return f"{labels['alertname']} {labels['site']}/{labels.get('target', '')}"  # type: ignore[index]
+def _alert_key(alert: dict[str, Any]) -> str:
+    labels = alert["labels"]
+    return f"{labels['alertname']} {labels['site']}/{labels.get('target', '')}"
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -317,6 +318,7 @@ def run_demo(duration: float, workdir: Path, console: Console) -> int:
     """The whole demo; tears everything down on return, Ctrl-C included."""
     workdir.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]fieldmon demo[/bold]: data and logs in {workdir}")
+    signal.signal(signal.SIGTERM, _interrupt)  # a `kill` tears down like Ctrl-C does
     with contextlib.ExitStack() as stack:
         mosquitto = stack.enter_context(MosquittoServer(workdir / "mosquitto"))
         influxd = stack.enter_context(InfluxdServer(workdir / "influxd"))
@@ -361,6 +363,10 @@ def run_demo(duration: float, workdir: Path, console: Console) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 class _View:
     """The live view's content and the event lines, refreshed from the collector and InfluxDB."""
 
@@ -374,7 +380,7 @@ class _View:
     def refresh(self, elapsed: float) -> tuple[Group, list[str]]:
         """The view now, and what changed since the last call (alerts firing or resolving)."""
         status = _api(self.http_port, "/api/v1/sites")
-        alerts = list(_api(self.http_port, "/api/v1/alerts").get("alerts", []))  # type: ignore[call-overload]
+        alerts = list(_api(self.http_port, "/api/v1/alerts").get("alerts", []))
         snmp = _latest_snmp(self.influxd)
         events = []
         now = {_alert_key(alert): alert for alert in alerts}
@@ -386,7 +392,7 @@ class _View:
         self.firing = set(now)
         tables = [
             site_table(site, self.lab, snmp.get(str(site["site"]), []), alerts)
-            for site in status.get("sites", [])  # type: ignore[attr-defined]
+            for site in status.get("sites", [])
         ]
         heading = f"[bold]after {elapsed:.0f}s[/bold] - {self.phase}"
         return Group(heading, *tables), events

@@ -297,6 +297,7 @@ class Lab:
         self.state = state
         self.directory = Path(state.state_dir)
         self._servers: dict[str, SnmpdServer] = {}  # snmpd we started in this process
+        self._responders: dict[str, EchoResponder] = {}  # echo responders we started, by link
         self._lock = threading.Lock()
 
     # --- building and finding ----------------------------------------------------------------
@@ -548,19 +549,23 @@ class Lab:
         link.rate = rate
 
     def _apply_delay(self, link: LinkState, delay_ms: float, jitter_ms: float) -> None:
-        far = Namespace(link.far_ns)
-        echo_dir = self.directory / "echo"
-        responder = None
-        if link.echo_pid is not None and process_alive(link.echo_pid, EchoResponder.MARKER):
-            responder = EchoResponder.attach(far, link.echo_pid, echo_dir)
+        responder = self._responders.pop(link.key, None)
+        pid = link.echo_pid
+        if responder is None and pid is not None and process_alive(pid, EchoResponder.MARKER):
+            # Started by another process (`fieldmon-lab impair`): the state file has its PID.
+            responder = EchoResponder.attach(Namespace(link.far_ns), pid, self.directory / "echo")
         if delay_ms == 0 and jitter_ms == 0:
             if responder is not None:
                 responder.stop()
             link.echo_pid = None
-        elif responder is not None:
-            responder.update(delay_ms=delay_ms, jitter_ms=jitter_ms)
         else:
-            responder = EchoResponder(far, delay_ms, jitter_ms, state_dir=echo_dir).start()
+            if responder is not None:
+                responder.update(delay_ms=delay_ms, jitter_ms=jitter_ms)
+            else:
+                responder = EchoResponder(
+                    Namespace(link.far_ns), delay_ms, jitter_ms, state_dir=self.directory / "echo"
+                ).start()
+            self._responders[link.key] = responder
             link.echo_pid = responder.pid
         link.delay_ms, link.jitter_ms = delay_ms, jitter_ms
 
@@ -618,9 +623,12 @@ class Lab:
         """Stop every process by PID, delete every namespace, remove the lab's directory (its
         state file, snmpd configs and logs) unless `keep_files`."""
         for link in self.state.links:
-            if link.echo_pid is not None:
+            responder = self._responders.pop(link.key, None)
+            if responder is not None:
+                responder.stop()  # and reaped: it is our child
+            elif link.echo_pid is not None:
                 stop_pid(link.echo_pid, EchoResponder.MARKER)
-                link.echo_pid = None
+            link.echo_pid = None
         for device in self.state.devices:
             server = self._servers.pop(device.marker, None)
             if server is not None:
