@@ -202,16 +202,29 @@ class Rig:
             str(collector_file),
         ]
         self.influxd, self.db = influxd, db
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, command: list[str], log: Path) -> subprocess.Popen[bytes]:
+        process = _start(command, log)
+        self.processes.append(process)
+        return process
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL, by PID, whatever this rig started and a failed test left running."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
     def agent(self) -> subprocess.Popen[bytes]:
         command = [str(BIN / "fieldmon-agent"), "run", "--config", str(self.site_file)]
         if self.namespace is not None:
             # `ip netns exec` execs the agent in place: the PID we hold is the agent's.
             command = ["ip", "netns", "exec", self.namespace.name, *command]
-        return _start(command, self.tmp / "agent.log")
+        return self._start(command, self.tmp / "agent.log")
 
     def collector(self) -> subprocess.Popen[bytes]:
-        return _start(self.collector_args, self.tmp / "collector.log")
+        return self._start(self.collector_args, self.tmp / "collector.log")
 
     def collector_log(self) -> str:
         return (self.tmp / "collector.log").read_text()
@@ -269,11 +282,17 @@ class Rig:
 
 
 @pytest.fixture
-def rig_for(tmp_path: Path, influxd: InfluxdServer, influx_db: str) -> Callable[..., Rig]:
-    def build(mosquitto: MosquittoServer, **options: object) -> Rig:
-        return Rig(tmp_path, mosquitto, influxd, influx_db, **options)  # type: ignore[arg-type]
+def rig_for(tmp_path: Path, influxd: InfluxdServer, influx_db: str) -> Iterator[Callable[..., Rig]]:
+    rigs: list[Rig] = []
 
-    return build
+    def build(mosquitto: MosquittoServer, **options: object) -> Rig:
+        rig = Rig(tmp_path, mosquitto, influxd, influx_db, **options)  # type: ignore[arg-type]
+        rigs.append(rig)
+        return rig
+
+    yield build
+    for rig in rigs:
+        rig.kill_leftovers()
 
 
 @dataclass(frozen=True)
