@@ -488,7 +488,7 @@ BIN = Path(sys.executable).parent
 # Long enough for the collector's first `agent` rows (written once a minute) and for the
 # parent link, degraded for the middle third of the run, to fire an alert.
 DEMO_SECONDS = 80
-PIPELINE_MEASUREMENTS = {"link", "host", "alert", "agent"}
+PIPELINE_MEASUREMENTS = {"link", "host", "alert", "agent", "ap", "snmp_if"}
 CONTRACT_FIELDS = {
     "link": {"sent", "received", "loss_pct", "rtt_min_ms", "rtt_avg_ms", "rtt_p50_ms",
              "rtt_p95_ms", "rtt_max_ms", "jitter_ms", "mos"},
@@ -554,7 +554,7 @@ def test_demo_writes_every_pipeline_measurement(demo_data: DemoData) -> None:
 
 
 def _reads_pipeline_data(query: PanelQuery) -> bool:
-    """Queries on what the demo writes: not `ap`/`snmp_if`/`outage` (not in the demo yet), and
+    """Queries on what the demo writes: not `outage` (only after an uplink outage is replayed), and
     not the Pi-only host fields (this test host is no Pi, and the probe leaves them out)."""
     measurements = set(FROM_RE.findall(query.query))
     if not measurements or not measurements <= PIPELINE_MEASUREMENTS:
