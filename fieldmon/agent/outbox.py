@@ -31,10 +31,10 @@ seqs in one commit.
 - power cut: the commits since the last checkpoint may be rolled back, never corrupted (WAL
   frames are checksummed; recovery keeps the valid prefix). For a 100-link site at 10 s rounds
   (one 10-sample envelope of 3.2 kB committed and one ack-delete per second) the bench
-  measures 162 fsyncs an hour, i.e. a checkpoint every ~44 s: that is the worst-case loss
-  window. The kernel writes dirty pages back once they are 30 s old (vm.dirty_expire_centisecs,
-  flusher every 5 s), so in practice the window is under ~35 s even at smaller sites, whose
-  checkpoints come less often.
+  measures 129 fsyncs an hour, i.e. a checkpoint about once a minute (~56 s): that is the
+  worst-case loss window. The kernel writes dirty pages back once they are 30 s old
+  (vm.dirty_expire_centisecs, flusher every 5 s), so in practice the window is under ~35 s,
+  even at smaller sites, whose checkpoints come less often.
 - SD wear, same site: 22.8 kB handed to write() per commit (4 kB WAL frames for the table,
   index and meta pages, plus checkpoint copies), 164 MB an hour, about 3.9 GB a day; a longer
   `linger` divides it (fewer, larger commits), at the cost of a later first delivery.

@@ -456,7 +456,7 @@ def test_uplink_cut_then_restored_replays_fresh_first_and_loses_nothing(
         cut_ns = time.time_ns()
         run(None, "ip", "link", "set", host_side, "down")
         # The agent notices by its keepalive (5 s): TCP sees no error on a dead link.
-        _wait_for(lambda: "disconnected from broker" in rig.logs(), 20, "the agent to notice")
+        _wait_for(lambda: "disconnected from broker" in rig.agent_log(), 20, "the agent to notice")
         time.sleep(2.0)
         run(None, "ip", "link", "set", host_side, "up")
         restored_at = time.monotonic()
@@ -529,7 +529,7 @@ def test_outbox_cap_drops_the_oldest_bulk_counts_exactly_and_keeps_events(
         )
         assert agent.poll() is None, rig.logs()
         mosquitto.start()
-        _wait_for(lambda: "connected to broker" in rig.logs(), 20, "the agent to reconnect")
+        _wait_for(lambda: "connected to broker" in rig.agent_log(), 20, "the agent to reconnect")
         # Host rows every 500 ms: a few measured after the reconnect carry the final count.
         reconnected_ns = time.time_ns()
         _wait_for(lambda: observer.newest_time() > reconnected_ns + 1.5e9, 30, "rounds after")
