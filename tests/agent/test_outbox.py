@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fieldmon.agent.config import SiteConfig
+from fieldmon.agent.daemon import build_pipeline
 from fieldmon.agent.outbox import Outbox, Priority
+from fieldmon.mqtt import MqttLink, new_client
 from fieldmon.wire.codec import decode_envelope
 from fieldmon.wire.models import Envelope, Sample
 
@@ -264,3 +269,42 @@ def test_envelopes_in_flight_are_spared_by_the_cap(tmp_path: Path) -> None:
     outbox.acknowledge([(stored[0].seq, stored[0].seq)])
     outbox.release([stored[1].seq])
     assert outbox.in_flight == set()
+
+
+def _site(path: Path) -> SiteConfig:
+    return SiteConfig.model_validate(
+        {
+            "site": "s",
+            "name": "S",
+            "parent_hospital": "h",
+            "agent": {"id": "a", "broker": {"host": "127.0.0.1"}, "outbox": {"path": str(path)}},
+        }
+    )
+
+
+def test_a_corrupt_file_and_a_drop_episode_each_become_one_event_row(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    path.write_bytes(b"\x00garbage" * 512)
+    config = _site(path)
+
+    async def wire() -> list[Sample]:
+        disk = ThreadPoolExecutor(max_workers=1)
+        outbox = Outbox(path, site="s", agent="a", max_bytes=2000)
+        link = MqttLink(new_client(config.agent.broker, client_id="a"), config.agent.broker,
+                        asyncio.get_running_loop())  # fmt: skip
+        _sender, batcher = build_pipeline(config, outbox, link, disk)
+        for i in range(30):
+            batcher.add([_link(i)])
+            await batcher.flush()
+        disk.shutdown()
+        return [
+            sample
+            for envelope in outbox.pending(1000)
+            for sample in decode_envelope(envelope.payload).samples  # type: ignore[union-attr]
+            if sample.measurement == "event"
+        ]
+
+    events = asyncio.run(wire())
+    assert [event.tags["kind"] for event in events] == ["outbox_corrupt", "outbox_dropping"]
+    assert "moved it to" in str(events[0].fields["message"])
+    assert events[1].fields["dropped_samples"] == 1
