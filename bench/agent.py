@@ -230,14 +230,15 @@ def _describe(callback: Any) -> str:
 
 
 def _instrument_echo_lateness(acct: Accounting, pinger_class: Any) -> None:
-    plans: dict[int, list[float]] = {}  # id(round) -> [grid start, spacing, echoes sent]
+    # id(round) -> [first echo due, spacing, echoes sent, when the round asked, aligned]
+    plans: dict[int, list[float]] = {}
     original_send_all, original_send_one = pinger_class._send_all, pinger_class._send_one
 
     async def send_all(self: Any, rnd: Any, **kwargs: Any) -> None:
         # The pinger's own plan: aligned rounds start on the next tick of the shared clock.
-        now, spacing = time.monotonic(), kwargs["spacing"]
-        first = math.ceil(now / spacing) * spacing if kwargs.get("align") else now
-        plans[id(rnd)] = [first, spacing, 0]
+        now, spacing, align = time.monotonic(), kwargs["spacing"], bool(kwargs.get("align"))
+        first = math.ceil(now / spacing) * spacing if align else now
+        plans[id(rnd)] = [first, spacing, 0, now, align]
         try:
             await original_send_all(self, rnd, **kwargs)
         finally:
@@ -247,8 +248,13 @@ def _instrument_echo_lateness(acct: Accounting, pinger_class: Any) -> None:
         plan = plans.get(id(rnd))
         if plan is not None:
             now = time.monotonic()
+            first, spacing, sent, asked, align = plan
+            if align and not sent and first - asked < 1e-3 and now >= first + spacing:
+                # The pinger read its clock a moment after us, past the tick we computed: its
+                # first echo was due one tick later (not 100 ms late).
+                plan[0] = first = first + spacing
             acct.echo_sent_at.append(now)
-            acct.echo_late.append(now - (plan[0] + plan[2] * plan[1]))
+            acct.echo_late.append(now - (first + sent * spacing))
             plan[2] += 1
         return await original_send_one(self, rnd, *args)
 
