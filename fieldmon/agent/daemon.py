@@ -15,6 +15,7 @@ from fieldmon.agent.batcher import EnvelopeBatcher
 from fieldmon.agent.config import SiteConfig, load_site_config
 from fieldmon.agent.outbox import Outbox
 from fieldmon.agent.probes.base import Probe
+from fieldmon.agent.probes.host import outbox_age_s
 from fieldmon.agent.probes.icmp_socket import IcmpPinger
 from fieldmon.agent.probes.registry import ProbeResources, build_probes
 from fieldmon.agent.scheduler import run_probe_forever
@@ -150,6 +151,7 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
             snmp=snmp,
             outbox_depth=lambda: outbox.waiting_samples,
             outbox_dropped=lambda: outbox.dropped_samples,
+            outbox_age_s=lambda: outbox_age_s(outbox.oldest_created_ns, time.time_ns()),
         )
         probes.start(build_probes(config, resources))
         background = [

@@ -148,6 +148,9 @@ class Outbox:
         self.stored_bytes = int(stored)
         self.dropped_envelopes = self._meta("dropped_envelopes")
         self.dropped_samples = self._meta("dropped_samples")
+        # When the oldest waiting envelope was made (the host probe's outbox_age_s); None: empty.
+        self.oldest_created_ns: int | None = None
+        self._refresh_oldest()
         # Seqs handed to the sender by select() and not yet acknowledged or released: dropped
         # only when nothing else is left, since they may already have arrived, and a drop is
         # then counted as lost though it was not. Kept here, in the one disk thread, so that
@@ -310,7 +313,15 @@ class Outbox:
         self._account_drop(dropped)
         self.waiting_samples += len(samples)
         self.stored_bytes += len(payload)
+        if dropped[0] or self.oldest_created_ns is None:
+            self._refresh_oldest()
         return StoredEnvelope(seq, payload, int(priority))
+
+    def _refresh_oldest(self) -> None:
+        # By seq, the primary key (one index step): creation times follow seqs. Runs in the disk
+        # thread; the event loop only reads the attribute.
+        row = self._db.execute("SELECT created_ns FROM envelopes ORDER BY seq LIMIT 1").fetchone()
+        self.oldest_created_ns = int(row[0]) if row else None
 
     def _free_space(self) -> None:
         """Drop the oldest envelopes in a transaction of their own and shrink the WAL.
@@ -325,6 +336,7 @@ class Outbox:
             self._rollback()
             raise
         self._account_drop(dropped)
+        self._refresh_oldest()
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.OperationalError as exc:
@@ -437,6 +449,7 @@ class Outbox:
         self.stored_bytes -= removed_bytes
         if removed:
             self._end_drop_episode()
+            self._refresh_oldest()
         return removed
 
     # -- reading --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 from fieldmon.agent.config import SiteConfig
 from fieldmon.agent.daemon import build_pipeline
 from fieldmon.agent.outbox import Outbox, Priority
+from fieldmon.agent.probes.host import outbox_age_s
 from fieldmon.mqtt import MqttLink, new_client
 from fieldmon.wire.codec import decode_envelope
 from fieldmon.wire.models import Envelope, Sample
@@ -80,6 +81,26 @@ def test_waiting_samples_follow_appends_acks_and_reopen(tmp_path: Path) -> None:
     assert outbox.waiting_samples == 1
     outbox.close()
     assert Outbox(path, site="s", agent="a").waiting_samples == 1
+
+
+def test_oldest_waiting_envelope_age_follows_appends_acks_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    outbox = Outbox(path, site="s", agent="a")
+    assert outbox.oldest_created_ns is None
+    assert outbox_age_s(outbox.oldest_created_ns, time.time_ns()) == 0.0
+    first = outbox.append([_sample(1)])
+    created = [outbox.oldest_created_ns]
+    second = outbox.append([_sample(2)])
+    assert outbox.oldest_created_ns == created[0]  # the newer one does not move it
+    outbox.acknowledge([(first.seq, first.seq)])
+    assert outbox.oldest_created_ns is not None and outbox.oldest_created_ns > created[0]
+    later = outbox.oldest_created_ns
+    outbox.close()
+    reopened = Outbox(path, site="s", agent="a")
+    assert reopened.oldest_created_ns == later
+    assert outbox_age_s(later, later + 90 * 10**9) == 90.0
+    reopened.acknowledge([(second.seq, second.seq)])
+    assert reopened.oldest_created_ns is None
 
 
 def _link(n: int) -> Sample:

@@ -9,8 +9,9 @@ Emits one `host` row per run, timestamped at the run's start (ns since the epoch
   firmware caps, throttles or soft-limits the CPU now), outbox_depth (integer samples waiting
   to be acknowledged), outbox_dropped (integer samples the outbox has dropped to stay under
   `max_mb` or on a full disk, cumulative over the outbox file's life: a counter, so
-  `non_negative_difference()` gives the drops per interval). A field the host cannot measure (no
-  sensor, not a Pi, no outbox) is left out, never sent as a fake 0.
+  `non_negative_difference()` gives the drops per interval), outbox_age_s (float seconds since
+  the oldest envelope still waiting for a collector's ack was made; 0 when none waits). A field
+  the host cannot measure (no sensor, not a Pi, no outbox) is left out, never sent as a fake 0.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ class HostProbe:
     """Measures the agent's own host; each `collect()` is one `host` row.
 
     `outbox_depth` reports how many samples wait in the outbox, `outbox_dropped` how many it
-    has dropped so far; `pi_health` reads the Pi firmware (a seam for tests; by default
-    vcgencmd, skipped where it is absent).
+    has dropped so far, `outbox_age_s` how old the oldest waiting envelope is (0 when none);
+    `pi_health` reads the Pi firmware (a seam for tests; by default vcgencmd, skipped where it
+    is absent).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class HostProbe:
         agent: str,
         outbox_depth: Callable[[], int] | None = None,
         outbox_dropped: Callable[[], int] | None = None,
+        outbox_age_s: Callable[[], float] | None = None,
         pi_health: PiHealthReader | None = None,
     ) -> None:
         self.config = config
@@ -66,6 +69,7 @@ class HostProbe:
         self._tags = {"site": site, "agent": agent}
         self._outbox_depth = outbox_depth
         self._outbox_dropped = outbox_dropped
+        self._outbox_age_s = outbox_age_s
         self._pi_health = pi_health if pi_health is not None else PiFirmware().read
         # Our own baseline rather than psutil.cpu_percent(None), whose single global baseline
         # any other caller in the process would move. The first collect() covers the time
@@ -96,6 +100,8 @@ class HostProbe:
             fields["outbox_depth"] = int(self._outbox_depth())
         if self._outbox_dropped is not None:
             fields["outbox_dropped"] = int(self._outbox_dropped())
+        if self._outbox_age_s is not None:
+            fields["outbox_age_s"] = float(self._outbox_age_s())
         return [Sample(measurement="host", tags=dict(self._tags), fields=fields, time=started_ns)]
 
     def _disk_pct(self) -> float | None:
@@ -103,6 +109,13 @@ class HostProbe:
             return float(psutil.disk_usage(self.config.disk_path).percent)
         except OSError:
             return None
+
+
+def outbox_age_s(oldest_created_ns: int | None, now_ns: int) -> float:
+    """Seconds the oldest waiting envelope has waited; 0 when the outbox is empty."""
+    if oldest_created_ns is None:
+        return 0.0
+    return max(0.0, (now_ns - oldest_created_ns) / 1e9)
 
 
 def cpu_busy_pct(before: Any, after: Any) -> float | None:

@@ -22,6 +22,7 @@ class ProbeResources:
     snmp: SnmpClient
     outbox_depth: Callable[[], int]
     outbox_dropped: Callable[[], int] | None = None  # samples dropped at the cap, cumulative
+    outbox_age_s: Callable[[], float] | None = None  # age of the oldest waiting envelope
 
 
 def icmp_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
@@ -49,6 +50,7 @@ def host_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
             agent=config.agent.id,
             outbox_depth=resources.outbox_depth,
             outbox_dropped=resources.outbox_dropped,
+            outbox_age_s=resources.outbox_age_s,
         )
     ]
 
