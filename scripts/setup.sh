@@ -13,6 +13,7 @@ DEBIAN_PACKAGES=(
   fping iproute2 iptables procps kmod  # ICMP reference, namespaces, loss injection, sysctl
   prometheus-alertmanager              # the recommended notification route
   prometheus prometheus-blackbox-exporter  # the usual alternative, beside fieldmon in bench/alert_latency
+  strace                               # bench/outbox counts the outbox's fsyncs
   chromium fonts-dejavu-core           # headless browser test of the collector's status page
 )
 
