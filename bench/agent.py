@@ -587,11 +587,12 @@ class Acker:
 # == measuring =================================================================================
 
 
-def _peak_rss_mb(pid: int) -> float:
+def _status_mb(pid: int, key: str = "VmHWM") -> float:
+    """A memory figure from /proc/PID/status: VmHWM (peak RSS) or VmRSS (now), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for PID {pid}")
+    raise RuntimeError(f"no {key} for PID {pid}")
 
 
 def _report_lines(path: Path) -> list[dict[str, Any]]:
@@ -658,7 +659,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         print(f"measuring {args.duration:g}s", file=sys.stderr)
         time.sleep(args.duration)
         end = _snapshot(agent, report)
-        peak_rss = _peak_rss_mb(agent.pid)
+        peak_rss = _status_mb(agent.pid)
+        # Steady state after 5 minutes; the peak is set at start-up by scapy's import.
+        end["rss_now_mb"] = _status_mb(agent.pid, "VmRSS")
         comparisons.stop.set()
         for thread in threads:
             thread.join()
@@ -702,6 +705,7 @@ def _result(  # noqa: PLR0917 - one place that turns the measurements into the t
         "snmp_devices": DEVICES,
         "snmp_path": "pysnmp" if args.pysnmp else "fieldmon v2c codec",
         "agent_peak_rss_mb": round(peak_rss, 1),
+        "agent_rss_at_end_mb": round(end["rss_now_mb"], 1),
         "agent_cpu_s": round(agent_cpu, 2),
         "agent_cpu_pct_of_one_core": round(100 * agent_cpu / window, 2),
         "agent_cpu_icmp_s": round(spent("icmp"), 2),

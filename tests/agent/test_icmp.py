@@ -501,3 +501,14 @@ def test_loss_and_median_rtt_match_the_kernels_count_and_fping(
     assert abs(agent_loss - 100.0 * dropped / sent) <= 1.0
     agent_median = statistics.median(rtt for r in results for rtt in r.rtts_ms)
     assert abs(agent_median - _fping_median(address)) <= 0.3
+
+
+def test_released_vendor_table_leaves_echo_building_intact() -> None:
+    from scapy.layers.inet import ICMP
+
+    from fieldmon.agent.probes.icmp_socket import release_scapy_tables
+
+    release_scapy_tables()
+    assert release_scapy_tables() == 0  # emptied: nothing left to free
+    echo = bytes(ICMP(type=8, id=0x1234, seq=7))
+    assert echo[0] == 8 and echo[4:6] == b"\x12\x34"
