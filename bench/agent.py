@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench._report import print_result
+
 ROOT = Path(__file__).resolve().parent.parent
 LINKS = 100
 DEVICES = 50
@@ -784,10 +786,7 @@ def main() -> None:
         args.duration = 60.0
     with tempfile.TemporaryDirectory(prefix="fieldmon-bench-agent-") as tmp:
         result = measure(args, Path(tmp))
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(result))
+    print_result(result)
 
 
 if __name__ == "__main__":

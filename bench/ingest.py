@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import signal
@@ -36,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bench._report import print_result
 from fieldmon.collector.storage.lineprotocol import encode_samples
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
 from fieldmon.wire.codec import encode
@@ -310,10 +310,7 @@ def main() -> None:
         "ratio_to_slower_ceiling": round(e2e_rate / slower, 2),
         "cpus": os.cpu_count(),
     }
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(result))
+    print_result(result)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench._report import print_result
 from bench.ingest import AGENT, SITE, realistic_envelopes
 from fieldmon.agent.config import SiteConfig
 from fieldmon.agent.daemon import build_pipeline
@@ -517,10 +518,7 @@ def main() -> None:
         "quick": args.quick,
         "cpus": os.cpu_count(),
     }
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(result))
+    print_result(result)
 
 
 if __name__ == "__main__":
