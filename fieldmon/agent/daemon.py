@@ -16,7 +16,7 @@ from fieldmon.agent.config import SiteConfig, load_site_config
 from fieldmon.agent.outbox import Outbox
 from fieldmon.agent.probes.base import Probe
 from fieldmon.agent.probes.host import outbox_age_s
-from fieldmon.agent.probes.icmp_socket import IcmpPinger, release_scapy_tables
+from fieldmon.agent.probes.icmp_socket import IcmpPinger
 from fieldmon.agent.probes.registry import ProbeResources, build_probes
 from fieldmon.agent.scheduler import run_probe_forever
 from fieldmon.agent.sender import Sender
@@ -143,7 +143,6 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
     )
     link = _connect_link(config, loop)
     sender, batcher = build_pipeline(config, outbox, link, disk)
-    release_scapy_tables()
     async with IcmpPinger() as pinger:
         probes = ProbeSet(batcher)
         snmp = SnmpClient()

@@ -49,8 +49,8 @@ def release_scapy_tables() -> int:
     """Empty scapy's MAC-vendor table (Wireshark's manuf, about 50,000 entries); entries freed.
 
     scapy loads it at import, and it is about 12 MB of a Pi agent's resident memory, a sixth of
-    its budget, while an ICMP prober never names a vendor. Called once by the agent's entry
-    point; scapy then shows bare MAC addresses, nothing else changes.
+    its budget, while an ICMP prober never names a vendor. Called by the agent's entry point
+    right after scapy's import; scapy then shows bare MAC addresses, nothing else changes.
     """
     table = scapy.data.MANUFDB.d
     count = len(table)
