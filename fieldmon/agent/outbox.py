@@ -350,10 +350,11 @@ class Outbox:
     def _make_room(self, excess: int, *, spare_in_flight: bool = True) -> tuple[int, int, int]:
         """Delete the oldest envelopes (bulk before events) until `excess` bytes are freed.
 
-        Envelopes in flight are spared for the cap (they leave at their ack within moments;
-        the cap may be exceeded by at most the sender's window), so that every envelope
-        counted as dropped is one that was never published on the current connection. On a
-        full disk they go last, but they go.
+        Envelopes in flight are spared for the cap and their bytes do not count against it:
+        they leave at their ack within moments, so the cap may be exceeded by at most the
+        sender's window. Every envelope counted as dropped is then one that was never published
+        on the current connection, and a fresh envelope is never dropped just because all the
+        older ones happen to be in flight. On a full disk they go last, but they go.
 
         Runs inside the caller's transaction, persists the drop counters there too, and
         returns (envelopes, samples, bytes) deleted.
@@ -368,6 +369,9 @@ class Outbox:
         ).fetchall()
         in_flight = self.in_flight
         if spare_in_flight:
+            excess -= sum(row[3] for row in rows if row[1] in in_flight)
+            if excess <= 0:
+                return (0, 0, 0)
             rows = [row for row in rows if row[1] not in in_flight]
         else:
             rows.sort(key=lambda row: row[1] in in_flight)  # stable: oldest first within

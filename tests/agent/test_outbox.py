@@ -281,15 +281,42 @@ def test_envelopes_in_flight_are_spared_by_the_cap(tmp_path: Path) -> None:
     # The sender takes the two oldest (published, awaiting acks).
     chosen = outbox.select(2, set(), live_from=100, backlog_limit=2)
     assert [e.seq for e in chosen.envelopes] == [stored[0].seq, stored[1].seq]
+    # Their bytes do not count against the cap: two more fit without a drop.
     outbox.append([_link(5)])
     outbox.append([_link(6)])
+    assert outbox.dropped_envelopes == 0
+    # Past that, the oldest envelope not in flight goes.
+    outbox.append([_link(7)])
     kept = [e.seq for e in outbox.pending(100)]
     assert stored[0].seq in kept and stored[1].seq in kept
     assert stored[2].seq not in kept
+    assert outbox.dropped_envelopes == 1
     # Once acknowledged or released they are ordinary again.
     outbox.acknowledge([(stored[0].seq, stored[0].seq)])
     outbox.release([stored[1].seq])
     assert outbox.in_flight == set()
+
+
+def test_a_fresh_envelope_is_not_dropped_because_every_older_one_is_in_flight(
+    tmp_path: Path,
+) -> None:
+    # After a reconnect the sender's window can hold the whole (capped) outbox; the round measured
+    # next must wait for acks, not be dropped as "the oldest envelope not in flight".
+    probe = Outbox(tmp_path / "size.db", site="s", agent="a")
+    size = len(probe.append([_link(1)]).payload)
+    outbox = Outbox(tmp_path / "o.db", site="s", agent="a", max_bytes=size * 4)
+    stored = [outbox.append([_link(i)]) for i in range(4)]
+    outbox.select(32, set(), live_from=stored[-1].seq, backlog_limit=32)
+    assert outbox.in_flight == {e.seq for e in stored}
+    fresh = [outbox.append([_link(i)]) for i in range(4, 7)]
+    assert outbox.dropped_envelopes == 0
+    assert [e.seq for e in outbox.pending(100)] == [e.seq for e in stored + fresh]
+    # The acks free the room; the cap holds again for what is not in flight.
+    outbox.acknowledge([(stored[0].seq, stored[-1].seq)])
+    outbox.append([_link(8)])
+    outbox.append([_link(9)])
+    assert outbox.dropped_envelopes == 1
+    assert fresh[0].seq not in [e.seq for e in outbox.pending(100)]
 
 
 def _site(path: Path) -> SiteConfig:
