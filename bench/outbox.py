@@ -44,7 +44,7 @@ from bench._report import print_result
 from bench.ingest import AGENT, SITE, realistic_envelopes
 from fieldmon.agent.config import SiteConfig
 from fieldmon.agent.daemon import build_pipeline
-from fieldmon.agent.outbox import Outbox
+from fieldmon.agent.outbox import PAGE_SIZE, Outbox
 from fieldmon.agent.outbox_config import OutboxConfig
 from fieldmon.lab.netns import Namespace, unique_name, veth
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
@@ -433,7 +433,7 @@ def write_cost(workdir: Path, seconds: int) -> dict:
     writeback = int(Path("/proc/sys/vm/dirty_writeback_centisecs").read_text()) / 100
     result = {
         "site": f"{LINKS} links, {ROUND_S} s rounds: 1 commit + 1 ack-delete per second",
-        "synchronous": "WAL, synchronous=NORMAL, wal_autocheckpoint=1000 pages",
+        "synchronous": f"WAL, synchronous=NORMAL, {PAGE_SIZE} B pages, autocheckpoint 1000 pages",
         "written_mb_per_hour": round(measured["wchar"] * per_hour / 1e6, 1),
         "written_kb_per_commit": round(measured["wchar"] / measured["commits"] / 1e3, 1),
         "fsyncs_per_hour": round(fsyncs * per_hour) if fsyncs is not None else None,

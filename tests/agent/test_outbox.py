@@ -8,9 +8,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import fieldmon.agent.outbox as outbox_module
 from fieldmon.agent.config import SiteConfig
 from fieldmon.agent.daemon import build_pipeline
-from fieldmon.agent.outbox import Outbox, Priority
+from fieldmon.agent.outbox import PAGE_SIZE, Outbox, Priority
 from fieldmon.agent.probes.host import outbox_age_s
 from fieldmon.mqtt import MqttLink, new_client
 from fieldmon.wire.codec import decode_envelope
@@ -44,6 +45,56 @@ def test_seq_is_not_reused_after_everything_was_acknowledged(tmp_path: Path) -> 
     assert outbox.acknowledge([(0, 4)]) == 5
     assert outbox.depth() == 0
     assert outbox.append([_sample(5)]).seq == 5
+
+
+def _pragma(path: Path, name: str) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+def test_a_new_file_uses_small_pages_in_wal_mode_without_secure_delete(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db", site="s", agent="a")
+    outbox.append([_sample(1)])
+    assert outbox._db.execute("PRAGMA secure_delete").fetchone()[0] == 0
+    outbox.close()
+    assert _pragma(tmp_path / "o.db", "page_size") == PAGE_SIZE == 512
+    assert _pragma(tmp_path / "o.db", "journal_mode") == "wal"
+
+
+def test_a_small_file_with_other_pages_is_rebuilt_keeping_rows_and_seq(
+    tmp_path: Path, monkeypatch
+) -> None:
+    path = tmp_path / "o.db"
+    monkeypatch.setattr(outbox_module, "PAGE_SIZE", 4096)  # as an earlier version made them
+    old = Outbox(path, site="s", agent="a")
+    for i in range(20):
+        old.append([_sample(i)])
+    old.acknowledge([(0, 4)])
+    old.close()
+    assert _pragma(path, "page_size") == 4096
+    monkeypatch.undo()
+
+    reopened = Outbox(path, site="s", agent="a")
+    assert reopened.depth() == 15
+    assert reopened.append([_sample(99)]).seq == 20
+    assert [s.seq for s in reopened.pending(100)] == list(range(5, 21))
+    reopened.close()
+    assert _pragma(path, "page_size") == 512
+    assert _pragma(path, "journal_mode") == "wal"
+
+
+def test_a_big_file_with_other_pages_keeps_them(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "o.db"
+    monkeypatch.setattr(outbox_module, "PAGE_SIZE", 4096)
+    old = Outbox(path, site="s", agent="a")
+    old.append([_sample(1)])
+    old.close()
+    monkeypatch.setattr(outbox_module, "PAGE_SIZE", 512)
+    monkeypatch.setattr(outbox_module, "_REPAGE_MAX_BYTES", 0)  # "big": a real backlog
+    reopened = Outbox(path, site="s", agent="a")
+    assert reopened.depth() == 1
+    reopened.close()
+    assert _pragma(path, "page_size") == 4096
 
 
 def test_payload_is_a_valid_envelope_carrying_its_seq(tmp_path: Path) -> None:
