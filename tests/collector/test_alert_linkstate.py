@@ -158,6 +158,30 @@ def test_flapping_ends_into_the_current_state() -> None:
     ]
 
 
+def test_a_handover_between_link_alerts_never_reads_as_a_recovery() -> None:
+    out = _track("BBB LLL BBBBB GGGGG")
+    steps = [(t.alertname, t.state, t.annotations.get("superseded_by")) for t in out]
+    assert steps == [
+        (AlertName.LINK_DEGRADED, AlertState.FIRING, None),
+        (AlertName.LINK_DEGRADED, AlertState.RESOLVED, "LinkDown"),
+        (AlertName.LINK_DOWN, AlertState.FIRING, None),
+        (AlertName.LINK_DOWN, AlertState.RESOLVED, "LinkDegraded"),
+        (AlertName.LINK_DEGRADED, AlertState.FIRING, None),
+        (AlertName.LINK_DEGRADED, AlertState.RESOLVED, None),
+    ]
+    summaries = [t.annotations["summary"] for t in out if t.state is AlertState.RESOLVED]
+    assert summaries == [
+        "pavilion-2: parent link parent-gw now down: degraded from 08:00:00 UTC "
+        "to 08:00:30 UTC (loss 100 %)",
+        "pavilion-2: parent link parent-gw now degraded: down from 08:00:30 UTC "
+        "to 08:01:00 UTC (loss 30 %, rtt p95 20 ms)",
+        "pavilion-2: parent link parent-gw recovered at 08:01:50 UTC "
+        "(degraded from 08:01:00 UTC; loss 0 %, rtt p95 20 ms)",
+    ]
+    assert "recovered" not in out[1].annotations["summary"] + out[1].annotations["description"]
+    assert out[1].annotations["description"].startswith("not a recovery")
+
+
 def test_machine_flap_edges() -> None:
     machine = LinkMachine()
     kinds = []

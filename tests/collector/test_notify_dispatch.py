@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fieldmon.collector.alerts.model import (
@@ -211,3 +212,8 @@ def test_headline_fits_a_lock_screen() -> None:
     assert headline(firing) == "[WARNING] pavilion-2: link l1 degraded"
     resolved = _t(1, state=AlertState.RESOLVED)
     assert headline(resolved).startswith("[RESOLVED] ")
+    # A link that went from degraded to down is worse, not resolved, on the lock screen.
+    handed_over = replace(
+        resolved, annotations={**resolved.annotations, "superseded_by": "LinkDown"}
+    )
+    assert headline(handed_over).startswith("[REPLACED] ")

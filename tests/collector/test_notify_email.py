@@ -85,7 +85,10 @@ def _transition(state: AlertState) -> Transition:
             "summary": (
                 "pavilion-2: parent link parent-gw down since 14:02:00 UTC (loss 100 %)"
                 if state is AlertState.FIRING
-                else "pavilion-2: parent link parent-gw recovered since 14:02:00 UTC (loss 0 %)"
+                else (
+                    "pavilion-2: parent link parent-gw recovered at 14:12:00 UTC "
+                    "(down from 14:02:00 UTC; loss 0 %)"
+                )
             ),
             "description": "every probe lost; the agent still reports through a backup path",
             "loss_pct": "100.0" if state is AlertState.FIRING else "0.0",

@@ -1,11 +1,13 @@
 """Turns one link's state machine into alerts: which alert is visible, paged or not, and episodes.
 
 The visible alert of a link is LinkFlapping while it flaps, else LinkDegraded / LinkDown by state,
-else none. When it changes, the old one resolves and the new one fires. A firing made from a late
-(history) round has `page=False`; the first live round of the same episode pages it then. A
-resolve pages exactly when its firing was paged, so a resolve is never lost and history never
-pages. An episode (visible alert from none back to none) that was never paged completes as an
-`OutageReport`.
+else none. When it changes, the old one resolves and the new one fires; a resolve that is a
+hand-over (degraded to down, down to degraded, into or out of flapping) says what the link is
+now and names the alert that replaces it (`superseded_by`), so it never reads as a recovery.
+A firing made from a late (history) round has `page=False`; the first live round of the same
+episode pages it then. A resolve pages exactly when its firing was paged, so a resolve is never
+lost and history never pages. An episode (visible alert from none back to none) that was never
+paged completes as an `OutageReport`.
 
 Severity: a parent link down is critical, degraded or flapping warning; links of other roles
 (internet, gateway, ap) are one level lower: down warning, degraded or flapping info.
@@ -118,7 +120,7 @@ class LinkTrack:
         wanted = self._wanted()
         out: list[Transition] = []
         if self.firing is not None and self.firing.alertname is not wanted:
-            out.append(self._resolve(ctx, self.firing, round_, at))
+            out.append(self._resolve(ctx, self.firing, round_, at, successor=wanted))
             self.firing = None
         if wanted is not None and self.firing is None:
             self.firing = self._new_firing(wanted, round_, ctx, late)
@@ -153,7 +155,7 @@ class LinkTrack:
         return Transition(
             alertname=firing.alertname,
             labels=_labels(ctx, firing.alertname),
-            annotations=link_annotations(ctx, firing, round_, late=late, resolved=False),
+            annotations=link_annotations(ctx, firing, round_, late=late),
             state=AlertState.FIRING,
             starts_at=firing.starts_at,
             ends_at=None,
@@ -161,7 +163,9 @@ class LinkTrack:
             page=not late,
         )
 
-    def _resolve(self, ctx: LinkContext, firing: Firing, round_: Round, at: int) -> Transition:
+    def _resolve(
+        self, ctx: LinkContext, firing: Firing, round_: Round, at: int, successor: AlertName | None
+    ) -> Transition:
         if firing.metric == "state_changes":
             value = float(self.machine.changes_in_window(round_.time, ctx.rules))
         else:
@@ -169,7 +173,9 @@ class LinkTrack:
         return Transition(
             alertname=firing.alertname,
             labels=_labels(ctx, firing.alertname),
-            annotations=link_annotations(ctx, firing, round_, late=not firing.paged, resolved=True),
+            annotations=link_annotations(
+                ctx, firing, round_, late=not firing.paged, ended=Ending(at, successor)
+            ),
             state=AlertState.RESOLVED,
             starts_at=firing.starts_at,
             ends_at=max(at, firing.starts_at),
@@ -247,21 +253,26 @@ def _fmt(value: float | None, unit: str) -> str:
     return "n/a" if value is None else f"{value:.1f}{unit}"
 
 
+@dataclass(frozen=True)
+class Ending:
+    """Why a link alert resolves: at `at`, into `successor` (None: the link recovered)."""
+
+    at: int
+    successor: AlertName | None
+
+
 def link_annotations(
-    ctx: LinkContext, firing: Firing, round_: Round, *, late: bool, resolved: bool
+    ctx: LinkContext, firing: Firing, round_: Round, *, late: bool, ended: Ending | None = None
 ) -> dict[str, str]:
     """Measured values and human text; strings, as Alertmanager wants them."""
-    what = "recovered" if resolved else _WHAT[firing.alertname]
     measured = f"loss {round_.loss_pct:.0f} %"
     if round_.rtt_p95_ms is not None:
         measured += f", rtt p95 {round_.rtt_p95_ms:.0f} ms"
-    summary = (
-        f"{ctx.site}: {ctx.role.value} link {ctx.link} {what} "
-        f"since {clock_text(firing.starts_at)} ({measured})"
-    )
+    extra = {"superseded_by": ended.successor.value} if ended and ended.successor else {}
+    story = _story(firing, ended, measured)
     return {
-        "summary": summary,
-        "description": _description(ctx, firing, late=late, resolved=resolved),
+        "summary": f"{ctx.site}: {ctx.role.value} link {ctx.link} {story}",
+        "description": _description(ctx, firing, late=late, ended=ended),
         "loss_pct": _fmt(round_.loss_pct, ""),
         "rtt_p95_ms": _fmt(round_.rtt_p95_ms, ""),
         "jitter_ms": _fmt(round_.jitter_ms, ""),
@@ -275,13 +286,31 @@ def link_annotations(
         "parent_hospital": ctx.parent_hospital,
         "site_name": ctx.site_name,
         "history": "true" if late else "false",
+        **extra,
     }
 
 
-def _description(ctx: LinkContext, firing: Firing, *, late: bool, resolved: bool) -> str:
+def _story(firing: Firing, ended: Ending | None, measured: str) -> str:
+    """`down since 14:02:00 UTC (loss 100 %)` and the like, after the link's name."""
+    what, since = _WHAT[firing.alertname], clock_text(firing.starts_at)
+    if ended is None:
+        return f"{what} since {since} ({measured})"
+    if ended.successor is None:
+        return f"recovered at {clock_text(ended.at)} ({what} from {since}; {measured})"
+    return (
+        f"now {_WHAT[ended.successor]}: {what} from {since} to {clock_text(ended.at)} ({measured})"
+    )
+
+
+def _description(ctx: LinkContext, firing: Firing, *, late: bool, ended: Ending | None) -> str:
     if late:
         return f"replayed history from {ctx.agent}; this episode is not live"
-    if resolved:
+    if ended is not None and ended.successor is not None:
+        return (
+            f"not a recovery: {ctx.link} is now {_WHAT[ended.successor]}, "
+            f"so {ended.successor.value} replaces {firing.alertname.value}"
+        )
+    if ended is not None:
         return f"{ctx.link} is back under its thresholds"
     if firing.alertname is AlertName.LINK_FLAPPING:
         return (

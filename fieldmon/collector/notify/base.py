@@ -20,6 +20,7 @@ _TEXT_ANNOTATIONS = frozenset(
         "thresholds",
         "history",
         "cause",
+        "superseded_by",
     }
 )
 
@@ -109,11 +110,20 @@ def describe(transition: Transition, dashboard_url: str | None) -> dict[str, Any
 
 
 def headline(transition: Transition) -> str:
-    """A phone-lock-screen line: `[CRITICAL] pavilion-2: parent link wan down since 14:02 ...`."""
+    """A phone-lock-screen line: `[CRITICAL] pavilion-2: parent link wan down since 14:02 ...`.
+
+    A resolve is `[RESOLVED]`, or `[REPLACED]` when another alert of the same link takes over
+    (degraded -> down), so a lock screen never shows a worse link as resolved.
+    """
     labels = transition.labels
     summary = transition.annotations.get("summary") or (
         f"{labels['site']}: {labels['alertname']} on {labels['target']} "
         f"since {clock_text(transition.starts_at)}"
     )
-    tag = "RESOLVED" if transition.state is AlertState.RESOLVED else labels["severity"].upper()
+    if transition.state is not AlertState.RESOLVED:
+        tag = labels["severity"].upper()
+    elif transition.annotations.get("superseded_by"):
+        tag = "REPLACED"  # by the alert named there, which fires now: not a recovery
+    else:
+        tag = "RESOLVED"
     return f"[{tag}] {summary}"

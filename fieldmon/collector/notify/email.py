@@ -1,7 +1,8 @@
 """SMTP e-mail to on-call: one message per transition, its subject readable on a lock screen.
 
 Subject: `[CRITICAL] pavilion-2: parent link wan down since 14:02:00 UTC (loss 100 %)`, or
-`[RESOLVED] ...` when it clears; a plain-text body carries every detail and the dashboard link.
+`[RESOLVED] ...` when it clears (`[REPLACED] ...` when another alert of the link takes over, as
+degraded -> down); a plain-text body carries every detail and the dashboard link.
 smtplib runs in a worker thread so the event loop never waits on the mail server.
 """
 
