@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,16 +20,17 @@ from pydantic import ValidationError
 
 from fieldmon.collector.alerts import AlertEngine, AlertStateError, AlertStateStore, Transition
 from fieldmon.collector.alerts.model import OutageReport
-from fieldmon.collector.config import AlertingConfig
-from fieldmon.collector.ingest import check_identity
+from fieldmon.collector.config import DEFAULT_MAX_TIME_AHEAD_S, AlertingConfig
+from fieldmon.collector.ingest import check_identity, split_by_clock
 from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.pointwriter import DurableStore
-from fieldmon.collector.storage.lineprotocol import encode_sample
+from fieldmon.collector.storage.lineprotocol import LineEncoder
 from fieldmon.wire import topics
 from fieldmon.wire.codec import decode_envelope
 from fieldmon.wire.models import Envelope, Sample, StatusMessage
 
 logger = logging.getLogger(__name__)
+NS_PER_S = 10**9
 
 TICK_S = 1.0
 
@@ -64,15 +66,18 @@ class AlertRole:
         *,
         max_payload_bytes: int,
         page: PageSink,
+        max_time_ahead: float = DEFAULT_MAX_TIME_AHEAD_S,
     ) -> None:
-        self.engine = AlertEngine(inventory.sites, config)
+        self.engine = AlertEngine(inventory.sites, config, max_time_ahead=max_time_ahead)
         self._config = config
         self._inventory = inventory
         self._points = points
         self._store = AlertStateStore(state_path)
         self._max_payload = max_payload_bytes
+        self._max_time_ahead = max_time_ahead
         self._page = page
         self._rows: list[str] = []
+        self._encoder = LineEncoder()
         self._rows_ready = asyncio.Event()
         # Also given each envelope from our own subscription (the status board).
         self.observers: list[Callable[[Envelope], None]] = []
@@ -90,7 +95,9 @@ class AlertRole:
     def replace_inventory(self, inventory: Inventory) -> None:
         """New site files (SIGHUP): a new engine that carries the old one's state over."""
         snapshot = self.engine.snapshot()
-        self.engine = AlertEngine(inventory.sites, self._config)
+        self.engine = AlertEngine(
+            inventory.sites, self._config, max_time_ahead=self._max_time_ahead
+        )
         self.engine.restore(snapshot)
         self._inventory = inventory
 
@@ -109,9 +116,13 @@ class AlertRole:
             isinstance(result, Envelope)
             and check_identity(result, message.topic, self._inventory) is None
         ):
+            # What ingest dead-letters (dated in the future) the board must not show either.
+            envelope, _ahead = split_by_clock(
+                result, time.time_ns(), int(self._max_time_ahead * NS_PER_S)
+            )
             for observer in self.observers:
-                observer(result)
-            self.observe_envelope(result)
+                observer(envelope)
+            self.observe_envelope(envelope)
 
     def handle_status(self, message: mqtt.MQTTMessage) -> None:
         """A birth or last will."""
@@ -133,7 +144,7 @@ class AlertRole:
         if not transitions:
             return
         for transition in transitions:
-            self._rows.append(encode_sample(transition.to_sample()))
+            self._rows.append(self._encoder.encode(transition.to_sample()))
             logger.info(
                 "alert %s %s",
                 transition.alertname,
@@ -148,7 +159,7 @@ class AlertRole:
     def _collect_reports(self) -> None:
         for report in self.engine.take_reports():
             logger.info("outage report: %s", report.summary())
-            self._rows.append(encode_sample(outage_sample(report)))
+            self._rows.append(self._encoder.encode(outage_sample(report)))
             self._rows_ready.set()
 
     async def run(self) -> None:

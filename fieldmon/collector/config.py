@@ -17,6 +17,9 @@ from fieldmon.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES
 # Deliberately loose: the SMTP server judges an address; this catches typos like a missing @.
 EmailAddress = Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
 
+# Samples dated further ahead of the collector's clock than this are refused (see CollectorConfig).
+DEFAULT_MAX_TIME_AHEAD_S = 600.0
+
 
 class Role(StrEnum):
     """What this collector process does (DESIGN.md, Scaling out)."""
@@ -165,6 +168,9 @@ class CollectorConfig(StrictModel):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     data_dir: Path = Path("/var/lib/fieldmon-collector")  # dead letters, alert state, the spool
+    # Samples dated further ahead of this collector's clock are dead-lettered, not stored or
+    # judged: the agent's clock is wrong (see ingest.split_by_clock).
+    max_time_ahead: Annotated[Duration, Field(gt=0)] = DEFAULT_MAX_TIME_AHEAD_S
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
 
     @property

@@ -103,6 +103,7 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         max_deliveries=max(1, config.broker.receive_maximum // 2),
         seqs=None if config.broker.shared_group else SeqTracker(config.alerting.data_loss_grace),
         store=store,
+        max_time_ahead=config.max_time_ahead,
     )
     board, alerts, dispatcher = _wire_roles(config, inventory, pipeline, store, link)
 
@@ -217,6 +218,7 @@ def _alert_role(
         store,
         config.data_dir / "alert-state.json",
         max_payload_bytes=config.broker.max_payload_bytes,
+        max_time_ahead=config.max_time_ahead,
         page=page,
     )
     role.restore()

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 
+from fieldmon.collector.config import DEFAULT_MAX_TIME_AHEAD_S
 from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.metrics import CollectorMetrics
 from fieldmon.collector.pointwriter import DurableStore, PointWriter
 from fieldmon.collector.seqtrack import SeqTracker
-from fieldmon.collector.storage.lineprotocol import encode_sample
+from fieldmon.collector.storage.lineprotocol import LineEncoder
 from fieldmon.mqtt import MqttLink
 from fieldmon.wire import topics
 from fieldmon.wire.codec import Rejection, RejectReason, decode_envelope, encode
@@ -43,6 +44,8 @@ class Batch:
     # (connection generation, mid, qos) of each message to acknowledge to the broker
     deliveries: list[tuple[int, int, int]] = field(default_factory=list)
     seqs: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(list))
+    # Points never to be stored, by reason: dead-lettered before the batch is acknowledged.
+    refused: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     opened: float = field(default_factory=time.monotonic)
 
     def __len__(self) -> int:
@@ -66,6 +69,32 @@ def check_identity(envelope: Envelope, topic: str, inventory: Inventory) -> Reje
     return None
 
 
+def split_by_clock(
+    envelope: Envelope, now_ns: int, max_ahead_ns: int
+) -> tuple[Envelope, list[Sample]]:
+    """The envelope keeping only samples dated at most `max_ahead_ns` after `now_ns`; the rest.
+
+    A sample from the future means the agent's clock is wrong. Stored, it would sit at the right
+    edge of every dashboard's "last value"; judged, it would make every real round after it look
+    like replayed history, so that link could not page until real time caught up with it.
+    """
+    limit = now_ns + max_ahead_ns
+    if all(sample.time <= limit for sample in envelope.samples):
+        return envelope, []
+    kept = [sample for sample in envelope.samples if sample.time <= limit]
+    ahead = [sample for sample in envelope.samples if sample.time > limit]
+    return envelope.model_copy(update={"samples": kept}), ahead
+
+
+def clock_ahead_reason(envelope: Envelope, ahead: list[Sample], now_ns: int) -> str:
+    """Words for the dead-letter file and the log: whose clock, how far ahead."""
+    lead_s = (max(sample.time for sample in ahead) - now_ns) / 1e9
+    return (
+        f"sample time up to {lead_s:.0f} s ahead of the collector's clock: is the clock of "
+        f"agent {envelope.agent!r} (site {envelope.site!r}) set?"
+    )
+
+
 class IngestPipeline:
     """Turns sample messages into stored points; one instance per collector process."""
 
@@ -82,6 +111,7 @@ class IngestPipeline:
         max_deliveries: int,
         seqs: SeqTracker | None = None,
         store: DurableStore | None = None,
+        max_time_ahead: float = DEFAULT_MAX_TIME_AHEAD_S,
     ) -> None:
         self.inventory = inventory
         # Without a spool: retry until the database takes each batch.
@@ -93,6 +123,8 @@ class IngestPipeline:
         self._max_payload = max_payload_bytes
         # The broker stops sending at its Receive Maximum while we hold acks; flush before that.
         self._max_deliveries = max_deliveries
+        self._max_ahead_ns = int(max_time_ahead * 1e9)
+        self._encoder = LineEncoder()
         self._batch = Batch()
         # None when this collector sees only a share of the stream: gaps would be meaningless.
         self._seqs = seqs
@@ -130,7 +162,12 @@ class IngestPipeline:
     def _accept(self, envelope: Envelope, message: mqtt.MQTTMessage) -> None:
         self._account(envelope)
         batch = self._batch
-        batch.lines.extend(encode_sample(sample) for sample in envelope.samples)
+        now_ns = time.time_ns()
+        envelope, ahead = split_by_clock(envelope, now_ns, self._max_ahead_ns)
+        if ahead:
+            self._refuse_ahead(envelope, ahead, now_ns)
+        encode = self._encoder.encode
+        batch.lines.extend(encode(sample) for sample in envelope.samples)
         if message.qos:
             batch.deliveries.append((self._link.generation, message.mid, message.qos))
         batch.seqs[(envelope.site, envelope.agent)].append(envelope.seq)
@@ -140,6 +177,22 @@ class IngestPipeline:
             callback(envelope)
         if len(batch) >= self._batch_size or len(batch.deliveries) >= self._max_deliveries:
             self._ready.set()
+
+    def _refuse_ahead(self, envelope: Envelope, ahead: list[Sample], now_ns: int) -> None:
+        reason = clock_ahead_reason(envelope, ahead, now_ns)
+        self._batch.refused[reason].extend(self._encoder.encode(sample) for sample in ahead)
+        self._metrics.samples_time_ahead.labels(site=envelope.site, agent=envelope.agent).inc(
+            len(ahead)
+        )
+        logger.warning(
+            "samples dated in the future: dead-lettered, not stored or judged",
+            extra={
+                "site": envelope.site,
+                "agent": envelope.agent,
+                "samples": len(ahead),
+                "reason": reason,
+            },
+        )
 
     def _account(self, envelope: Envelope) -> None:
         if self._seqs is None:
@@ -181,7 +234,7 @@ class IngestPipeline:
                 },
                 time=now_ns,
             )
-            self._batch.lines.append(encode_sample(row))
+            self._batch.lines.append(self._encoder.encode(row))
 
     async def run(self) -> None:
         """Write a batch when it is full or `flush_interval` after it opened; until cancelled."""
@@ -199,8 +252,10 @@ class IngestPipeline:
     async def flush(self) -> None:
         """Store the current batch (database or spool, waiting until one takes it), then ack."""
         batch, self._batch = self._batch, Batch()
-        if not batch.lines and not batch.deliveries:
+        if not batch.lines and not batch.deliveries and not batch.refused:
             return
+        for reason, lines in batch.refused.items():
+            await self._store.refuse(lines, reason)
         if batch.lines:
             await self._store.keep(batch.lines)
         self._acknowledge(batch)

@@ -34,6 +34,13 @@ class CollectorMetrics:
             "Points the database refused as bad data, kept in the dead-letter file",
             registry=self.registry,
         )
+        self.samples_time_ahead = Counter(
+            "fieldmon_samples_time_ahead",
+            "Samples dated further ahead of the collector's clock than max_time_ahead (the "
+            "agent's clock is wrong), dead-lettered instead of stored",
+            ["site", "agent"],
+            registry=self.registry,
+        )
         self.write_errors = Counter(
             "fieldmon_write_errors",
             "Failed write requests, by kind (retryable, rejected)",

@@ -93,21 +93,27 @@ class PointWriter:
             delay = min(MAX_BACKOFF_S, 0.5 * 2**attempt)
         return delay * random.uniform(0.8, 1.2)  # jitter, so HA collectors do not retry in step
 
+    async def dead_letter(self, lines: list[str], reason: str) -> None:
+        """Keep points that must not be stored in the dead-letter file, with the reason."""
+        try:
+            await asyncio.to_thread(self._dead_letter.append, lines, reason)
+        except OSError as exc:
+            # The log keeps the points then; a full disk must not stop the stream behind them.
+            logger.error(
+                "points refused and the dead-letter file cannot take them",
+                extra={"reason": reason, "lines": lines[:10], "error": str(exc)},
+            )
+        else:
+            logger.error(
+                "points refused; dead-lettered", extra={"reason": reason, "points": len(lines)}
+            )
+        self._metrics.points_dead_lettered.inc(len(lines))
+
     async def _split_rejected(
         self, lines: list[str], reason: str, deadline: float | None
     ) -> list[str]:
         if len(lines) == 1:
-            try:
-                await asyncio.to_thread(self._dead_letter.append, lines, reason)
-            except OSError as exc:
-                # The log keeps the point then; a full disk must not stop the stream behind it.
-                logger.error(
-                    "database refused a point and the dead-letter file cannot take it",
-                    extra={"reason": reason, "line": lines[0], "error": str(exc)},
-                )
-            else:
-                logger.error("database refused a point; dead-lettered", extra={"reason": reason})
-            self._metrics.points_dead_lettered.inc()
+            await self.dead_letter(lines, reason)
             return []
         middle = len(lines) // 2
         left = await self._store(lines[:middle], deadline)
@@ -165,6 +171,10 @@ class DurableStore:
                 extra={"spool": str(self._spool.directory), "spool_bytes": self._spool.bytes},
             )
         return await self._append(self._spool, lines)
+
+    async def refuse(self, lines: list[str], reason: str) -> None:
+        """Points that must not be stored: into the dead-letter file (durable on return)."""
+        await self._points.dead_letter(lines, reason)
 
     async def keep(self, lines: list[str]) -> None:
         """Return once `lines` are in the database or the spool (however long that takes)."""

@@ -28,9 +28,11 @@ FieldValue = (
     | Annotated[float, Strict(), Field(allow_inf_nan=False)]
     | Annotated[str, Strict()]
 )
-# Nanoseconds since the Unix epoch: InfluxDB's native precision, and exact in JSON integers.
-# influxd refuses 2**63 - 1 ("time outside range"), so the last valid instant is one less.
-TimestampNs = Annotated[int, Field(ge=0, lt=2**63 - 1)]
+# Nanoseconds since the Unix epoch: exact in JSON integers, a signed 64-bit integer in SQLite
+# and InfluxDB. The contract knows no storage backend's limits; the collector judges a time
+# against its own clock (ingest.split_by_clock) and refuses one far in the future long before
+# any backend's last instant.
+TimestampNs = Annotated[int, Field(ge=0, lt=2**63)]
 # Envelope sequence numbers: stored as SQLite / InfluxDB 64-bit integers on both sides.
 Seq = Annotated[int, Field(ge=0, lt=2**63)]
 _TAG_KEY = Annotated[str, StringConstraints(min_length=1, max_length=128)]

@@ -115,6 +115,23 @@ def test_for_rounds_bad_rounds_page_once_and_clear_rounds_resolve() -> None:
     assert engine.active_alerts() == []
 
 
+def test_a_sample_from_the_future_is_ignored_and_never_silences_the_link() -> None:
+    clock = Clock(T0)
+    engine = _engine(clock)
+    assert _live(engine, clock, "GG") == []
+    # An agent with its clock a day ahead sends one round, then its clock is put right.
+    future = dataclasses.replace(_sample(2, "G"), time=int((T0 + 86_400) * NS))
+    assert engine.observe(future) == []
+    assert engine.ignored_ahead == 1
+    # Judged, that round would have made every real round below "history" that never pages.
+    out = _live(engine, clock, "BBBBBB GGGGG", start=2)
+    assert _pages(out) == [("LinkDegraded", "firing"), ("LinkDegraded", "resolved")]
+    # Within the allowance (10 min by default) a sample is judged as usual.
+    slightly = dataclasses.replace(_sample(14, "G"), time=int((T0 + 10 * 13 + 1 + 300) * NS))
+    engine.observe(slightly)
+    assert engine.ignored_ahead == 1
+
+
 def test_one_lost_round_never_alerts() -> None:
     clock = Clock(T0)
     engine = _engine(clock)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,6 +176,50 @@ def test_one_bad_point_is_dead_lettered_and_the_rest_stored(tmp_path: Path) -> N
     assert dead[0]["reason"] == "field type conflict"
     assert link.client.acked == [1]
     assert _counter(metrics, "fieldmon_points_dead_lettered_total") == 1
+
+
+def test_samples_dated_in_the_future_are_dead_lettered_and_the_rest_stored(
+    tmp_path: Path,
+) -> None:
+    writer = _Writer()
+    pipeline, link, metrics = _pipeline(writer, tmp_path)
+    seen: list[Envelope] = []
+    pipeline.on_accepted.append(seen.append)
+    now = time.time_ns()
+    times = {"now": now, "in-a-minute": now + 60 * 10**9, "tomorrow": now + 86_400 * 10**9,
+             "last-int64": 2**63 - 1}  # fmt: skip
+    samples = [
+        Sample(
+            measurement="link",
+            tags={"site": "pavilion-2", "agent": "pi1", "target": target},
+            fields={"loss_pct": 0.0},
+            time=at,
+        )
+        for target, at in times.items()
+    ]
+    payload = encode(Envelope(site="pavilion-2", agent="pi1", seq=7, sent_at=now, samples=samples))
+    pipeline.handle(_Message(TOPIC, payload, mid=3))
+    asyncio.run(pipeline.flush())
+
+    assert sorted(line.split("target=")[1].split(" ")[0] for line in writer.stored) == [
+        "in-a-minute",
+        "now",
+    ]
+    dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert sorted(d["line"].split("target=")[1].split(" ")[0] for d in dead) == [
+        "last-int64",
+        "tomorrow",
+    ]
+    assert "ahead of the collector's clock" in dead[0]["reason"]
+    assert "'pi1'" in dead[0]["reason"]
+    ahead = _counter(metrics, "fieldmon_samples_time_ahead_total", site="pavilion-2", agent="pi1")
+    assert ahead == 2
+    assert _counter(metrics, "fieldmon_points_dead_lettered_total") == 2
+    # The envelope is handled: acked to the broker and to the agent, which must not re-send it.
+    assert link.client.acked == [3]
+    assert [topic for topic, _ in link.client.published] == ["fieldmon/v1/pavilion-2/pi1/ack"]
+    # The board and the alert engine see only what was stored.
+    assert [len(envelope.samples) for envelope in seen] == [2]
 
 
 def test_retryable_errors_are_retried_until_stored(tmp_path: Path) -> None:

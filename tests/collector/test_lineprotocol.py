@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 
-from fieldmon.collector.storage.lineprotocol import encode_sample, encode_samples
+from fieldmon.collector.storage.lineprotocol import LineEncoder, encode_sample, encode_samples
 from fieldmon.lab.servers import InfluxdServer
 from fieldmon.wire.models import Sample
 
@@ -127,7 +127,8 @@ _FIELD_VALUES = st.one_of(
 _LOST_BACKSLASH = re.compile(r"(?<!\\)((?:\\\\)*)\\(?=[,= ])|\\\Z")
 
 
-# InfluxDB's newest timestamp is 2**63 - 2, and the wire model accepts no later one.
+# InfluxDB's newest timestamp is 2**63 - 2 (the wire allows 2**63 - 1, but the collector
+# refuses any time more than max_time_ahead past its clock long before either).
 INFLUX_MAX_TIME = 2**63 - 2
 
 
@@ -224,3 +225,17 @@ def test_influxd_stores_exactly_what_was_sampled(
             row[stored] = float(row[stored])
         expected[stored] = value
     assert row == expected
+
+
+def test_an_encoders_caches_are_its_own_and_bounded() -> None:
+    small = LineEncoder(prefix_limit=3, template_limit=2)
+    other = LineEncoder()
+    samples = [
+        Sample(measurement="m", tags={"target": f"t{n}"}, fields={f"f{n % 5}": n}, time=n)
+        for n in range(50)
+    ]
+    assert [small.encode(s) for s in samples] == [encode_sample(s) for s in samples]
+    assert small.cached <= 3 + 2
+    assert other.cached == 0  # nothing shared between encoders (no module state)
+    expected = b"m,target=t0 f0=0i 0\nm,target=t1 f1=1i 1"
+    assert other.body(samples[:2]) == small.body(samples[:2]) == expected

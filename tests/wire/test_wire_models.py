@@ -119,3 +119,16 @@ def test_envelope_rejects_ids(name: str, value: str) -> None:
 def test_status_rejects_unknown_state() -> None:
     with pytest.raises(ValidationError):
         StatusMessage.model_validate({"state": "sleeping", "site": "s", "agent": "a"})
+
+
+@pytest.mark.parametrize(
+    ("time", "ok"), [(0, True), (2**63 - 1, True), (-1, False), (2**63, False)]
+)
+def test_sample_time_is_any_non_negative_64_bit_nanosecond_count(time: int, ok: bool) -> None:
+    # No storage backend's limit here: the collector judges a time against its own clock.
+    document = {**_sample(v=1), "time": time}
+    if ok:
+        assert _SAMPLE.validate_python(document).time == time
+    else:
+        with pytest.raises(ValidationError, match="time"):
+            _SAMPLE.validate_python(document)

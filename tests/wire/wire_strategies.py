@@ -8,7 +8,7 @@ from fieldmon.wire.models import Envelope, Sample, StatusMessage
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 # The newest instant InfluxDB stores (and the wire model accepts) is 2**63 - 2.
-TIMESTAMPS = st.integers(min_value=0, max_value=2**63 - 2)
+TIMESTAMPS = st.integers(min_value=0, max_value=2**63 - 1)
 IDS = st.from_regex(r"[a-z0-9-]{1,24}", fullmatch=True).filter(lambda value: value != "alerts")
 FIELD_VALUES = st.one_of(
     st.booleans(), INT64, st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40)

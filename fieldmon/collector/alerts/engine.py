@@ -7,7 +7,10 @@ Link rounds are judged by sample time (fieldmon.collector.alerts.linkstate). Per
 - a round at or before the newest judged (out of order, replayed after an outage) goes to a
   separate history track, judged in its own order: its transitions never page but still give
   `alert` rows at their own timestamps, and an episode it completes becomes an OutageReport;
-- an exact duplicate of a recently judged round (an agent's resend) is ignored.
+- an exact duplicate of a recently judged round (an agent's resend) is ignored;
+- a sample dated more than `max_time_ahead` after the engine's clock is ignored and counted
+  (`ignored_ahead`): the agent's clock is wrong, and judging it would make every real round
+  after it look older than the newest, i.e. history that never pages.
 
 SiteUnreachable is time-based (fieldmon.collector.alerts.sitewatch), evaluated by `tick`.
 `ap`, `snmp_if` and `host` rows feed the device and agent alerts (fieldmon.collector.alerts.kinds)
@@ -31,7 +34,7 @@ from fieldmon.collector.alerts.linkstate import Round, Rules, Thresholds
 from fieldmon.collector.alerts.linktrack import LinkContext, LinkTrack
 from fieldmon.collector.alerts.model import AlertState, OutageReport, Transition
 from fieldmon.collector.alerts.sitewatch import SiteContext, SiteWatch
-from fieldmon.collector.config import AlertingConfig
+from fieldmon.collector.config import DEFAULT_MAX_TIME_AHEAD_S, AlertingConfig
 from fieldmon.wire.models import Envelope, Sample
 
 if TYPE_CHECKING:
@@ -71,10 +74,14 @@ class AlertEngine:
         sites: dict[str, SiteConfig],
         config: AlertingConfig,
         clock: Callable[[], float] = time.time,
+        *,
+        max_time_ahead: float = DEFAULT_MAX_TIME_AHEAD_S,
     ) -> None:
         self._sites = sites
         self._config = config
         self._clock = clock
+        self._max_time_ahead = max_time_ahead
+        self.ignored_ahead = 0
         self._started = clock()
         self._rules = Rules(
             for_rounds=config.for_rounds,
@@ -206,6 +213,9 @@ class AlertEngine:
 
     def _judge_sample(self, site: str, sample: Sample) -> list[Transition]:
         if site not in self._sites:
+            return []
+        if sample.time > (self._clock() + self._max_time_ahead) * NS:
+            self.ignored_ahead += 1
             return []
         if sample.measurement != "link":
             out = self._conditions.judge(site, sample, self._late)

@@ -46,18 +46,8 @@ _KEY_BAD_BACKSLASH = re.compile(r"(?<!\\)((?:\\\\)*)\\(?=[,= ])|\\\Z")
 _MEASUREMENT_BAD_BACKSLASH = re.compile(r"(?<!\\)((?:\\\\)*)\\(?=[, ])|\\\Z")
 _BACKSLASH_LOOKALIKE = "\uff3c"
 
-# Speed: each line is one %-format of a cached template. The series prefix (measurement and
-# sorted tags) is cached per tag set, the field template per (keys, value types); numbers go in
-# through C-level %r / %d, which is most of the gain over a per-field loop (about 2x) and over
-# Point (about 4x). Bools and strings are turned into text first. Both caches are bounded so a
-# stream of unique tag values (a bug upstream) cannot grow memory without limit; past the bound
-# they are cleared and rebuilt, which is only slower.
-_PREFIX_CACHE_LIMIT = 50_000
-_TEMPLATE_CACHE_LIMIT = 1_000
 Converter = Callable[[FieldValue], object]
 _Template = tuple[str, tuple[Converter, ...]]
-_prefix_cache: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
-_template_cache: dict[tuple[tuple[str, ...], tuple[type, ...]], _Template] = {}
 
 
 def _lookalike(match: re.Match[str]) -> str:
@@ -110,58 +100,95 @@ def format_field_value(value: FieldValue) -> str:
     return spec % (convert(value),)
 
 
-def _prefix(measurement: str, tags: dict[str, str]) -> str:
-    """`measurement,k1=v1,k2=v2 ` with tags sorted by key, ready for use in a %-template."""
-    cache_key = (measurement, tuple(tags.items()))
-    prefix = _prefix_cache.get(cache_key)
-    if prefix is None:
-        parts = [escape_measurement(measurement)]
-        parts.extend(f"{escape_key(key)}={escape_key(tags[key])}" for key in sorted(tags))
-        prefix = (",".join(parts) + " ").replace("%", "%%")
-        if len(_prefix_cache) >= _PREFIX_CACHE_LIMIT:
-            _prefix_cache.clear()
-        _prefix_cache[cache_key] = prefix
-    return prefix
+class LineEncoder:
+    """Samples to line protocol, fast: one per component that writes lines (ingest, alerts).
+
+    Each line is one %-format of a cached template. The series prefix (measurement and sorted
+    tags) is cached per tag set, the field template per (keys, value types); numbers go in
+    through C-level %r / %d, which is most of the gain over a per-field loop (about 2x) and over
+    `Point` (about 4x). Bools and strings are turned into text first. Both caches are bounded so
+    a stream of unique tag values (a bug upstream) cannot grow memory without limit; past the
+    bound they are cleared and rebuilt, which is only slower.
+    """
+
+    def __init__(self, *, prefix_limit: int = 50_000, template_limit: int = 1_000) -> None:
+        self._prefix_limit = prefix_limit
+        self._template_limit = template_limit
+        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        self._templates: dict[tuple[tuple[str, ...], tuple[type, ...]], _Template] = {}
+
+    def encode(self, sample: Sample) -> str:
+        """One line of line protocol for `sample`, without the trailing newline."""
+        fields = sample.fields
+        values: tuple[object, ...] = tuple(fields.values())
+        template, converters = self._template(tuple(fields), tuple(map(type, values)))
+        if converters:
+            values = tuple(
+                convert(value)  # type: ignore[arg-type]
+                for convert, value in zip(converters, values, strict=True)
+            )
+        return (self._prefix(sample.measurement, sample.tags) + template) % (*values, sample.time)
+
+    def body(self, samples: Iterable[Sample]) -> bytes:
+        """A request body: one line per sample, joined by newlines (no trailing newline)."""
+        return "\n".join([self.encode(sample) for sample in samples]).encode("utf-8", "replace")
+
+    @property
+    def cached(self) -> int:
+        """Prefixes and templates held now (bounded by the limits)."""
+        return len(self._prefixes) + len(self._templates)
+
+    def _prefix(self, measurement: str, tags: dict[str, str]) -> str:
+        """`measurement,k1=v1,k2=v2 ` with tags sorted by key, ready for a %-template."""
+        cache_key = (measurement, tuple(tags.items()))
+        prefix = self._prefixes.get(cache_key)
+        if prefix is None:
+            prefix = _series_prefix(measurement, tags)
+            if len(self._prefixes) >= self._prefix_limit:
+                self._prefixes.clear()
+            self._prefixes[cache_key] = prefix
+        return prefix
+
+    def _template(self, keys: tuple[str, ...], types: tuple[type, ...]) -> _Template:
+        cache_key = (keys, types)
+        template = self._templates.get(cache_key)
+        if template is None:
+            template = _field_template(keys, types)
+            if len(self._templates) >= self._template_limit:
+                self._templates.clear()
+            self._templates[cache_key] = template
+        return template
 
 
-def _template(keys: tuple[str, ...], types: tuple[type, ...]) -> _Template:
+def _series_prefix(measurement: str, tags: dict[str, str]) -> str:
+    parts = [escape_measurement(measurement)]
+    parts.extend(f"{escape_key(key)}={escape_key(tags[key])}" for key in sorted(tags))
+    return (",".join(parts) + " ").replace("%", "%%")
+
+
+def _field_template(keys: tuple[str, ...], types: tuple[type, ...]) -> _Template:
     """`k1=%r,k2=%di %d` for these field keys and value types, and the converters to apply
     (empty when every value goes in as it is)."""
-    cache_key = (keys, types)
-    template = _template_cache.get(cache_key)
-    if template is None:
-        parts: list[str] = []
-        converters: list[Converter] = []
-        for key, value_type in zip(keys, types, strict=True):
-            if value_type not in _FORMATS:
-                raise TypeError(
-                    f"field {key!r}: line protocol has no type for {value_type.__name__} values"
-                )
-            spec, convert = _FORMATS[value_type]
-            parts.append(f"{escape_key(key).replace('%', '%%')}={spec}")
-            converters.append(convert)
-        if all(convert is _unchanged for convert in converters):
-            converters = []
-        template = (",".join(parts) + " %d", tuple(converters))
-        if len(_template_cache) >= _TEMPLATE_CACHE_LIMIT:
-            _template_cache.clear()
-        _template_cache[cache_key] = template
-    return template
+    parts: list[str] = []
+    converters: list[Converter] = []
+    for key, value_type in zip(keys, types, strict=True):
+        if value_type not in _FORMATS:
+            raise TypeError(
+                f"field {key!r}: line protocol has no type for {value_type.__name__} values"
+            )
+        spec, convert = _FORMATS[value_type]
+        parts.append(f"{escape_key(key).replace('%', '%%')}={spec}")
+        converters.append(convert)
+    if all(convert is _unchanged for convert in converters):
+        converters = []
+    return (",".join(parts) + " %d", tuple(converters))
 
 
 def encode_sample(sample: Sample) -> str:
-    """One line of line protocol for `sample`, without the trailing newline."""
-    fields = sample.fields
-    values: tuple[object, ...] = tuple(fields.values())
-    template, converters = _template(tuple(fields), tuple(map(type, values)))
-    if converters:
-        values = tuple(
-            convert(value)  # type: ignore[arg-type]
-            for convert, value in zip(converters, values, strict=True)
-        )
-    return (_prefix(sample.measurement, sample.tags) + template) % (*values, sample.time)
+    """One line for one sample, without caching (tests, one-off writes)."""
+    return LineEncoder().encode(sample)
 
 
 def encode_samples(samples: Iterable[Sample]) -> bytes:
-    """A request body: one line per sample, joined by newlines (no trailing newline)."""
-    return "\n".join([encode_sample(sample) for sample in samples]).encode("utf-8", "replace")
+    """A one-off request body (tests, benchmarks); a long-lived writer keeps a `LineEncoder`."""
+    return LineEncoder().body(samples)
