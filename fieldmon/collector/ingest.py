@@ -186,16 +186,7 @@ class IngestPipeline:
         self._batch.refused[reason].extend(self._encoder.encode(sample) for sample in ahead)
         self._metrics.samples_time_ahead.labels(site=envelope.site, agent=envelope.agent).inc(
             len(ahead)
-        )
-        logger.warning(
-            "samples dated in the future: dead-lettered, not stored or judged",
-            extra={
-                "site": envelope.site,
-                "agent": envelope.agent,
-                "samples": len(ahead),
-                "reason": reason,
-            },
-        )
+        )  # logged with the reason when the flush dead-letters them
 
     def _account(self, envelope: Envelope) -> None:
         if self._seqs is None:
