@@ -8,7 +8,7 @@ demo:
 	bash scripts/demo.sh $(ARGS)
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports --no-cache
 
 format:
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .

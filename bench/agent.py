@@ -269,8 +269,8 @@ def run_child(site_file: Path, report: Path, pysnmp_v2c: bool, profile: Path | N
     from fieldmon.agent.probes.icmp_socket import release_scapy_tables
 
     release_scapy_tables()
-    from fieldmon.agent.config import load_site_config
     from fieldmon.agent.daemon import run_agent
+    from fieldmon.core.site.config import load_site_config
 
     config = load_site_config(site_file)
     kinds = {link.name: "icmp" for link in config.links}
@@ -564,7 +564,7 @@ class Acker:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from fieldmon.wire import topics
+        from fieldmon.core.wire import topics
 
         self.samples: dict[str, int] = defaultdict(int)
         self._ack_topic = topics.ack_topic(SITE, AGENT)
@@ -575,8 +575,8 @@ class Acker:
         self._client.loop_start()
 
     def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
-        from fieldmon.wire.codec import decode_envelope
-        from fieldmon.wire.models import Envelope
+        from fieldmon.core.wire.codec import decode_envelope
+        from fieldmon.core.wire.models import Envelope
 
         envelope = decode_envelope(message.payload)
         if isinstance(envelope, Envelope):

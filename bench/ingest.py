@@ -37,9 +37,9 @@ from paho.mqtt.properties import Properties
 
 from bench._report import print_result
 from fieldmon.collector.storage.lineprotocol import encode_samples
+from fieldmon.core.wire.codec import encode
+from fieldmon.core.wire.models import Envelope, Sample
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
-from fieldmon.wire.codec import encode
-from fieldmon.wire.models import Envelope, Sample
 
 SITE, AGENT = "bench-site", "bench-pi"
 TOPIC = f"fieldmon/v1/{SITE}/{AGENT}/samples"

@@ -42,16 +42,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench._report import print_result
 from bench.ingest import AGENT, SITE, realistic_envelopes
-from fieldmon.agent.config import SiteConfig
 from fieldmon.agent.daemon import build_pipeline
 from fieldmon.agent.outbox import PAGE_SIZE, Outbox
-from fieldmon.agent.outbox_config import OutboxConfig
+from fieldmon.core.mqtt.link import MqttLink, new_client
+from fieldmon.core.mqtt.settings import BrokerConfig
+from fieldmon.core.site.config import SiteConfig
+from fieldmon.core.site.outbox import OutboxConfig
+from fieldmon.core.wire import topics
+from fieldmon.core.wire.codec import encode
+from fieldmon.core.wire.models import Envelope, Sample
 from fieldmon.lab.netns import Namespace, unique_name, veth
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
-from fieldmon.mqtt import BrokerConfig, MqttLink, new_client
-from fieldmon.wire import topics
-from fieldmon.wire.codec import encode
-from fieldmon.wire.models import Envelope, Sample
 
 BIN = Path(sys.executable).parent
 LINKS = 100  # a 100-link site

@@ -38,14 +38,27 @@ fi
 
 # Python: Debian 12's python3 is 3.11; a python3.11 earlier on PATH (pyenv) is fine too.
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-if [ ! -x .venv/bin/python ]; then
-  echo "setup: creating .venv with $PYTHON"
-  "$PYTHON" -m venv .venv
+# uv installs the workspace from uv.lock. It comes from PyPI into .tools/ (ignored by git), pinned,
+# unless a uv of that version is already on PATH.
+UV_VERSION=0.13.9
+UV=.tools/uv/bin/uv
+if command -v uv >/dev/null 2>&1 && [ "$(uv --version | cut -d' ' -f2)" = "$UV_VERSION" ]; then
+  UV=$(command -v uv)
+elif [ ! -x "$UV" ] || [ "$("$UV" --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+  echo "setup: installing uv $UV_VERSION into .tools/uv"
+  rm -rf .tools/uv
+  "$PYTHON" -m venv .tools/uv
+  .tools/uv/bin/python -m pip install -q "uv==$UV_VERSION"
 fi
-stamp=.venv/.fieldmon-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing Python packages into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+# A venv made at another path (a moved clone) has scripts that start with that path.
+if [ -f .venv/bin/pytest ] && [ "$(head -c 200 .venv/bin/pytest | head -n 1)" != "#!$PWD/.venv/bin/python" ]; then
+  echo "setup: .venv was made at another path; making it again"
+  rm -rf .venv
+fi
+stamp=.venv/.fieldmon-synced
+if [ ! -f "$stamp" ] || [ uv.lock -nt "$stamp" ] || [ -n "$(find . -name pyproject.toml -newer "$stamp" -not -path './.venv/*' -print -quit)" ]; then
+  echo "setup: installing the workspace (uv.lock) into .venv"
+  # --frozen: exactly the committed lock; a pyproject change without `uv lock` fails the sync.
+  "$UV" sync --frozen --python "$PYTHON" --quiet
   touch "$stamp"
 fi

@@ -25,9 +25,9 @@ from fieldmon.agent.check import (
     markdown_report,
     plain_table,
 )
-from fieldmon.agent.config import SiteConfig
-from fieldmon.agent.probes.icmp import IcmpLinkConfig
 from fieldmon.agent.probes.icmp_socket import RoundResult
+from fieldmon.core.site.config import SiteConfig
+from fieldmon.core.site.links import IcmpLinkConfig
 from fieldmon.lab.netns import Namespace, silent_host, unique_name, veth
 from fieldmon.lab.servers import MosquittoServer, SnmpdServer, free_port
 

@@ -10,9 +10,10 @@ import psutil
 import pytest
 
 from fieldmon.agent.probes import host as host_module
-from fieldmon.agent.probes.host import HostConfig, HostProbe
+from fieldmon.agent.probes.host import HostProbe
+from fieldmon.core.site.host import HostConfig
+from fieldmon.core.wire.models import Sample
 from fieldmon.firmware_hooks.pi import PiHealth, ThrottleState
-from fieldmon.wire.models import Sample
 
 Reading = namedtuple("Reading", "label current high critical")  # psutil's shtemp shape
 

@@ -19,8 +19,9 @@ import pytest
 from scapy.layers.inet import ICMP
 from scapy.packet import Raw
 
-from fieldmon.agent.probes.icmp import IcmpLinkConfig, IcmpProbe
+from fieldmon.agent.probes.icmp import IcmpProbe
 from fieldmon.agent.probes.icmp_socket import IcmpPinger, RoundResult, _Channel, _EchoTemplate
+from fieldmon.core.site.links import IcmpLinkConfig
 from fieldmon.lab.netns import Namespace, unique_name, veth
 
 needs_root = pytest.mark.skipif(

@@ -9,13 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fieldmon.agent.outbox as outbox_module
-from fieldmon.agent.config import SiteConfig
 from fieldmon.agent.daemon import build_pipeline
 from fieldmon.agent.outbox import PAGE_SIZE, Outbox, Priority
 from fieldmon.agent.probes.host import outbox_age_s
-from fieldmon.mqtt import MqttLink, new_client
-from fieldmon.wire.codec import decode_envelope
-from fieldmon.wire.models import Envelope, Sample
+from fieldmon.core.mqtt.link import MqttLink, new_client
+from fieldmon.core.site.config import SiteConfig
+from fieldmon.core.wire.codec import decode_envelope
+from fieldmon.core.wire.models import Envelope, Sample
 
 
 def _sample(n: int) -> Sample:

@@ -6,7 +6,7 @@ import asyncio
 import random
 
 from fieldmon.agent.scheduler import run_probe_forever
-from fieldmon.wire.models import Sample
+from fieldmon.core.wire.models import Sample
 
 
 class _Probe:

@@ -15,10 +15,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldmon.agent.outbox import Outbox
 from fieldmon.agent.sender import Sender
+from fieldmon.core.mqtt.link import MqttLink, new_client
+from fieldmon.core.mqtt.settings import BrokerConfig
+from fieldmon.core.wire import topics
+from fieldmon.core.wire.models import Sample
 from fieldmon.lab.servers import MosquittoServer
-from fieldmon.mqtt import BrokerConfig, MqttLink, new_client
-from fieldmon.wire import topics
-from fieldmon.wire.models import Sample
 
 SITE, AGENT = "sender-site", "sender-pi"
 

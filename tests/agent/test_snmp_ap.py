@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from fieldmon.agent.probes.snmp import SnmpDeviceConfig, SnmpProbe
+from fieldmon.agent.probes.snmp import SnmpProbe
 from fieldmon.agent.snmp.ap import mhz_to_channel
 from fieldmon.agent.snmp.client import SnmpClient
 from fieldmon.agent.snmp.errors import ProfileError
 from fieldmon.agent.snmp.profiles import PROFILES_DIR, available_profiles, load_profile
+from fieldmon.core.site.snmp import SnmpDeviceConfig
+from fieldmon.core.wire.models import Sample
 from fieldmon.lab.servers import SnmpdServer
 from fieldmon.lab.simap import recorded_walk, walk_server
-from fieldmon.wire.models import Sample
 
 EXPECTED = {
     "generic-ap": {

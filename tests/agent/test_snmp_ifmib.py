@@ -15,14 +15,15 @@ from typing import Any
 
 import pytest
 
-from fieldmon.agent.probes.snmp import SnmpDeviceConfig, SnmpProbe
+from fieldmon.agent.probes.snmp import SnmpProbe
 from fieldmon.agent.snmp import client as client_module
 from fieldmon.agent.snmp.client import SnmpClient
 from fieldmon.agent.snmp.errors import CryptoBackendMissingError, SnmpTimeoutError
 from fieldmon.agent.snmp.ifmib import IfMibPoller
+from fieldmon.core.site.snmp import SnmpDeviceConfig
+from fieldmon.core.wire.models import Sample
 from fieldmon.lab.netns import Namespace, unique_name, veth
 from fieldmon.lab.servers import SnmpdServer, free_port
-from fieldmon.wire.models import Sample
 
 pytestmark = pytest.mark.integration
 

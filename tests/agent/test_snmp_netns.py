@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from fieldmon.agent.probes.snmp import SnmpDeviceConfig, SnmpProbe
+from fieldmon.agent.probes.snmp import SnmpProbe
 from fieldmon.agent.snmp.client import SnmpClient
+from fieldmon.core.site.snmp import SnmpDeviceConfig
+from fieldmon.core.wire.models import Sample
 from fieldmon.lab.netns import Namespace, VethPair, unique_name, veth
 from fieldmon.lab.servers import SnmpdServer
-from fieldmon.wire.models import Sample
 
 pytestmark = [
     pytest.mark.integration,

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from fieldmon.agent.config import AgentSection, SiteConfig
-from fieldmon.agent.probes.icmp import IcmpLinkConfig, LinkRole, LinkThresholds
 from fieldmon.collector.alerts import (
     AlertEngine,
     AlertName,
@@ -20,8 +18,10 @@ from fieldmon.collector.alerts import (
     Transition,
 )
 from fieldmon.collector.config import AlertingConfig
-from fieldmon.mqtt import BrokerConfig
-from fieldmon.wire.models import Envelope, Sample
+from fieldmon.core.mqtt.settings import BrokerConfig
+from fieldmon.core.site.config import AgentSection, SiteConfig
+from fieldmon.core.site.links import IcmpLinkConfig, LinkRole, LinkThresholds
+from fieldmon.core.wire.models import Envelope, Sample
 
 NS = 10**9
 T0 = 1_800_000_000.0  # seconds; rounds every 10 s from here

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from fieldmon.agent.config import SiteConfig
 from fieldmon.collector.alerts import AlertEngine, AlertState, AlertStateStore, Transition
 from fieldmon.collector.config import AlertingConfig
-from fieldmon.wire.models import Envelope, Sample
+from fieldmon.core.site.config import SiteConfig
+from fieldmon.core.wire.models import Envelope, Sample
 
 NS = 10**9
 T0 = 1_800_000_000.0  # seconds; every device and the host report every 10 s from here

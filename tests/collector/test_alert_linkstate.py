@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from fieldmon.agent.probes.icmp import LinkRole
 from fieldmon.collector.alerts.linkstate import (
     ChangeKind,
     LinkMachine,
@@ -19,7 +18,8 @@ from fieldmon.collector.alerts.linkstate import (
 )
 from fieldmon.collector.alerts.linktrack import LinkContext, LinkTrack, link_severity
 from fieldmon.collector.alerts.model import AlertName, AlertState, Severity
-from fieldmon.wire.models import Sample
+from fieldmon.core.site.links import LinkRole
+from fieldmon.core.wire.models import Sample
 
 NS = 10**9
 T0 = 1_800_000_000 * NS

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from fieldmon.agent.config import AgentSection, SiteConfig
 from fieldmon.collector.deadletter import DeadLetterFile
 from fieldmon.collector.ingest import IngestPipeline
 from fieldmon.collector.inventory import Inventory
@@ -18,10 +17,11 @@ from fieldmon.collector.metrics import CollectorMetrics
 from fieldmon.collector.pointwriter import PointWriter
 from fieldmon.collector.seqtrack import SeqTracker
 from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError
-from fieldmon.mqtt import BrokerConfig
-from fieldmon.wire.codec import encode
-from fieldmon.wire.models import AckMessage, Envelope, Sample
-from fieldmon.wire.topics import samples_topic
+from fieldmon.core.mqtt.settings import BrokerConfig
+from fieldmon.core.site.config import AgentSection, SiteConfig
+from fieldmon.core.wire.codec import encode
+from fieldmon.core.wire.models import AckMessage, Envelope, Sample
+from fieldmon.core.wire.topics import samples_topic
 
 
 @dataclass

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 
 from fieldmon.collector.storage.lineprotocol import LineEncoder, encode_sample, encode_samples
+from fieldmon.core.wire.models import Sample
 from fieldmon.lab.servers import InfluxdServer
-from fieldmon.wire.models import Sample
 
 LINK = Sample(
     measurement="link",

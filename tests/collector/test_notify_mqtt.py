@@ -17,9 +17,10 @@ from fieldmon.collector.alerts.model import (
     alert_labels,
 )
 from fieldmon.collector.notify.mqtt import MqttAlertsNotifier
+from fieldmon.core.mqtt.link import new_client
+from fieldmon.core.mqtt.settings import BrokerConfig
+from fieldmon.core.wire.topics import alerts_topic
 from fieldmon.lab.servers import MosquittoServer
-from fieldmon.mqtt import BrokerConfig, new_client
-from fieldmon.wire.topics import alerts_topic
 
 WAIT = 20.0
 

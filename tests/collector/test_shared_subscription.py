@@ -13,9 +13,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fieldmon.core.wire.codec import encode
+from fieldmon.core.wire.models import Envelope, Sample
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
-from fieldmon.wire.codec import encode
-from fieldmon.wire.models import Envelope, Sample
 
 BIN = Path(sys.executable).parent
 SITE, AGENT = "shared-site", "shared-pi"

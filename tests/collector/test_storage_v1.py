@@ -16,8 +16,8 @@ from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteEr
 from fieldmon.collector.storage.config import InfluxV1Config
 from fieldmon.collector.storage.lineprotocol import encode_samples
 from fieldmon.collector.storage.registry import make_writer
+from fieldmon.core.wire.models import Sample
 from fieldmon.lab.servers import InfluxdServer, free_port
-from fieldmon.wire.models import Sample
 
 START = 1_790_000_000_000_000_000
 ROLES = {"parent-gw": "parent", "internet": "internet", "gateway": "gateway", "ap-hall-a": "ap"}

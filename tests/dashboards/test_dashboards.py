@@ -26,9 +26,9 @@ import pytest
 from ruamel.yaml import YAML
 
 from fieldmon.collector.storage.lineprotocol import encode_samples
+from fieldmon.core.wire.models import Sample
 from fieldmon.lab.demo import DATABASE as DEMO_DATABASE
 from fieldmon.lab.servers import InfluxdServer, ServerQueryError
-from fieldmon.wire.models import Sample
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
 GRAFANA_FILES = sorted(DASHBOARDS.glob("*.json"))

@@ -17,9 +17,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fieldmon.core.wire.codec import encode
+from fieldmon.core.wire.models import Envelope, Sample
 from fieldmon.lab.servers import AlertmanagerServer, InfluxdServer, MosquittoServer, free_port
-from fieldmon.wire.codec import encode
-from fieldmon.wire.models import Envelope, Sample
 
 from .test_alerting import Receiver, _alertmanager_config, _wait_for
 

@@ -152,7 +152,7 @@ data_dir: ./collector-data
         assert 0 <= float(host_row["mem_pct"]) <= 100  # type: ignore[arg-type]
 
         # The alert role judged the same stream: two all-lost rounds make the silent parent
-        # link LinkDown, recorded as an `alert` row (DESIGN.md) with the fixed label set.
+        # link LinkDown, recorded as an `alert` row (docs/contract.md) with the fixed label set.
         def link_down() -> list[dict[str, object]]:
             return influxd.query(
                 "SELECT * FROM \"alert\" WHERE alertname = 'LinkDown' GROUP BY *", db=influx_db

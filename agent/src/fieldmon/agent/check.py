@@ -1,0 +1,514 @@
+"""`fieldmon-agent check`: one round of every link, device and the broker, judged in plain words.
+
+For the engineer commissioning a site. Every check runs at once, so the command takes about as
+long as the slowest one (an ICMP round or the broker's connect_timeout). Exit status: 0 when
+nothing failed (warnings allowed), 1 on any FAIL, 2 when the site file itself is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import json
+import secrets
+import socket
+import ssl
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+from fieldmon.agent.probes.icmp_socket import IcmpPinger, RoundResult
+from fieldmon.agent.stats import RoundStats, summarize
+from fieldmon.core.config.errors import ConfigError
+from fieldmon.core.mqtt.link import new_client
+from fieldmon.core.mqtt.settings import BrokerConfig
+from fieldmon.core.site.config import SiteConfig, load_site_config
+from fieldmon.core.site.links import IcmpLinkConfig, LinkRole
+from fieldmon.core.site.snmp import SnmpDeviceConfig
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_INVALID_CONFIG = 2
+
+# What a silent link most likely means, by what it connects to.
+_SILENT_HINT = {
+    LinkRole.PARENT: "check the cable or the parent hospital firewall",
+    LinkRole.INTERNET: "check the uplink, and that the parent hospital routes to the internet",
+    LinkRole.GATEWAY: "check the cable to the site router and that it is powered",
+    LinkRole.AP: "is the access point powered and cabled?",
+}
+# Why echoes could not even leave this host, by errno name.
+_SEND_ERROR_HINT = {
+    "ENODEV": "interface {interface} does not exist - is the NIC or modem plugged in?",
+    "ENETUNREACH": "no route to {address} - is the interface up and does it have an address?",
+    "EHOSTUNREACH": "host {address} unreachable - is it on this network?",
+    "EPERM": "not permitted to send ICMP - run as root or allow net.ipv4.ping_group_range",
+    "EACCES": "not permitted to send ICMP - run as root or allow net.ipv4.ping_group_range",
+    "EADDRNOTAVAIL": "no source address for {address} - does the interface have one?",
+}
+# MQTT v5 CONNACK reason codes an engineer can fix on site.
+_LOGIN_REFUSED = {134, 135}  # bad user name or password; not authorized
+_CLIENT_ID_REFUSED = 133
+
+
+class Status(StrEnum):
+    """How one check came out."""
+
+    OK = "OK"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+@dataclass
+class CheckRow:
+    """One line of the result: a link, an SNMP device or the broker."""
+
+    kind: str  # link | snmp | broker
+    name: str
+    target: str
+    status: Status
+    reason: str
+    baseline: dict[str, float | int] = field(default_factory=dict)  # links: loss and RTT
+
+
+@dataclass
+class CheckReport:
+    """Everything one `check` run found, for the table, JSON and the Markdown report."""
+
+    site: str
+    site_name: str
+    agent: str
+    parent_hospital: str
+    started: str  # ISO 8601, UTC
+    duration_s: float
+    icmp_mode: str | None
+    rows: list[CheckRow]
+
+    @property
+    def failed(self) -> bool:
+        """True when any row is FAIL."""
+        return any(row.status is Status.FAIL for row in self.rows)
+
+    def as_json(self) -> dict[str, Any]:
+        """The report as plain JSON data."""
+        data = asdict(self)
+        data["rows"] = [{**asdict(row), "status": row.status.value} for row in self.rows]
+        data["ok"] = not self.failed
+        return data
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def run_check(config_path: Path, *, as_json: bool, report: Path | None) -> int:
+    """Check the site described by `config_path`; print the result; return the exit status."""
+    try:
+        config = load_site_config(config_path)
+    except ConfigError as exc:
+        print(f"{config_path} is not a usable site file:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        print("Fix these, then run the check again.", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    result = asyncio.run(check_site(config))
+    # The report first: it is the record, and a closed stdout pipe must not lose it.
+    if report is not None:
+        report.write_text(markdown_report(result), encoding="utf-8")
+    if as_json:
+        json.dump(result.as_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render(result, sys.stdout)
+    return EXIT_FAIL if result.failed else EXIT_OK
+
+
+async def check_site(config: SiteConfig) -> CheckReport:
+    """Run every check of the site concurrently."""
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    async with IcmpPinger() as pinger:
+        link_rows = [check_link(pinger, link) for link in config.links]
+        broker_row = check_broker(config.agent.broker, config.agent.id)
+        link_results, snmp_rows, broker = await asyncio.gather(
+            asyncio.gather(*link_rows), check_snmp_devices(config), broker_row
+        )
+        mode = pinger.mode
+    return CheckReport(
+        site=config.site,
+        site_name=config.name,
+        agent=config.agent.id,
+        parent_hospital=config.parent_hospital,
+        started=started.isoformat(timespec="seconds"),
+        duration_s=round(time.perf_counter() - clock, 3),
+        icmp_mode=mode if config.links else None,
+        rows=[*link_results, *snmp_rows, broker],
+    )
+
+
+# -- links -------------------------------------------------------------------------------------
+
+
+async def check_link(pinger: IcmpPinger, link: IcmpLinkConfig) -> CheckRow:
+    """One ICMP round to the link's far end, judged against its thresholds."""
+    result = await pinger.round(
+        link.address,
+        count=link.count,
+        spacing=link.spacing,
+        timeout=link.timeout,
+        size=link.size,
+        tos=link.tos,
+        ttl=link.ttl,
+        interface=link.interface,
+    )
+    return judge_link(link, result)
+
+
+def judge_link(link: IcmpLinkConfig, result: RoundResult) -> CheckRow:
+    """The row for one round: FAIL when nothing came back, WARN on loss or a slow link."""
+    stats = summarize(result.sent, result.rtts_ms)
+    target = link.address if link.interface is None else f"{link.address} via {link.interface}"
+    status, reason = _link_verdict(link, result, stats)
+    return CheckRow("link", link.name, target, status, reason, stats.as_fields())
+
+
+def _link_verdict(
+    link: IcmpLinkConfig, result: RoundResult, stats: RoundStats
+) -> tuple[Status, str]:
+    sent, received = result.sent, result.received
+    if received == 0 and result.errors:
+        return Status.FAIL, _send_failure(link, result.errors)
+    if received == 0:
+        return (
+            Status.FAIL,
+            f"no reply to {sent} echoes from {link.address} - {_SILENT_HINT[link.role]}",
+        )
+    warnings = []
+    if received < sent:
+        warnings.append(
+            f"{sent - received} of {sent} echoes lost ({stats.loss_pct:.0f}%) - "
+            "a loose cable, a saturated link or radio interference"
+        )
+    thresholds = link.thresholds
+    rtt, jitter = stats.rtt_p50_ms, stats.jitter_ms
+    if thresholds.rtt_ms is not None and rtt is not None and rtt > thresholds.rtt_ms:
+        warnings.append(
+            f"median RTT {rtt:.2f} ms is over this link's "
+            f"{thresholds.rtt_ms:g} ms threshold - congested or on a slower path"
+        )
+    if thresholds.jitter_ms is not None and jitter is not None and jitter > thresholds.jitter_ms:
+        warnings.append(
+            f"jitter {jitter:.2f} ms is over this link's "
+            f"{thresholds.jitter_ms:g} ms threshold - voice calls will break up"
+        )
+    if warnings:
+        return Status.WARN, "; ".join(warnings)
+    return Status.OK, f"{received} of {sent} echoes answered"
+
+
+def _send_failure(link: IcmpLinkConfig, errors: dict[str, int]) -> str:
+    name = max(errors, key=lambda key: errors[key])
+    hint = _SEND_ERROR_HINT.get(name)
+    detail = ", ".join(f"{key} x{count}" for key, count in sorted(errors.items()))
+    if hint is None:
+        return f"echoes to {link.address} could not be sent ({detail})"
+    return hint.format(address=link.address, interface=link.interface) + f" ({detail})"
+
+
+# -- SNMP --------------------------------------------------------------------------------------
+
+
+_SNMP_UNAVAILABLE = "SNMP check not available in this build"
+
+
+async def check_snmp_devices(config: SiteConfig) -> list[CheckRow]:
+    """One poll of every SNMP device with its profile, concurrently."""
+    if not config.snmp_devices:
+        return []
+    # Looked up, not imported by name: the SNMP probe may be absent from a build.
+    probe_class = getattr(importlib.import_module("fieldmon.agent.probes.snmp"), "SnmpProbe", None)
+    if probe_class is None:
+        return [_snmp_row(device, Status.WARN, _SNMP_UNAVAILABLE) for device in config.snmp_devices]
+    from fieldmon.agent.snmp.client import SnmpClient
+
+    client = SnmpClient()
+    try:
+        checks = (
+            _check_snmp_device(probe_class, client, device, config)
+            for device in config.snmp_devices
+        )
+        return list(await asyncio.gather(*checks))
+    finally:
+        client.close()
+
+
+async def _check_snmp_device(
+    probe_class: Any, client: Any, device: SnmpDeviceConfig, config: SiteConfig
+) -> CheckRow:
+    from fieldmon.agent.snmp.errors import CryptoBackendMissingError, ProfileError
+
+    try:
+        probe = probe_class(device, site=config.site, agent=config.agent.id, client=client)
+    except (CryptoBackendMissingError, ProfileError) as exc:
+        return _snmp_row(device, Status.FAIL, str(exc))
+    credentials = device.snmp
+    # Every request of a poll is bounded by timeout x tries; the first unanswered one ends it.
+    budget = credentials.timeout * (credentials.retries + 1) + 1.0
+    try:
+        samples = await asyncio.wait_for(probe.collect(), budget)
+    except TimeoutError:
+        return _snmp_row(device, Status.FAIL, _snmp_timeout_reason(device))
+    error: str | None = probe.last_error
+    if error is not None:
+        if "no answer within" in error:
+            return _snmp_row(device, Status.FAIL, _snmp_timeout_reason(device))
+        return _snmp_row(device, Status.FAIL, f"SNMP error from {device.name}: {error}")
+    if not samples:
+        return _snmp_row(
+            device,
+            Status.WARN,
+            f"{device.name} answers SNMP but reports nothing for profile {device.profile!r} - "
+            "is that the right profile (or interfaces filter) for this device?",
+        )
+    kind = "interfaces" if device.profile == "if-mib" else "radios"
+    return _snmp_row(device, Status.OK, f"{len(samples)} {kind} polled")
+
+
+def _snmp_timeout_reason(device: SnmpDeviceConfig) -> str:
+    credentials = device.snmp
+    what = "wrong community" if credentials.version == "2c" else "wrong SNMPv3 user or keys"
+    return (
+        f"SNMP timeout from {device.name} ({device.address}:{credentials.port}) - "
+        f"{what} or SNMP disabled?"
+    )
+
+
+def _snmp_row(device: SnmpDeviceConfig, status: Status, reason: str) -> CheckRow:
+    return CheckRow("snmp", device.name, device.address, status, reason)
+
+
+# -- broker ------------------------------------------------------------------------------------
+
+
+class _BrokerError(Exception):
+    """The broker check failed; the message is the plain-words reason."""
+
+
+async def check_broker(config: BrokerConfig, agent_id: str) -> CheckRow:
+    """Connect once with MQTT v5, the site's TLS and credentials, then disconnect."""
+    target = f"{config.host}:{config.port}" + (" (TLS)" if config.tls is not None else "")
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+    # A daemon thread, not the default executor: a resolver that hangs past the deadline must
+    # not keep the command from exiting.
+    worker = threading.Thread(
+        target=_connect_into, args=(config, agent_id, done), name="check-broker", daemon=True
+    )
+    worker.start()
+    try:
+        # Margin over connect_timeout: paho's own socket timeout should fire first.
+        await asyncio.wait_for(asyncio.wrap_future(done), config.connect_timeout + 1.0)
+    except TimeoutError:
+        reason = _timeout_reason(config)
+        return CheckRow("broker", "broker", target, Status.FAIL, reason)
+    except _BrokerError as exc:
+        return CheckRow("broker", "broker", target, Status.FAIL, str(exc))
+    return CheckRow("broker", "broker", target, Status.OK, "connected and logged in")
+
+
+def _connect_into(
+    config: BrokerConfig, agent_id: str, done: concurrent.futures.Future[None]
+) -> None:
+    try:
+        _connect(config, agent_id)
+    except _BrokerError as exc:
+        done.set_exception(exc)
+    else:
+        done.set_result(None)
+
+
+def _connect(config: BrokerConfig, agent_id: str) -> None:
+    where = f"{config.host}:{config.port}"
+    # A client id of its own: reusing the agent's would disconnect the running agent.
+    client_id = f"{agent_id}-check-{secrets.token_hex(3)}"
+    try:
+        client = new_client(config, client_id)
+    except ssl.SSLError as exc:
+        raise _BrokerError(
+            f"broker TLS: cannot use the certificate files ({exc.reason or exc}) - "
+            "check agent.broker.tls"
+        ) from exc
+    except OSError as exc:
+        raise _BrokerError(f"cannot read a broker secret file: {exc}") from exc
+    client.connect_timeout = config.connect_timeout
+    answer: list[ReasonCode] = []
+    client.on_connect = lambda _c, _u, _f, reason_code, _p: answer.append(reason_code)
+    deadline = time.monotonic() + config.connect_timeout
+    try:
+        client.connect(config.host, config.port, keepalive=max(5, int(config.keepalive)))
+        while not answer and time.monotonic() < deadline:
+            # A refused CONNACK arrives and closes the connection in the same loop call.
+            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS and not answer:
+                raise _BrokerError(_closed_reason(config))
+        if not answer:
+            raise _BrokerError(_timeout_reason(config))
+        _judge_connack(answer[0], config)
+    except OSError as exc:
+        raise _BrokerError(_socket_reason(exc, config, where)) from exc
+    finally:
+        if answer and not answer[0].is_failure:
+            client.disconnect()
+
+
+def _judge_connack(reason: ReasonCode, config: BrokerConfig) -> None:
+    if not reason.is_failure:
+        return
+    if reason.value in _LOGIN_REFUSED:
+        raise _BrokerError(
+            f"broker refused the login ({reason}) - check agent.broker.username and password_file"
+        )
+    if reason.value == _CLIENT_ID_REFUSED:
+        raise _BrokerError(f"broker refused the client id ({reason}) - check the broker ACL")
+    raise _BrokerError(f"broker refused the connection: {reason}")
+
+
+def _socket_reason(exc: OSError, config: BrokerConfig, where: str) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return _tls_reason(exc, config, where)
+    if isinstance(exc, ConnectionRefusedError):
+        return f"nothing listens on {where} - is the broker running / the port right?"
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"cannot resolve broker name {config.host!r} ({exc.strerror}) - check "
+            "agent.broker.host and this Pi's DNS"
+        )
+    if isinstance(exc, TimeoutError):
+        return _timeout_reason(config)
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return _closed_reason(config)
+    return f"cannot connect to {where}: {exc.strerror or exc}"
+
+
+def _tls_reason(exc: ssl.SSLError, config: BrokerConfig, where: str) -> str:
+    if not isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"broker TLS handshake failed ({exc.reason or exc}) - is {where} the broker's "
+            "TLS port? Plain MQTT is usually 1883, MQTT over TLS 8883"
+        )
+    message = exc.verify_message or str(exc)
+    if "not yet valid" in message:
+        return "broker TLS: certificate not yet valid - is the Pi's clock set?"
+    if "expired" in message:
+        return (
+            "broker TLS: certificate has expired - is the Pi's clock set? "
+            "If it is, the NOC must renew the broker certificate"
+        )
+    if "mismatch" in message.lower():
+        return (
+            f"broker TLS: the certificate is not for {config.host!r} - check agent.broker.host "
+            "(use the name the certificate was issued to)"
+        )
+    return f"broker TLS verify failed ({message}) - check agent.broker.tls.ca_file"
+
+
+def _timeout_reason(config: BrokerConfig) -> str:
+    return (
+        f"no answer from {config.host}:{config.port} within {config.connect_timeout:g}s - "
+        "a firewall dropping the connection, or the wrong address?"
+    )
+
+
+def _closed_reason(config: BrokerConfig) -> str:
+    hint = (
+        "is this port the broker's TLS listener?"
+        if config.tls is not None
+        else "is this a TLS-only port? Then configure agent.broker.tls"
+    )
+    return f"broker at {config.host}:{config.port} closed the connection before answering - {hint}"
+
+
+# -- output ------------------------------------------------------------------------------------
+
+_COLUMNS = ("STATUS", "KIND", "NAME", "TARGET", "LOSS", "RTT min/avg/max", "REASON")
+# ANSI colours for the status cell on a terminal: green, yellow, bold red.
+_COLOUR = {Status.OK: "\033[32m", Status.WARN: "\033[33m", Status.FAIL: "\033[1;31m"}
+_RESET = "\033[0m"
+
+
+def _loss(row: CheckRow) -> str:
+    loss = row.baseline.get("loss_pct")
+    return "" if loss is None else f"{loss:.0f}%"
+
+
+def _rtt(row: CheckRow) -> str:
+    values = [row.baseline.get(key) for key in ("rtt_min_ms", "rtt_avg_ms", "rtt_max_ms")]
+    if any(value is None for value in values):
+        return ""
+    return "/".join(f"{value:.2f}" for value in values) + " ms"
+
+
+def _cells(row: CheckRow) -> tuple[str, ...]:
+    return (row.status.value, row.kind, row.name, row.target, _loss(row), _rtt(row), row.reason)
+
+
+def _summary(result: CheckReport) -> str:
+    counts = {status: sum(row.status is status for row in result.rows) for status in Status}
+    mode = f", ICMP {result.icmp_mode} sockets" if result.icmp_mode else ""
+    return (
+        f"{counts[Status.OK]} OK, {counts[Status.WARN]} WARN, {counts[Status.FAIL]} FAIL "
+        f"in {result.duration_s:.1f}s{mode}"
+    )
+
+
+def render(result: CheckReport, out: TextIO) -> None:
+    """Aligned columns; on a terminal the status is coloured (the Pi has no table library)."""
+    title = f"fieldmon check: {result.site} ({result.site_name}), agent {result.agent}"
+    table = plain_table(result.rows, colour=out.isatty())
+    out.write(f"{title}\n\n{table}\n{_summary(result)}\n")
+
+
+def plain_table(rows: list[CheckRow], *, colour: bool = False) -> str:
+    """Rows as left-aligned columns; the reason column last so it may run long."""
+    lines = [_COLUMNS, *(_cells(row) for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(_COLUMNS) - 1)]
+    text = []
+    for index, line in enumerate(lines):
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        if colour and index > 0:
+            status = rows[index - 1].status
+            cells[0] = f"{_COLOUR[status]}{cells[0]}{_RESET}"
+        text.append("  ".join(cells) + f"  {line[-1]}\n")
+    return "".join(text)
+
+
+def markdown_report(result: CheckReport) -> str:
+    """A handover report: what was checked, when, the verdicts and what to do next."""
+    verdict = "FAILED" if result.failed else "passed"
+    lines = [
+        f"# Commissioning check: {result.site_name}",
+        "",
+        f"- Site: `{result.site}` (parent hospital `{result.parent_hospital}`)",
+        f"- Agent: `{result.agent}`",
+        f"- Checked: {result.started}, took {result.duration_s:.2f}s",
+        f"- Result: **{verdict}** - {_summary(result)}",
+        "",
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(_md(cell) for cell in _cells(row)) + " |" for row in result.rows]
+    todo = [row for row in result.rows if row.status is not Status.OK]
+    if todo:
+        lines += ["", "## To do", ""]
+        lines += [f"- **{row.status.value}** {row.kind} `{row.name}`: {row.reason}" for row in todo]
+    return "\n".join(lines) + "\n"
+
+
+def _md(cell: str) -> str:
+    return cell.replace("|", "\\|")

@@ -1,0 +1,55 @@
+"""`fieldmon-agent`: run the agent, check a site, validate site files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fieldmon.core.logsetup import add_logging_arguments, configure_logging
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fieldmon-agent", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the agent daemon")
+    run.add_argument("--config", required=True, type=Path, help="site_configs/SITE.yaml")
+    add_logging_arguments(run)
+
+    check = commands.add_parser("check", help="one round of every probe, for the engineer on site")
+    check.add_argument("--config", required=True, type=Path, help="site_configs/SITE.yaml")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--report", type=Path, help="also write a Markdown handover report")
+    add_logging_arguments(check, default_level="warning")
+
+    validate = commands.add_parser("validate", help="validate site files, nothing else")
+    validate.add_argument("files", nargs="+", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `fieldmon-agent` console script."""
+    args = _build_parser().parse_args(argv)
+    if args.command == "validate":
+        from fieldmon.core.site.validate import validate_site_files
+
+        return validate_site_files(args.files, sys.stdout, sys.stderr)
+    configure_logging(args.log_format, args.log_level)
+    if args.command == "run":
+        # scapy first, its MAC-vendor table emptied before anything else loads: the memory it
+        # frees is reused by the imports that follow, so the agent's peak RSS is about 15 MB
+        # lower than with the table released later (bench/agent).
+        from fieldmon.agent.probes.icmp_socket import release_scapy_tables
+
+        release_scapy_tables()
+        from fieldmon.agent.daemon import run_agent
+
+        return run_agent(args.config)
+    from fieldmon.agent.check import run_check
+
+    return run_check(args.config, as_json=args.json, report=args.report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""`fieldmon-agent run`: probes -> batcher -> outbox -> sender -> MQTT, until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from fieldmon.agent.batcher import EnvelopeBatcher
+from fieldmon.agent.outbox import Outbox
+from fieldmon.agent.probes.base import Probe
+from fieldmon.agent.probes.host import outbox_age_s
+from fieldmon.agent.probes.icmp_socket import IcmpPinger
+from fieldmon.agent.probes.registry import ProbeResources, build_probes
+from fieldmon.agent.scheduler import run_probe_forever
+from fieldmon.agent.sender import Sender
+from fieldmon.agent.snmp.client import SnmpClient
+from fieldmon.agent.snmp.errors import CryptoBackendMissingError, ProfileError
+from fieldmon.core.config.errors import ConfigError
+from fieldmon.core.mqtt.link import MqttLink, new_client
+from fieldmon.core.site.config import SiteConfig, load_site_config
+from fieldmon.core.version import part_version
+from fieldmon.core.wire import topics
+from fieldmon.core.wire.codec import encode
+from fieldmon.core.wire.models import FieldValue, Sample, StatusMessage
+
+logger = logging.getLogger(__name__)
+VERSION = part_version("fieldmon-agent")
+
+# What building probes from a valid site file can still raise: a profile file that is missing or
+# malformed, SNMPv3 privacy without the crypto backend, an unreadable secret file.
+PROBE_SETUP_ERRORS = (ProfileError, CryptoBackendMissingError, OSError)
+
+# How long a clean shutdown waits for in-flight envelopes to be acknowledged.
+SHUTDOWN_GRACE_S = 3.0
+
+
+def _status(config: SiteConfig, state: str, reason: str | None = None) -> bytes:
+    return encode(
+        StatusMessage(
+            state=state,  # type: ignore[arg-type]
+            site=config.site,
+            agent=config.agent.id,
+            at=time.time_ns(),
+            version=VERSION,
+            reason=reason,
+        )
+    )
+
+
+def agent_event(config: SiteConfig, kind: str, message: str, **fields: FieldValue) -> Sample:
+    """An `event` row: something the agent noticed that is not a periodic reading.
+
+    Tags site, agent, kind | fields message (words for the NOC) and the kind's own values. The
+    outbox classes it EVENT: it goes out before bulk samples and is dropped last.
+    """
+    return Sample(
+        measurement="event",
+        tags={"site": config.site, "agent": config.agent.id, "kind": kind},
+        fields={"message": message, **fields},
+        time=time.time_ns(),
+    )
+
+
+def _outbox_full_event(config: SiteConfig, outbox: Outbox) -> Sample:
+    return agent_event(
+        config,
+        "outbox_dropping",
+        f"the outbox reached its cap of {config.agent.outbox.max_mb:g} MB: "
+        "dropping the oldest bulk samples until the uplink drains it",
+        dropped_samples=outbox.dropped_samples,
+        waiting_samples=outbox.waiting_samples,
+    )
+
+
+def _outbox_corrupt_event(config: SiteConfig, outbox: Outbox) -> Sample:
+    return agent_event(
+        config,
+        "outbox_corrupt",
+        f"the outbox file was corrupt; moved it to {outbox.moved_aside} and started a fresh queue",
+        moved_to=str(outbox.moved_aside),
+    )
+
+
+def _connect_link(config: SiteConfig, loop: asyncio.AbstractEventLoop) -> MqttLink:
+    client = new_client(config.agent.broker, client_id=config.agent.id)
+    status_topic = topics.status_topic(config.site, config.agent.id)
+    # The broker publishes this retained "offline" if we vanish without a clean disconnect.
+    client.will_set(status_topic, _status(config, "offline", "connection lost"), qos=1, retain=True)
+    link = MqttLink(client, config.agent.broker, loop)
+
+    def birth(_session_present: bool) -> None:
+        client.publish(status_topic, _status(config, "online"), qos=1, retain=True)
+
+    link.on_connected.append(birth)
+    return link
+
+
+class ProbeSet:
+    """The running probe tasks; replaced as a whole when SIGHUP brings a new config."""
+
+    def __init__(self, batcher: EnvelopeBatcher) -> None:
+        self._batcher = batcher
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, probes: list[Probe]) -> None:
+        self._tasks = [
+            asyncio.create_task(
+                run_probe_forever(probe, self._batcher.add), name=f"probe:{probe.name}"
+            )
+            for probe in probes
+        ]
+        logger.info("probing", extra={"targets": [probe.name for probe in probes]})
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+
+async def _serve(config_path: Path, config: SiteConfig) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reload = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+
+    # One thread for every SQLite call: disk I/O never blocks the event loop.
+    disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+    outbox = await loop.run_in_executor(
+        disk,
+        lambda: Outbox(
+            config.agent.outbox.path,
+            site=config.site,
+            agent=config.agent.id,
+            max_bytes=config.agent.outbox.max_bytes,
+        ),
+    )
+    link = _connect_link(config, loop)
+    sender, batcher = build_pipeline(config, outbox, link, disk)
+    async with IcmpPinger() as pinger:
+        probes = ProbeSet(batcher)
+        snmp = SnmpClient()
+        resources = ProbeResources(
+            pinger=pinger,
+            snmp=snmp,
+            outbox_depth=lambda: outbox.waiting_samples,
+            outbox_dropped=lambda: outbox.dropped_samples,
+            outbox_age_s=lambda: outbox_age_s(outbox.oldest_created_ns, time.time_ns()),
+        )
+        probes.start(build_probes(config, resources))
+        background = [
+            asyncio.create_task(batcher.run(), name="batcher"),
+            asyncio.create_task(sender.run(), name="sender"),
+        ]
+        link.start()
+        logger.info(
+            "agent started",
+            extra={"site": config.site, "agent": config.agent.id, "version": VERSION},
+        )
+        while not stop.is_set():
+            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            if reload.is_set() and not stop.is_set():
+                reload.clear()
+                config = await _reloaded(config_path, config, probes, resources)
+        logger.info("stopping: flushing the outbox")
+        await probes.stop()
+        await batcher.flush()
+        await _drain(sender)
+        sender.before_clean_disconnect()
+        if link.connected.is_set():
+            info = link.client.publish(
+                topics.status_topic(config.site, config.agent.id),
+                _status(config, "offline", "stopped"),
+                qos=1,
+                retain=True,
+            )
+            with contextlib.suppress(RuntimeError, ValueError):
+                await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, 2.0), 2.5)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        link.stop()
+        snmp.close()
+    await loop.run_in_executor(disk, outbox.close)
+    disk.shutdown(wait=True)
+    logger.info("agent stopped", extra={"unacknowledged": sender.in_flight()})
+
+
+def build_pipeline(
+    config: SiteConfig, outbox: Outbox, link: MqttLink, disk: ThreadPoolExecutor
+) -> tuple[Sender, EnvelopeBatcher]:
+    """The sender (fed acks from `link`) and the batcher that commits to the outbox."""
+    sender = Sender(
+        outbox,
+        link,
+        site=config.site,
+        agent=config.agent.id,
+        disk=disk,
+        replay_rate=config.agent.outbox.replay_rate,
+        fresh_window=config.agent.outbox.fresh_window,
+    )
+    ack_topic = topics.ack_topic(config.site, config.agent.id)
+    ack_tasks: set[asyncio.Task[None]] = set()
+
+    def on_message(message: object) -> None:
+        if getattr(message, "topic", None) == ack_topic:
+            task = asyncio.create_task(sender.handle_ack(message.payload))  # type: ignore[attr-defined]
+            ack_tasks.add(task)
+            task.add_done_callback(ack_tasks.discard)
+
+    link.on_message = on_message
+
+    def committed() -> None:
+        sender.notify()
+        if outbox.take_drop_start():
+            batcher.add([_outbox_full_event(config, outbox)])
+
+    batcher = EnvelopeBatcher(
+        outbox,
+        disk,
+        max_samples=config.agent.max_samples_per_envelope,
+        linger=config.agent.linger,
+        on_committed=committed,
+    )
+    if outbox.moved_aside is not None:
+        batcher.add([_outbox_corrupt_event(config, outbox)])
+    return sender, batcher
+
+
+async def _drain(sender: Sender) -> None:
+    """Give in-flight envelopes a moment to be acknowledged; what is left stays on disk."""
+    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+    sender.notify()
+    while sender.in_flight() and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a count
+        await asyncio.sleep(0.05)
+
+
+async def _reloaded(
+    path: Path, current: SiteConfig, probes: ProbeSet, resources: ProbeResources
+) -> SiteConfig:
+    """Apply a changed site file's probes; identity and broker changes need a restart."""
+    try:
+        fresh = await asyncio.to_thread(load_site_config, path)
+        new_probes = build_probes(fresh, resources)
+    except ConfigError as exc:
+        logger.error("reload refused: the site file is invalid", extra={"errors": str(exc)})
+        return current
+    except PROBE_SETUP_ERRORS as exc:
+        logger.error("reload refused: a probe cannot start", extra={"error": str(exc)})
+        return current
+    if (fresh.site, fresh.agent) != (current.site, current.agent):
+        logger.warning("reload: site, agent id, broker and outbox changes need a restart")
+    await probes.stop()
+    probes.start(new_probes)
+    logger.info("reloaded the site file", extra={"file": str(path)})
+    return fresh.model_copy(update={"site": current.site, "agent": current.agent})
+
+
+def run_agent(config_path: Path) -> int:
+    """Run the agent until SIGTERM; returns the process exit status."""
+    try:
+        config = load_site_config(config_path)
+    except ConfigError as exc:
+        logger.error("invalid site file", extra={"errors": [str(i) for i in exc.issues]})
+        return 2
+    try:
+        asyncio.run(_serve(config_path, config))
+    except PROBE_SETUP_ERRORS as exc:
+        logger.error("a probe cannot start", extra={"error": str(exc)})
+        return 2
+    return 0

@@ -1,0 +1,56 @@
+"""Runs each probe on its own interval, with a random phase, never overlapping itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from fieldmon.agent.probes.base import Probe
+from fieldmon.core.wire.models import Sample
+
+logger = logging.getLogger(__name__)
+
+SampleSink = Callable[[list[Sample]], None]
+
+
+async def run_probe_forever(
+    probe: Probe, sink: SampleSink, *, rng: random.Random | None = None
+) -> None:
+    """Run `probe` every `interval` seconds until cancelled.
+
+    The first run starts at a random phase within the interval so that agents restarted
+    together do not probe in lockstep. A run may take at most one interval; a run that
+    overruns is cancelled and the next one starts on its own tick, so one slow target
+    never delays another and never piles up behind itself.
+    """
+    rng = rng or random.Random()
+    loop = asyncio.get_running_loop()
+    next_start = loop.time() + rng.uniform(0, probe.interval)
+    while True:
+        await asyncio.sleep(max(0.0, next_start - loop.time()))
+        started = time.perf_counter()
+        try:
+            samples = await asyncio.wait_for(probe.collect(), timeout=probe.interval)
+        except TimeoutError:
+            logger.warning(
+                "probe run exceeded its interval and was cut short",
+                extra={"target": probe.name, "interval_s": probe.interval},
+            )
+        except Exception:
+            # The per-target boundary: a bug in one probe must not stop the others.
+            logger.exception("probe run failed", extra={"target": probe.name})
+        else:
+            sink(samples)
+            logger.debug(
+                "probe run done",
+                extra={"target": probe.name, "duration_s": round(time.perf_counter() - started, 4)},
+            )
+        next_start += probe.interval
+        # After a stall (suspend, overload) skip missed ticks instead of bursting to catch up.
+        now = loop.time()
+        if next_start < now:
+            missed = int((now - next_start) // probe.interval) + 1
+            next_start += missed * probe.interval

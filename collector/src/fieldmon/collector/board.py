@@ -1,0 +1,75 @@
+"""What the status page shows: per site last seen, each link's latest round and recent history."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from fieldmon.collector.inventory import Inventory
+from fieldmon.core.wire.models import Envelope
+
+# Points of parent-link history kept per link for the sparkline (an hour at 10 s rounds).
+HISTORY_POINTS = 360
+
+
+@dataclass
+class LinkView:
+    """The latest round of one link and its recent loss / RTT history."""
+
+    role: str
+    latest: dict[str, float] = field(default_factory=dict)
+    latest_at: int = 0
+    history: deque[tuple[int, float, float | None]] = field(
+        default_factory=lambda: deque(maxlen=HISTORY_POINTS)
+    )
+
+
+@dataclass
+class SiteView:
+    """One site as the NOC sees it."""
+
+    name: str
+    parent_hospital: str
+    last_seen: float | None = None  # collector clock, seconds
+    links: dict[str, LinkView] = field(default_factory=dict)
+
+
+class StatusBoard:
+    """Kept up to date from accepted envelopes; read by the HTTP handlers."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self.sites: dict[str, SiteView] = {}
+        self.replace_inventory(inventory)
+
+    def replace_inventory(self, inventory: Inventory) -> None:
+        """Sites added or removed by a reload; what was seen of the others stays."""
+        fresh = {}
+        for site, config in inventory.sites.items():
+            view = self.sites.get(site) or SiteView(config.name, config.parent_hospital)
+            for link in config.links:
+                view.links.setdefault(link.name, LinkView(role=link.role.value))
+            fresh[site] = view
+        self.sites = fresh
+
+    def observe(self, envelope: Envelope) -> None:
+        """Take the `link` rows of one envelope (replayed history lands in its place)."""
+        view = self.sites.get(envelope.site)
+        if view is None:
+            return
+        view.last_seen = time.time()
+        for sample in envelope.samples:
+            if sample.measurement != "link":
+                continue
+            target = sample.tags.get("target", "")
+            link = view.links.get(target)
+            if link is None:
+                link = view.links[target] = LinkView(role=sample.tags.get("role", ""))
+            # On the ingest hot path: keep references, convert nothing (samples are immutable).
+            fields = sample.fields
+            if sample.time >= link.latest_at:
+                link.latest, link.latest_at = fields, sample.time  # type: ignore[assignment]
+            history = link.history
+            history.append((sample.time, fields.get("loss_pct", 0.0), fields.get("rtt_p95_ms")))  # type: ignore[arg-type]
+            if len(history) > 1 and history[-2][0] > sample.time:
+                link.history = deque(sorted(history), maxlen=HISTORY_POINTS)

@@ -1,0 +1,48 @@
+"""`fieldmon-collector`: run the central collector."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fieldmon.core.logsetup import add_logging_arguments, configure_logging
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fieldmon-collector", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the collector daemon")
+    run.add_argument("--config", required=True, type=Path, help="collector.yaml")
+    add_logging_arguments(run)
+    validate = commands.add_parser("validate", help="validate the collector file and its inventory")
+    validate.add_argument("--config", required=True, type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `fieldmon-collector` console script."""
+    args = _build_parser().parse_args(argv)
+    if args.command == "validate":
+        from fieldmon.collector.config import load_collector_config
+        from fieldmon.collector.inventory import load_inventory
+        from fieldmon.core.config.errors import ConfigError
+
+        try:
+            config = load_collector_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        inventory = load_inventory(config.site_configs)
+        for problem in inventory.problems:
+            print(problem, file=sys.stderr)
+        print(f"OK  {args.config}: {len(inventory.sites)} sites in {config.site_configs}")
+        return 1 if inventory.problems else 0
+    configure_logging(args.log_format, args.log_level)
+    from fieldmon.collector.daemon import run_collector
+
+    return run_collector(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The collector's own config file."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, HttpUrl, StringConstraints, field_validator
+
+from fieldmon.collector.storage.config import InfluxConfig
+from fieldmon.core.config.loader import load_model
+from fieldmon.core.config.types import Duration, SecretFile, StrictModel
+from fieldmon.core.mqtt.settings import BrokerConfig
+from fieldmon.core.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES
+
+# Deliberately loose: the SMTP server judges an address; this catches typos like a missing @.
+EmailAddress = Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+
+# Samples dated further ahead of the collector's clock than this are refused (see CollectorConfig).
+DEFAULT_MAX_TIME_AHEAD_S = 600.0
+
+
+class Role(StrEnum):
+    """What this collector process does (docs/contract.md, Scaling out)."""
+
+    INGEST = "ingest"
+    ALERTS = "alerts"
+
+
+class CollectorBrokerConfig(BrokerConfig):
+    """Broker settings plus the persistent session the broker keeps while we are down."""
+
+    client_id: str = "fieldmon-collector"
+    session_expiry: Annotated[Duration, Field(ge=0)] = 86400.0
+    shared_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+    max_payload_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_PAYLOAD_BYTES
+    # Messages the broker may send before we acknowledge; we ack only after a durable write.
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 2000
+
+
+class AlertingConfig(StrictModel):
+    """Collector-wide alert defaults; a link's own thresholds in its site file win."""
+
+    silence_timeout: Annotated[Duration, Field(gt=0)] = 60.0
+    for_rounds: Annotated[int, Field(ge=1, le=100)] = 3
+    clear_rounds: Annotated[int, Field(ge=1, le=100)] = 5
+    loss_pct: Annotated[float, Field(gt=0, le=100)] = 5.0
+    rtt_ms: Annotated[float, Field(gt=0)] = 150.0
+    jitter_ms: Annotated[float, Field(gt=0)] = 30.0
+    # More than flap_changes state changes within flap_window make a link `flapping`.
+    flap_changes: Annotated[int, Field(ge=2, le=1000)] = 4
+    flap_window: Annotated[Duration, Field(gt=0)] = 600.0
+    # A round arriving later than its link's interval plus this is history: it never pages.
+    late_after: Annotated[Duration, Field(ge=0)] = 30.0
+    # A last-will `offline` pages only if no birth follows within this (agent restarts stay quiet).
+    offline_grace: Annotated[Duration, Field(ge=0)] = 15.0
+    # A gap in an agent's seqs counts as lost (AgentDataLoss) once open this long; shorter gaps
+    # are a fresh-first replay still draining.
+    data_loss_grace: Annotated[Duration, Field(gt=0)] = 3600.0
+    # AgentDataLoss resolves once this long passes without another envelope or sample lost.
+    data_loss_clear: Annotated[Duration, Field(gt=0)] = 3600.0
+    # Device and agent alerts (fieldmon.collector.alerts.kinds); a site file's `alerting`
+    # section overrides the thresholds and durations (not the clear settings) for its site.
+    ap_down_polls: Annotated[int, Field(ge=1, le=100)] = 3  # up=0 (or no row) this many polls
+    interface_down_polls: Annotated[int, Field(ge=1, le=100)] = 3  # oper_up=0 this many polls
+    device_clear_polls: Annotated[int, Field(ge=1, le=100)] = 2  # ApDown/InterfaceDown clear
+    uplink_util_pct: Annotated[float, Field(gt=0, le=100)] = 90.0
+    uplink_saturated_for: Annotated[Duration, Field(ge=0)] = 300.0
+    backlog_depth: Annotated[int, Field(ge=1)] = 5000  # samples waiting in the agent's outbox
+    # ...or the oldest unacknowledged sample this old (`outbox_age_s`, where the agent reports it)
+    backlog_age: Annotated[Duration, Field(gt=0)] = 900.0
+    backlog_for: Annotated[Duration, Field(ge=0)] = 300.0
+    power_for: Annotated[Duration, Field(ge=0)] = 60.0  # under-voltage / throttled this long
+    # UplinkSaturated, AgentBacklog and AgentPower clear after this long under 80 % / unset.
+    condition_clear_for: Annotated[Duration, Field(ge=0)] = 120.0
+
+
+class AlertmanagerConfig(StrictModel):
+    """Prometheus Alertmanager API v2."""
+
+    url: HttpUrl
+    # Firing alerts are re-sent this often, with endsAt four intervals ahead (notify/alertmanager).
+    resend_interval: Annotated[Duration, Field(gt=0)] = 60.0
+    timeout: Annotated[Duration, Field(gt=0)] = 10.0  # per HTTP request
+
+
+class WebhookConfig(StrictModel):
+    """A generic JSON webhook, HMAC-SHA256 signed with a secret from a file."""
+
+    url: HttpUrl
+    secret_file: SecretFile | None = None
+    timeout: Annotated[Duration, Field(gt=0)] = 10.0  # per HTTP request
+
+
+class EmailConfig(StrictModel):
+    """SMTP e-mail to on-call."""
+
+    smtp_host: Annotated[str, Field(min_length=1)]
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    from_: EmailAddress = Field(alias="from")
+    to: Annotated[list[EmailAddress], Field(min_length=1)]
+    starttls: bool = False
+    username: str | None = None
+    password_file: SecretFile | None = None
+    timeout: Annotated[Duration, Field(gt=0)] = 30.0  # per SMTP conversation
+
+
+class NotifyConfig(StrictModel):
+    """Where notifications go; each notifier is optional."""
+
+    alertmanager: AlertmanagerConfig | None = None
+    webhook: list[WebhookConfig] = Field(default_factory=list)
+    email: EmailConfig | None = None
+    dashboard_url: HttpUrl | None = None  # base link put in every notification
+    # Per notifier: transitions kept while it is slow or down; past this the oldest are dropped.
+    queue_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 8  # per batch, then it is dropped (logged)
+    backoff_max: Annotated[Duration, Field(gt=0)] = 60.0  # cap of the jittered retry backoff
+
+
+class HttpConfig(StrictModel):
+    """The collector's HTTP endpoint: status page, health, metrics, API."""
+
+    listen: str = "127.0.0.1:8480"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT (for example 127.0.0.1:8480)")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class SpoolConfig(StrictModel):
+    """The disk spool: batches InfluxDB does not take within `retry_budget` wait here, durably.
+
+    A spooled batch is acknowledged to the broker and the agents (it is fsync'd first) and
+    written to InfluxDB, oldest first, once it answers again. When the spool is full the
+    collector stops acknowledging, so the broker and the agents' outboxes keep the data.
+    """
+
+    enabled: bool = True
+    dir: Path | None = None  # default: data_dir/spool; relative paths are relative to this file
+    max_mb: Annotated[float, Field(gt=0)] = 1024.0  # disk the spool may take, in MiB
+    segment_mb: Annotated[float, Field(gt=0, le=1024)] = 16.0  # size of one segment file
+    # In-memory retries of a batch (429 / 5xx / timeouts / refused) before it is spooled.
+    retry_budget: Annotated[Duration, Field(ge=0)] = 5.0
+
+
+class CollectorConfig(StrictModel):
+    """Everything the collector daemon needs."""
+
+    broker: CollectorBrokerConfig
+    influxdb: InfluxConfig
+    site_configs: Path  # the inventory: which agents belong to which site
+    roles: Annotated[list[Role], Field(min_length=1)] = [Role.INGEST, Role.ALERTS]
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    data_dir: Path = Path("/var/lib/fieldmon-collector")  # dead letters, alert state, the spool
+    # Samples dated further ahead of this collector's clock are dead-lettered, not stored or
+    # judged: the agent's clock is wrong (see ingest.split_by_clock).
+    max_time_ahead: Annotated[Duration, Field(gt=0)] = DEFAULT_MAX_TIME_AHEAD_S
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the spool's segment files live."""
+        return self.spool.dir if self.spool.dir is not None else self.data_dir / "spool"
+
+
+def load_collector_config(path: Path | str) -> CollectorConfig:
+    """Load and validate the collector file; site_configs is relative to the file."""
+    path = Path(path)
+    config = load_model(path, CollectorConfig)
+    if not config.site_configs.is_absolute():
+        config.site_configs = (path.parent / config.site_configs).resolve()
+    if not config.data_dir.is_absolute():
+        config.data_dir = (path.parent / config.data_dir).resolve()
+    if config.spool.dir is not None and not config.spool.dir.is_absolute():
+        config.spool.dir = (path.parent / config.spool.dir).resolve()
+    return config

@@ -1,0 +1,79 @@
+"""Which MQTT subscriptions a collector makes for its roles, and where each message goes.
+
+MQTT v5 subscription identifiers tell the copies apart when one process holds both the ingest
+shared subscription and the alert role's ordinary one (the broker then delivers a message once
+per matching subscription). Every QoS 1 message is acknowledged exactly once: by ingest after
+its write, otherwise here as soon as it has been handled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from fieldmon.core.wire import topics
+from fieldmon.core.wire.topics import TopicKind
+
+INGEST_ID, ALERT_SAMPLES_ID, STATUS_ID = 1, 2, 3
+
+Handler = Callable[[mqtt.MQTTMessage], None]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One topic filter with its subscription identifier."""
+
+    topic: str
+    identifier: int
+
+    def subscribe(self, client: mqtt.Client) -> None:
+        """Subscribe QoS 1 with the identifier attached."""
+        properties = Properties(PacketTypes.SUBSCRIBE)
+        properties.SubscriptionIdentifier = self.identifier
+        client.subscribe(self.topic, qos=1, properties=properties)
+
+
+def plan(ingest: bool, alerts: bool, shared_group: str | None) -> list[Subscription]:
+    """The subscriptions for these roles; the alert role reads the whole stream, never shared."""
+    plans = []
+    if ingest:
+        plans.append(Subscription(topics.subscription(TopicKind.SAMPLES, shared_group), INGEST_ID))
+    if alerts:
+        if not ingest or shared_group:
+            plans.append(Subscription(topics.subscription(TopicKind.SAMPLES), ALERT_SAMPLES_ID))
+        plans.append(Subscription(topics.subscription(TopicKind.STATUS), STATUS_ID))
+    return plans
+
+
+@dataclass
+class Router:
+    """Dispatches each message by its subscription identifiers; acks what ingest does not own."""
+
+    client: mqtt.Client
+    ingest: Handler | None
+    alert_samples: Handler | None
+    status: Handler | None
+
+    def __call__(self, message: mqtt.MQTTMessage) -> None:
+        ids = _identifiers(message)
+        ingest_owns = self.ingest is not None and INGEST_ID in ids
+        if ingest_owns:
+            self.ingest(message)  # type: ignore[misc]
+        if self.alert_samples is not None and ALERT_SAMPLES_ID in ids:
+            self.alert_samples(message)
+        if self.status is not None and STATUS_ID in ids:
+            self.status(message)
+        if not ingest_owns and message.qos:
+            self.client.ack(message.mid, message.qos)
+
+
+def _identifiers(message: mqtt.MQTTMessage) -> set[int]:
+    properties = getattr(message, "properties", None)
+    value = getattr(properties, "SubscriptionIdentifier", None) if properties else None
+    if value is None:
+        return set()
+    return set(value) if isinstance(value, list) else {int(value)}

@@ -1,0 +1,17 @@
+"""Event hook scripts: where they live and how long one may run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+
+from fieldmon.core.config.types import Duration, StrictModel
+
+
+class HooksConfig(StrictModel):
+    """Where the site's hook scripts live and how long one may run."""
+
+    dir: Path
+    timeout: Annotated[Duration, Field(gt=0)] = 20.0

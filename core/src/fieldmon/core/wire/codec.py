@@ -1,0 +1,114 @@
+"""JSON encoding of wire messages, and a decoder that never raises."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+
+from fieldmon.core.wire.models import SCHEMA_VERSION, Envelope, Sample
+
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+# Longest rejection detail kept: it goes to logs and the dead-letter record, and a hostile
+# payload can put a megabyte-long key into pydantic's error location.
+_MAX_DETAIL_CHARS = 300
+
+
+class RejectReason(StrEnum):
+    """Why a payload was not accepted; used as a metric label, so the set is fixed."""
+
+    OVERSIZED = "oversized"
+    NOT_JSON = "not_json"
+    UNSUPPORTED_SCHEMA = "unsupported_schema"
+    INVALID = "invalid"
+    TOPIC_MISMATCH = "topic_mismatch"
+    UNKNOWN_AGENT = "unknown_agent"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A payload that is not a valid Envelope: a fixed reason code plus a human detail."""
+
+    reason: RejectReason
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+def _rejection(reason: RejectReason, detail: str) -> Rejection:
+    if len(detail) > _MAX_DETAIL_CHARS:
+        detail = detail[: _MAX_DETAIL_CHARS - 3] + "..."
+    return Rejection(reason, detail)
+
+
+_SAMPLE_ADAPTER: TypeAdapter[Sample] = TypeAdapter(Sample)
+
+
+def encode(message: BaseModel | Sample) -> bytes:
+    """Compact JSON, with field aliases (the Envelope's `schema`)."""
+    if isinstance(message, Sample):
+        return _SAMPLE_ADAPTER.dump_json(message)
+    return message.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def _schema_version(payload: bytes) -> object:
+    """Best-effort read of the `schema` key, to tell a newer agent from a broken one."""
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return document.get("schema") if isinstance(document, dict) else None
+
+
+# pydantic names the member of FieldValue's union that each error came from; one bad value
+# gives one error per member. Those are folded into one problem per value.
+_UNION_MEMBERS = frozenset({"bool", "int", "float", "str", "constrained-float"})
+_FIELD_VALUE_HINT = "must be a boolean, a 64-bit integer, a finite number or a string"
+
+
+def _problems(errors: list[ErrorDetails]) -> list[tuple[str, str]]:
+    """(location, message) per invalid value, union members folded together, in order."""
+    problems: dict[str, str] = {}
+    for error in errors:
+        loc = error["loc"]
+        folded = bool(loc) and loc[-1] in _UNION_MEMBERS
+        where = ".".join(str(part) for part in (loc[:-1] if folded else loc)) or "(document)"
+        if not folded:
+            problems.setdefault(where, error["msg"])
+        elif error["type"] == "finite_number":
+            problems[where] = f"{error['msg']} (NaN and infinity cannot be stored)"
+        else:
+            problems.setdefault(where, _FIELD_VALUE_HINT)
+    return list(problems.items())
+
+
+def decode_envelope(
+    payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> Envelope | Rejection:
+    """Turn any bytes into an Envelope or a Rejection with a reason; never raises."""
+    if len(payload) > max_bytes:
+        return _rejection(RejectReason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+    try:
+        # by_name=False: on the wire the key is `schema`; `schema_` is only the Python name.
+        return Envelope.model_validate_json(payload, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(error["type"] == "json_invalid" for error in errors):
+            return _rejection(RejectReason.NOT_JSON, errors[0]["msg"])
+        version = _schema_version(payload)
+        # Only an integer other than ours is a newer (or older) agent; anything else is broken.
+        if type(version) is int and version != SCHEMA_VERSION:
+            return _rejection(
+                RejectReason.UNSUPPORTED_SCHEMA,
+                f"schema {version!r}, this collector reads {SCHEMA_VERSION}",
+            )
+        problems = _problems(errors)
+        where, message = problems[0]
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return _rejection(RejectReason.INVALID, f"{where}: {message}{more}")
+    except (RecursionError, MemoryError) as exc:
+        return _rejection(RejectReason.INVALID, f"unparseable document: {type(exc).__name__}")
