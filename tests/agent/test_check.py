@@ -508,7 +508,7 @@ def test_runner_cuts_a_run_at_its_interval_and_says_so() -> None:
 
 def test_runner_judges_a_probe_without_verdict_by_its_samples() -> None:
     row = asyncio.run(check_probe(_plan(_FakeProbe())))
-    assert (row.status, row.reason) == (Status.OK, "1 samples")
+    assert (row.status, row.reason) == (Status.OK, "1 sample")
 
 
 def test_a_probe_that_raises_is_a_fail_row_naming_the_error() -> None:

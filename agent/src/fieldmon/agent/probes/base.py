@@ -77,7 +77,8 @@ def plain_verdict(run: Run, budget_s: float) -> Verdict:
         return Verdict(Status.FAIL, f"no result within {budget_s:g}s")
     if not run.samples:
         return Verdict(Status.WARN, "the probe ran but gave no samples")
-    return Verdict(Status.OK, f"{len(run.samples)} samples")
+    count = len(run.samples)
+    return Verdict(Status.OK, f"{count} sample{'' if count == 1 else 's'}")
 
 
 @dataclass(frozen=True)
