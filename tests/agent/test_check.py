@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import importlib
+import importlib.util
 import ipaddress
 import json
 import os
@@ -16,18 +16,27 @@ from typing import Any
 
 import pytest
 
-from fieldmon.agent import check as check_module
 from fieldmon.agent.check import (
     CheckReport,
     CheckRow,
     Status,
-    judge_link,
+    check_probe,
+    check_site,
     markdown_report,
     plain_table,
 )
+from fieldmon.agent.probes import icmp
+from fieldmon.agent.probes.base import ProbeKind, Run, Verdict
+from fieldmon.agent.probes.icmp import IcmpProbe, judge_round
 from fieldmon.agent.probes.icmp_socket import RoundResult
+from fieldmon.agent.probes.registry import Planned
+from fieldmon.agent.probes.snmp import SnmpProbe
+from fieldmon.agent.snmp import client as snmp_client_module
 from fieldmon.core.site.config import SiteConfig
+from fieldmon.core.site.host import HostConfig
 from fieldmon.core.site.links import IcmpLinkConfig
+from fieldmon.core.site.snmp import SnmpDeviceConfig
+from fieldmon.core.wire.models import Sample
 from fieldmon.lab.netns import Namespace, silent_host, unique_name, veth
 from fieldmon.lab.servers import MosquittoServer, SnmpdServer, free_port
 
@@ -103,11 +112,15 @@ def test_everything_up_exits_zero(tmp_path: Path, mosquitto: MosquittoServer) ->
     header = next(line for line in lines if line.startswith("STATUS"))
     gateway = next(line for line in lines if "site-gateway" in line)
     broker = next(line for line in lines if line.startswith("OK") and " broker " in line)
+    host = next(line for line in lines if " host " in line)
     assert gateway.startswith("OK")
     assert "3 of 3 echoes answered" in gateway
     assert header.index("REASON") == gateway.index("3 of 3")  # columns line up
     assert "connected and logged in" in broker
-    assert "2 OK, 0 WARN, 0 FAIL" in completed.stdout
+    # The host row is this machine's own health: OK, or WARN on a nearly full disk.
+    assert host.startswith(("OK", "WARN")), host
+    host_ok = host.startswith("OK")
+    assert f"{2 + host_ok} OK, {1 - host_ok} WARN, 0 FAIL" in completed.stdout
 
 
 @pytest.mark.netns
@@ -184,13 +197,20 @@ def test_json_has_every_row_with_baseline(tmp_path: Path, mosquitto: MosquittoSe
     assert data["agent"] == "pavilion-2-pi1"
     assert data["icmp_mode"] in {"raw", "datagram"}
     rows = _rows(completed)
-    assert set(rows) == {"site-gateway", "lo-again", "broker"}
+    assert set(rows) == {"site-gateway", "lo-again", "host", "broker"}
+    assert [row["kind"] for row in json.loads(completed.stdout)["rows"]] == [
+        "link",
+        "link",
+        "host",
+        "broker",
+    ]
     assert rows["lo-again"]["baseline"]["sent"] == 4
     assert rows["lo-again"]["baseline"]["received"] == 4
     assert rows["lo-again"]["baseline"]["loss_pct"] == 0.0
     assert rows["lo-again"]["baseline"]["rtt_p50_ms"] > 0
     assert rows["broker"]["target"] == f"127.0.0.1:{mosquitto.port}"
     assert rows["broker"]["baseline"] == {}
+    assert 0 <= rows["host"]["baseline"]["disk_pct"] <= 100
 
 
 def test_report_writes_markdown(tmp_path: Path) -> None:
@@ -374,19 +394,133 @@ def test_snmp_devices_answering_and_not(tmp_path: Path) -> None:
     )
 
 
-def test_snmp_rows_say_so_when_the_build_has_no_snmp_probe(
+def test_unknown_profile_is_a_fail_row_not_a_traceback(tmp_path: Path) -> None:
+    device = {**_snmp_device(tmp_path, "ap-hall-a", free_port(), "public"), "profile": "nope"}
+    config = _write_site(tmp_path, port=free_port(), links=[], snmp_devices=[device])
+    completed = _check(config, "--json")
+    assert completed.returncode == 1
+    assert "Traceback" not in completed.stderr
+    row = _rows(completed)["ap-hall-a"]
+    assert (row["kind"], row["target"], row["status"]) == ("snmp", "127.0.0.1", "FAIL")
+    assert row["reason"].startswith("no SNMP profile 'nope' (")
+    assert "known: aruba, cisco-wlc, generic-ap, if-mib, mikrotik, unifi" in row["reason"]
+
+
+def test_snmpv3_privacy_without_crypto_backend_is_a_fail_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    snmp_module = importlib.import_module("fieldmon.agent.probes.snmp")
-    monkeypatch.delattr(snmp_module, "SnmpProbe", raising=False)
-    device = _snmp_device(tmp_path, "ap-hall-a", 161, "public")
-    config = SiteConfig.model_validate(
-        json.loads(_write_site(tmp_path, port=1883, links=[], snmp_devices=[device]).read_text())
+    keys = []
+    for name in ("auth", "priv"):
+        keys.append(tmp_path / f"{name}.key")
+        keys[-1].write_text("a-long-enough-key\n", encoding="utf-8")
+    device = {
+        "name": "uplink-router",
+        "address": "127.0.0.1",
+        "profile": "if-mib",
+        "snmp": {
+            "version": 3,
+            "user": "fieldmon",
+            "auth": "sha",
+            "auth_key_file": str(keys[0]),
+            "priv": "aes",
+            "priv_key_file": str(keys[1]),
+        },
+    }
+    path = _write_site(tmp_path, port=free_port(), links=[], snmp_devices=[device])
+    config = SiteConfig.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    real_find_spec = importlib.util.find_spec
+
+    def without_cryptography(name: str, *args: Any) -> Any:
+        return None if name == "cryptography" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(snmp_client_module.importlib.util, "find_spec", without_cryptography)
+    rows = {row.name: row for row in asyncio.run(check_site(config)).rows}
+    assert set(rows) == {"uplink-router", "host", "broker"}
+    assert rows["uplink-router"].status is Status.FAIL
+    assert rows["uplink-router"].reason == (
+        "SNMP device uplink-router: SNMPv3 privacy (priv) needs the Python package "
+        "'cryptography', which is not installed: pip install cryptography"
     )
-    rows = asyncio.run(check_module.check_snmp_devices(config))
-    assert [(row.name, row.status, row.reason) for row in rows] == [
-        ("ap-hall-a", Status.WARN, "SNMP check not available in this build")
-    ]
+
+
+# -- the runner, with fake probes (no network) ----------------------------------------------
+
+
+class _FakeProbe:
+    """A probe whose run gives `samples` after `delay` seconds, or raises `error`."""
+
+    def __init__(
+        self, *, delay: float = 0.0, error: Exception | None = None, interval: float = 5.0
+    ) -> None:
+        self.name = "fake"
+        self.interval = interval
+        self.delay = delay
+        self.error = error
+
+    async def collect(self) -> list[Sample]:
+        await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        return [Sample(measurement="host", tags={"site": "s"}, fields={"up": 1}, time=1)]
+
+
+class _JudgedFakeProbe(_FakeProbe):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.runs: list[Run] = []
+
+    def verdict(self, run: Run) -> Verdict:
+        self.runs.append(run)
+        return Verdict(Status.WARN, "judged", {"answer": 42})
+
+
+def _plan(probe: Any) -> Planned:
+    kind = ProbeKind(
+        name="fake",
+        config_model=HostConfig,
+        site_section="host",
+        probe=type(probe),
+        measurements=("host",),
+        build=lambda *_args: probe,
+        label="fake-kind",
+        target=lambda _config: "somewhere",
+    )
+    return Planned(kind, HostConfig(), probe)
+
+
+def test_runner_asks_a_judged_probe_for_its_verdict_with_the_timed_run() -> None:
+    probe = _JudgedFakeProbe(delay=0.05)
+    row = asyncio.run(check_probe(_plan(probe)))
+    assert row == CheckRow("fake-kind", "fake", "somewhere", Status.WARN, "judged", {"answer": 42})
+    [run] = probe.runs
+    assert not run.timed_out
+    assert len(run.samples) == 1
+    assert 0.05 <= run.duration_s < 1.0
+
+
+def test_runner_cuts_a_run_at_its_interval_and_says_so() -> None:
+    probe = _JudgedFakeProbe(delay=5.0, interval=0.1)
+    asyncio.run(check_probe(_plan(probe)))
+    assert probe.runs == [Run([], 0.1, timed_out=True)]
+    plain = asyncio.run(check_probe(_plan(_FakeProbe(delay=5.0, interval=0.1))))
+    assert (plain.status, plain.reason) == (Status.FAIL, "no result within 0.1s")
+
+
+def test_runner_judges_a_probe_without_verdict_by_its_samples() -> None:
+    row = asyncio.run(check_probe(_plan(_FakeProbe())))
+    assert (row.status, row.reason) == (Status.OK, "1 sample")
+
+
+def test_a_probe_that_raises_is_a_fail_row_naming_the_error() -> None:
+    row = asyncio.run(check_probe(_plan(_FakeProbe(error=KeyError("oops")))))
+    assert (row.status, row.reason) == (Status.FAIL, "the probe failed: KeyError: 'oops'")
+
+
+def test_a_probe_never_built_is_a_fail_row_naming_why() -> None:
+    plan = _plan(_FakeProbe())
+    unbuilt = Planned(plan.kind, plan.config, None, OSError("secret file unreadable"))
+    row = asyncio.run(check_probe(unbuilt))
+    assert row == CheckRow("fake-kind", "fake", "somewhere", Status.FAIL, "secret file unreadable")
 
 
 # -- verdicts on recorded rounds (no network) ----------------------------------------------
@@ -396,43 +530,93 @@ def _link(**overrides: Any) -> IcmpLinkConfig:
     return IcmpLinkConfig.model_validate({**LOOPBACK_LINK, "address": "192.0.2.1", **overrides})
 
 
+class _RecordedPinger:
+    """Stands in for the IcmpPinger: every round returns the recorded result."""
+
+    def __init__(self, result: RoundResult) -> None:
+        self.result = result
+
+    async def round(self, address: str, **_options: Any) -> RoundResult:
+        return self.result
+
+
+def test_icmp_probe_judges_its_last_round() -> None:
+    link = _link(role="parent")
+    recorded = RoundResult("192.0.2.1", sent=3)
+    probe = IcmpProbe(link, pinger=_RecordedPinger(recorded), site="s", agent="a")  # type: ignore[arg-type]
+    samples = asyncio.run(probe.collect())
+    verdict = probe.verdict(Run(samples, 0.5))
+    assert verdict.status is Status.FAIL
+    assert verdict.reason == (
+        "no reply to 3 echoes from 192.0.2.1 - check the cable or the parent hospital firewall"
+    )
+    assert verdict.baseline == samples[0].fields
+    cut_short = probe.verdict(Run([], 10.0, timed_out=True))
+    assert cut_short.status is Status.FAIL
+
+
 def test_partial_loss_warns() -> None:
-    row = judge_link(_link(count=10), RoundResult("192.0.2.1", sent=10, rtts_ms=[5.0] * 7))
-    assert row.status is Status.WARN
-    assert row.reason.startswith("3 of 10 echoes lost (30%)")
-    assert row.baseline["loss_pct"] == pytest.approx(30.0)
+    verdict = judge_round(_link(count=10), RoundResult("192.0.2.1", sent=10, rtts_ms=[5.0] * 7))
+    assert verdict.status is Status.WARN
+    assert verdict.reason.startswith("3 of 10 echoes lost (30%)")
+    assert verdict.baseline["loss_pct"] == pytest.approx(30.0)
 
 
 def test_slow_link_warns_against_its_threshold() -> None:
     link = _link(thresholds={"rtt_ms": 80})
-    row = judge_link(link, RoundResult("192.0.2.1", sent=3, rtts_ms=[95.0, 100.0, 120.0]))
-    assert row.status is Status.WARN
-    assert "median RTT 100.00 ms is over this link's 80 ms threshold" in row.reason
-    ok = judge_link(link, RoundResult("192.0.2.1", sent=3, rtts_ms=[20.0, 30.0, 25.0]))
+    verdict = judge_round(link, RoundResult("192.0.2.1", sent=3, rtts_ms=[95.0, 100.0, 120.0]))
+    assert verdict.status is Status.WARN
+    assert "median RTT 100.00 ms is over this link's 80 ms threshold" in verdict.reason
+    ok = judge_round(link, RoundResult("192.0.2.1", sent=3, rtts_ms=[20.0, 30.0, 25.0]))
     assert ok.status is Status.OK
 
 
 def test_jitter_over_threshold_warns() -> None:
     link = _link(thresholds={"jitter_ms": 5})
-    row = judge_link(link, RoundResult("192.0.2.1", sent=3, rtts_ms=[10.0, 40.0, 10.0]))
-    assert row.status is Status.WARN
-    assert "jitter 30.00 ms" in row.reason
+    verdict = judge_round(link, RoundResult("192.0.2.1", sent=3, rtts_ms=[10.0, 40.0, 10.0]))
+    assert verdict.status is Status.WARN
+    assert "jitter 30.00 ms" in verdict.reason
 
 
 def test_missing_interface_is_named() -> None:
     link = _link(interface="wwan0", role="parent")
-    row = judge_link(link, RoundResult("192.0.2.1", sent=3, errors={"ENODEV": 3}))
-    assert row.status is Status.FAIL
-    assert row.target == "192.0.2.1 via wwan0"
-    assert row.reason == (
+    verdict = judge_round(link, RoundResult("192.0.2.1", sent=3, errors={"ENODEV": 3}))
+    assert verdict.status is Status.FAIL
+    assert icmp.KIND.target(link) == "192.0.2.1 via wwan0"
+    assert verdict.reason == (
         "interface wwan0 does not exist - is the NIC or modem plugged in? (ENODEV x3)"
     )
 
 
 def test_unknown_send_error_is_reported_as_is() -> None:
-    row = judge_link(_link(), RoundResult("192.0.2.1", sent=2, errors={"EMSGSIZE": 2}))
-    assert row.status is Status.FAIL
-    assert row.reason == "echoes to 192.0.2.1 could not be sent (EMSGSIZE x2)"
+    verdict = judge_round(_link(), RoundResult("192.0.2.1", sent=2, errors={"EMSGSIZE": 2}))
+    assert verdict.status is Status.FAIL
+    assert verdict.reason == "echoes to 192.0.2.1 could not be sent (EMSGSIZE x2)"
+
+
+def test_snmp_verdicts_from_the_last_poll(tmp_path: Path) -> None:
+    device = SnmpDeviceConfig.model_validate(_snmp_device(tmp_path, "ap-hall-a", 161, "public"))
+    client = snmp_client_module.SnmpClient()
+    try:
+        probe = SnmpProbe(device, site="s", agent="a", client=client)
+    finally:
+        client.close()
+    silent = probe.verdict(Run([], 0.1))
+    assert (silent.status, silent.reason) == (
+        Status.WARN,
+        "ap-hall-a answers SNMP but reports nothing for profile 'if-mib' - "
+        "is that the right profile (or interfaces filter) for this device?",
+    )
+    probe.last_error = "ap-hall-a: GET sysUpTime: error status genErr"
+    failed = probe.verdict(Run([], 0.1))
+    assert (failed.status, failed.reason) == (
+        Status.FAIL,
+        "SNMP error from ap-hall-a: ap-hall-a: GET sysUpTime: error status genErr",
+    )
+    probe.last_timed_out = True
+    assert probe.verdict(Run([], 0.1)).reason == (
+        "SNMP timeout from ap-hall-a (127.0.0.1:161) - wrong community or SNMP disabled?"
+    )
 
 
 def test_plain_table_escapes_nothing_and_markdown_escapes_pipes() -> None:

@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from fieldmon.agent.probes import host as host_module
+from fieldmon.agent.probes.base import Run, Status, Verdict
 from fieldmon.agent.probes.host import HostProbe
 from fieldmon.core.site.host import HostConfig
 from fieldmon.core.wire.models import Sample
@@ -181,3 +182,64 @@ def test_cpu_busy_pct_does_not_count_guest_twice() -> None:
 def test_cpu_busy_pct_without_elapsed_time_is_unknown() -> None:
     same = CpuTimes(1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0)
     assert host_module.cpu_busy_pct(same, same) is None
+
+
+# -- the verdict `fieldmon-agent check` shows ----------------------------------------------
+
+
+def _judge(probe: HostProbe) -> Verdict:
+    samples = asyncio.run(probe.collect())
+    return probe.verdict(Run(samples, 0.01))
+
+
+def test_healthy_host_is_ok_with_its_figures(no_sensors: None) -> None:
+    health = PiHealth(throttle=ThrottleState.from_word(0x50000), temp_c=48.0)
+    verdict = _judge(_probe(health))
+    assert verdict.status is Status.OK
+    assert verdict.reason.startswith("disk ")
+    assert "% full, memory " in verdict.reason
+    assert verdict.reason.endswith(", 48 °C")
+    assert 0 <= verdict.baseline["disk_pct"] <= 100
+    assert "undervoltage" not in verdict.baseline  # flags are in the reason, not the figures
+
+
+def test_undervoltage_now_warns(no_sensors: None) -> None:
+    verdict = _judge(_probe(PiHealth(throttle=ThrottleState.from_word(0x5), temp_c=50.0)))
+    assert verdict.status is Status.WARN
+    assert verdict.reason == (
+        "under-voltage now (Pi firmware) - use the Pi's own power supply and a short, thick cable"
+    )
+
+
+def test_throttled_without_undervoltage_blames_heat(no_sensors: None) -> None:
+    verdict = _judge(_probe(PiHealth(throttle=ThrottleState.from_word(0x8), temp_c=84.0)))
+    assert verdict.status is Status.WARN
+    assert verdict.reason.startswith("the firmware slows the CPU now - too hot?")
+
+
+def test_nearly_full_outbox_disk_warns(monkeypatch: pytest.MonkeyPatch, no_sensors: None) -> None:
+    usage = namedtuple("usage", "total used free percent")
+    monkeypatch.setattr(psutil, "disk_usage", lambda _path: usage(100, 93, 7, 93.4))
+    verdict = _judge(_probe(None, config={"disk_path": "/var/lib/fieldmon"}))
+    assert verdict.status is Status.WARN
+    assert verdict.reason == (
+        "the disk holding /var/lib/fieldmon is 93% full - "
+        "the outbox has little room to keep samples through an outage"
+    )
+
+
+def test_unmeasurable_disk_path_warns(tmp_path: Path, no_sensors: None) -> None:
+    missing = tmp_path / "not-mounted"
+    verdict = _judge(_probe(None, config={"disk_path": str(missing)}))
+    assert verdict.status is Status.WARN
+    assert verdict.reason == (
+        f"cannot measure the filesystem of {missing} - does host.disk_path exist on this host?"
+    )
+
+
+def test_a_reading_cut_short_warns() -> None:
+    verdict = _probe(None).verdict(Run([], 30.0, timed_out=True))
+    assert (verdict.status, verdict.reason) == (
+        Status.WARN,
+        "no reading within 30s - is this host overloaded?",
+    )

@@ -17,7 +17,7 @@ from fieldmon.collector.alerts.model import (
 )
 from fieldmon.collector.config import NotifyConfig
 from fieldmon.collector.notify import (
-    NOTIFIERS,
+    NOTIFIER_KINDS,
     Dispatcher,
     PermanentNotifyError,
     RetryableNotifyError,
@@ -202,9 +202,20 @@ def test_registry_builds_every_configured_notifier(tmp_path: Path) -> None:
     assert [n.name for n in build_notifiers(NotifyConfig())] == []
     assert [isinstance(n, Refreshing) for n in built] == [True, True, False, False, False]
     # Every registered notifier is documented, and sends and closes asynchronously.
-    for cls in NOTIFIERS.values():
+    for kind in NOTIFIER_KINDS:
+        cls = kind.notifier
         assert inspect.getdoc(cls) and inspect.getdoc(inspect.getmodule(cls))
         assert inspect.iscoroutinefunction(cls.send) and inspect.iscoroutinefunction(cls.close)
+
+
+def test_mqtt_alerts_can_be_turned_off_and_refreshed_at_their_own_pace() -> None:
+    publish = lambda _t, _p, _r: None  # noqa: E731 - a stand-in for the broker connection
+    [notifier] = build_notifiers(
+        NotifyConfig.model_validate({"mqtt": {"refresh_interval": "1m"}}), mqtt_publish=publish
+    )
+    assert (notifier.name, getattr(notifier, "refresh_interval", None)) == ("mqtt", 60.0)
+    disabled = NotifyConfig.model_validate({"mqtt": {"enabled": False}})
+    assert build_notifiers(disabled, mqtt_publish=publish) == []
 
 
 def test_headline_fits_a_lock_screen() -> None:

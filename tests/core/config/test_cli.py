@@ -62,3 +62,19 @@ def test_unreadable_path_is_an_issue_not_a_traceback(target: Path, reason: str) 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[0] == f"{target}: cannot read file: {reason}"
+
+
+def test_validate_loads_no_probe_and_no_probing_library() -> None:
+    """`validate` needs the site schema (core) only: no scapy, pysnmp or psutil to start up."""
+    code = (
+        "import sys\n"
+        "from fieldmon.agent.cli import main\n"
+        f"status = main(['validate', {str(GOOD)!r}])\n"
+        "heavy = {name.split('.')[0] for name in sys.modules} & {'scapy', 'pysnmp', 'psutil'}\n"
+        "probes = [name for name in sys.modules if name.startswith('fieldmon.agent.probes')]\n"
+        "print(status, sorted(heavy), probes)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.stdout.splitlines()[-1] == "0 [] []", result.stdout + result.stderr

@@ -1,16 +1,19 @@
-"""`fieldmon-agent check`: one round of every link, device and the broker, judged in plain words.
+"""`fieldmon-agent check`: one run of every probe and a broker connection, judged in plain words.
 
-For the engineer commissioning a site. Every check runs at once, so the command takes about as
-long as the slowest one (an ICMP round or the broker's connect_timeout). Exit status: 0 when
-nothing failed (warnings allowed), 1 on any FAIL, 2 when the site file itself is invalid.
+For the engineer commissioning a site. The probes are the daemon's own, built from the same
+registry (fieldmon.agent.probes.registry) with the same shared pinger and SNMP client; this
+runner gives each one `collect()` within its interval, times it, and asks the probe for its
+verdict. Everything runs at once, so the command takes about as long as the slowest check (an
+ICMP round, an SNMP timeout or the broker's connect_timeout). Exit status: 0 when nothing
+failed (warnings allowed), 1 on any FAIL, 2 when the site file itself is invalid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib
 import json
+import logging
 import secrets
 import socket
 import ssl
@@ -19,65 +22,50 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fieldmon.agent.probes.icmp_socket import IcmpPinger, RoundResult
-from fieldmon.agent.stats import RoundStats, summarize
+from fieldmon.agent.probes.base import (
+    Judged,
+    ProbeResources,
+    Run,
+    Status,
+    plain_verdict,
+)
+from fieldmon.agent.probes.icmp_socket import IcmpPinger
+from fieldmon.agent.probes.registry import Planned, plan_probes
+from fieldmon.agent.snmp.client import SnmpClient
 from fieldmon.core.config.errors import ConfigError
 from fieldmon.core.mqtt.link import new_client
 from fieldmon.core.mqtt.settings import BrokerConfig
 from fieldmon.core.site.config import SiteConfig, load_site_config
-from fieldmon.core.site.links import IcmpLinkConfig, LinkRole
-from fieldmon.core.site.snmp import SnmpDeviceConfig
+
+__all__ = ["CheckReport", "CheckRow", "Status", "check_probe", "check_site", "run_check"]
+
+logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_INVALID_CONFIG = 2
 
-# What a silent link most likely means, by what it connects to.
-_SILENT_HINT = {
-    LinkRole.PARENT: "check the cable or the parent hospital firewall",
-    LinkRole.INTERNET: "check the uplink, and that the parent hospital routes to the internet",
-    LinkRole.GATEWAY: "check the cable to the site router and that it is powered",
-    LinkRole.AP: "is the access point powered and cabled?",
-}
-# Why echoes could not even leave this host, by errno name.
-_SEND_ERROR_HINT = {
-    "ENODEV": "interface {interface} does not exist - is the NIC or modem plugged in?",
-    "ENETUNREACH": "no route to {address} - is the interface up and does it have an address?",
-    "EHOSTUNREACH": "host {address} unreachable - is it on this network?",
-    "EPERM": "not permitted to send ICMP - run as root or allow net.ipv4.ping_group_range",
-    "EACCES": "not permitted to send ICMP - run as root or allow net.ipv4.ping_group_range",
-    "EADDRNOTAVAIL": "no source address for {address} - does the interface have one?",
-}
 # MQTT v5 CONNACK reason codes an engineer can fix on site.
 _LOGIN_REFUSED = {134, 135}  # bad user name or password; not authorized
 _CLIENT_ID_REFUSED = 133
 
 
-class Status(StrEnum):
-    """How one check came out."""
-
-    OK = "OK"
-    WARN = "WARN"
-    FAIL = "FAIL"
-
-
 @dataclass
 class CheckRow:
-    """One line of the result: a link, an SNMP device or the broker."""
+    """One line of the result: a probe's target (link, SNMP device, host) or the broker."""
 
-    kind: str  # link | snmp | broker
+    kind: str  # a probe kind's label (link, snmp, host) or broker
     name: str
     target: str
     status: Status
     reason: str
-    baseline: dict[str, float | int] = field(default_factory=dict)  # links: loss and RTT
+    baseline: dict[str, float | int] = field(default_factory=dict)  # e.g. links: loss and RTT
 
 
 @dataclass
@@ -132,15 +120,19 @@ def run_check(config_path: Path, *, as_json: bool, report: Path | None) -> int:
 
 
 async def check_site(config: SiteConfig) -> CheckReport:
-    """Run every check of the site concurrently."""
+    """Run every probe of the site once, and the broker check, concurrently."""
     started = datetime.now(UTC)
     clock = time.perf_counter()
     async with IcmpPinger() as pinger:
-        link_rows = [check_link(pinger, link) for link in config.links]
-        broker_row = check_broker(config.agent.broker, config.agent.id)
-        link_results, snmp_rows, broker = await asyncio.gather(
-            asyncio.gather(*link_rows), check_snmp_devices(config), broker_row
-        )
+        snmp = SnmpClient()
+        try:
+            planned = plan_probes(config, ProbeResources(pinger=pinger, snmp=snmp))
+            probe_rows, broker = await asyncio.gather(
+                asyncio.gather(*(check_probe(plan) for plan in planned)),
+                check_broker(config.agent.broker, config.agent.id),
+            )
+        finally:
+            snmp.close()
         mode = pinger.mode
     return CheckReport(
         site=config.site,
@@ -150,149 +142,37 @@ async def check_site(config: SiteConfig) -> CheckReport:
         started=started.isoformat(timespec="seconds"),
         duration_s=round(time.perf_counter() - clock, 3),
         icmp_mode=mode if config.links else None,
-        rows=[*link_results, *snmp_rows, broker],
+        rows=[*probe_rows, broker],
     )
 
 
-# -- links -------------------------------------------------------------------------------------
+# -- probes ------------------------------------------------------------------------------------
 
 
-async def check_link(pinger: IcmpPinger, link: IcmpLinkConfig) -> CheckRow:
-    """One ICMP round to the link's far end, judged against its thresholds."""
-    result = await pinger.round(
-        link.address,
-        count=link.count,
-        spacing=link.spacing,
-        timeout=link.timeout,
-        size=link.size,
-        tos=link.tos,
-        ttl=link.ttl,
-        interface=link.interface,
-    )
-    return judge_link(link, result)
-
-
-def judge_link(link: IcmpLinkConfig, result: RoundResult) -> CheckRow:
-    """The row for one round: FAIL when nothing came back, WARN on loss or a slow link."""
-    stats = summarize(result.sent, result.rtts_ms)
-    target = link.address if link.interface is None else f"{link.address} via {link.interface}"
-    status, reason = _link_verdict(link, result, stats)
-    return CheckRow("link", link.name, target, status, reason, stats.as_fields())
-
-
-def _link_verdict(
-    link: IcmpLinkConfig, result: RoundResult, stats: RoundStats
-) -> tuple[Status, str]:
-    sent, received = result.sent, result.received
-    if received == 0 and result.errors:
-        return Status.FAIL, _send_failure(link, result.errors)
-    if received == 0:
-        return (
-            Status.FAIL,
-            f"no reply to {sent} echoes from {link.address} - {_SILENT_HINT[link.role]}",
-        )
-    warnings = []
-    if received < sent:
-        warnings.append(
-            f"{sent - received} of {sent} echoes lost ({stats.loss_pct:.0f}%) - "
-            "a loose cable, a saturated link or radio interference"
-        )
-    thresholds = link.thresholds
-    rtt, jitter = stats.rtt_p50_ms, stats.jitter_ms
-    if thresholds.rtt_ms is not None and rtt is not None and rtt > thresholds.rtt_ms:
-        warnings.append(
-            f"median RTT {rtt:.2f} ms is over this link's "
-            f"{thresholds.rtt_ms:g} ms threshold - congested or on a slower path"
-        )
-    if thresholds.jitter_ms is not None and jitter is not None and jitter > thresholds.jitter_ms:
-        warnings.append(
-            f"jitter {jitter:.2f} ms is over this link's "
-            f"{thresholds.jitter_ms:g} ms threshold - voice calls will break up"
-        )
-    if warnings:
-        return Status.WARN, "; ".join(warnings)
-    return Status.OK, f"{received} of {sent} echoes answered"
-
-
-def _send_failure(link: IcmpLinkConfig, errors: dict[str, int]) -> str:
-    name = max(errors, key=lambda key: errors[key])
-    hint = _SEND_ERROR_HINT.get(name)
-    detail = ", ".join(f"{key} x{count}" for key, count in sorted(errors.items()))
-    if hint is None:
-        return f"echoes to {link.address} could not be sent ({detail})"
-    return hint.format(address=link.address, interface=link.interface) + f" ({detail})"
-
-
-# -- SNMP --------------------------------------------------------------------------------------
-
-
-_SNMP_UNAVAILABLE = "SNMP check not available in this build"
-
-
-async def check_snmp_devices(config: SiteConfig) -> list[CheckRow]:
-    """One poll of every SNMP device with its profile, concurrently."""
-    if not config.snmp_devices:
-        return []
-    # Looked up, not imported by name: the SNMP probe may be absent from a build.
-    probe_class = getattr(importlib.import_module("fieldmon.agent.probes.snmp"), "SnmpProbe", None)
-    if probe_class is None:
-        return [_snmp_row(device, Status.WARN, _SNMP_UNAVAILABLE) for device in config.snmp_devices]
-    from fieldmon.agent.snmp.client import SnmpClient
-
-    client = SnmpClient()
-    try:
-        checks = (
-            _check_snmp_device(probe_class, client, device, config)
-            for device in config.snmp_devices
-        )
-        return list(await asyncio.gather(*checks))
-    finally:
-        client.close()
-
-
-async def _check_snmp_device(
-    probe_class: Any, client: Any, device: SnmpDeviceConfig, config: SiteConfig
-) -> CheckRow:
-    from fieldmon.agent.snmp.errors import CryptoBackendMissingError, ProfileError
-
-    try:
-        probe = probe_class(device, site=config.site, agent=config.agent.id, client=client)
-    except (CryptoBackendMissingError, ProfileError) as exc:
-        return _snmp_row(device, Status.FAIL, str(exc))
-    credentials = device.snmp
-    # Every request of a poll is bounded by timeout x tries; the first unanswered one ends it.
-    budget = credentials.timeout * (credentials.retries + 1) + 1.0
+async def check_probe(plan: Planned) -> CheckRow:
+    """One run of one probe within its interval, judged; a probe never built is a FAIL row."""
+    kind, target = plan.kind, plan.kind.target(plan.config)
+    probe = plan.probe
+    if probe is None:
+        return CheckRow(kind.label, plan.name, target, Status.FAIL, str(plan.error))
+    budget = probe.interval  # as in the daemon: a run may take at most one interval
+    clock = time.perf_counter()
     try:
         samples = await asyncio.wait_for(probe.collect(), budget)
     except TimeoutError:
-        return _snmp_row(device, Status.FAIL, _snmp_timeout_reason(device))
-    error: str | None = probe.last_error
-    if error is not None:
-        if "no answer within" in error:
-            return _snmp_row(device, Status.FAIL, _snmp_timeout_reason(device))
-        return _snmp_row(device, Status.FAIL, f"SNMP error from {device.name}: {error}")
-    if not samples:
-        return _snmp_row(
-            device,
-            Status.WARN,
-            f"{device.name} answers SNMP but reports nothing for profile {device.profile!r} - "
-            "is that the right profile (or interfaces filter) for this device?",
-        )
-    kind = "interfaces" if device.profile == "if-mib" else "radios"
-    return _snmp_row(device, Status.OK, f"{len(samples)} {kind} polled")
-
-
-def _snmp_timeout_reason(device: SnmpDeviceConfig) -> str:
-    credentials = device.snmp
-    what = "wrong community" if credentials.version == "2c" else "wrong SNMPv3 user or keys"
-    return (
-        f"SNMP timeout from {device.name} ({device.address}:{credentials.port}) - "
-        f"{what} or SNMP disabled?"
+        run = Run([], budget, timed_out=True)
+    except Exception as exc:
+        # The per-target boundary, as in the scheduler: a bug in one probe must not hide the
+        # other rows. The row names the error; the traceback goes to the log.
+        logger.exception("probe run failed", extra={"target": probe.name})
+        reason = f"the probe failed: {type(exc).__name__}: {exc}"
+        return CheckRow(kind.label, probe.name, target, Status.FAIL, reason)
+    else:
+        run = Run(samples, time.perf_counter() - clock)
+    verdict = probe.verdict(run) if isinstance(probe, Judged) else plain_verdict(run, budget)
+    return CheckRow(
+        kind.label, probe.name, target, verdict.status, verdict.reason, dict(verdict.baseline)
     )
-
-
-def _snmp_row(device: SnmpDeviceConfig, status: Status, reason: str) -> CheckRow:
-    return CheckRow("snmp", device.name, device.address, status, reason)
 
 
 # -- broker ------------------------------------------------------------------------------------

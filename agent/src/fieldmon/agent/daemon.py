@@ -12,14 +12,13 @@ from pathlib import Path
 
 from fieldmon.agent.batcher import EnvelopeBatcher
 from fieldmon.agent.outbox import Outbox
-from fieldmon.agent.probes.base import Probe
+from fieldmon.agent.probes.base import Probe, ProbeResources
 from fieldmon.agent.probes.host import outbox_age_s
 from fieldmon.agent.probes.icmp_socket import IcmpPinger
-from fieldmon.agent.probes.registry import ProbeResources, build_probes
+from fieldmon.agent.probes.registry import build_probes, setup_errors
 from fieldmon.agent.scheduler import run_probe_forever
 from fieldmon.agent.sender import Sender
 from fieldmon.agent.snmp.client import SnmpClient
-from fieldmon.agent.snmp.errors import CryptoBackendMissingError, ProfileError
 from fieldmon.core.config.errors import ConfigError
 from fieldmon.core.mqtt.link import MqttLink, new_client
 from fieldmon.core.site.config import SiteConfig, load_site_config
@@ -31,9 +30,10 @@ from fieldmon.core.wire.models import FieldValue, Sample, StatusMessage
 logger = logging.getLogger(__name__)
 VERSION = part_version("fieldmon-agent")
 
-# What building probes from a valid site file can still raise: a profile file that is missing or
-# malformed, SNMPv3 privacy without the crypto backend, an unreadable secret file.
-PROBE_SETUP_ERRORS = (ProfileError, CryptoBackendMissingError, OSError)
+# What building probes from a valid site file can still raise, as each kind declares it: a
+# profile file that is missing or malformed, SNMPv3 privacy without the crypto backend, an
+# unreadable secret file.
+PROBE_SETUP_ERRORS = setup_errors()
 
 # How long a clean shutdown waits for in-flight envelopes to be acknowledged.
 SHUTDOWN_GRACE_S = 3.0

@@ -106,10 +106,20 @@ class EmailConfig(StrictModel):
     timeout: Annotated[Duration, Field(gt=0)] = 30.0  # per SMTP conversation
 
 
+class MqttAlertsConfig(StrictModel):
+    """The retained alerts topic per site, on the collector's own broker connection."""
+
+    enabled: bool = True
+    # The published sets are rebuilt from the alert engine's this often (after a restart, a
+    # missed publish); only a site whose set differs is published again.
+    refresh_interval: Annotated[Duration, Field(gt=0)] = 300.0
+
+
 class NotifyConfig(StrictModel):
     """Where notifications go; each notifier is optional."""
 
     alertmanager: AlertmanagerConfig | None = None
+    mqtt: MqttAlertsConfig = Field(default_factory=MqttAlertsConfig)  # on unless disabled
     webhook: list[WebhookConfig] = Field(default_factory=list)
     email: EmailConfig | None = None
     dashboard_url: HttpUrl | None = None  # base link put in every notification

@@ -1,1 +1,1 @@
-"""Probe kinds: one module each, each with its config model and an async collect()."""
+"""Probe kinds: one module each (probe class, verdict, `KIND`), listed in `registry`."""

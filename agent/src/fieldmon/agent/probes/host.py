@@ -17,12 +17,15 @@ Emits one `host` row per run, timestamped at the run's start (ns since the epoch
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psutil
 
+from fieldmon.agent.probes.base import ProbeKind, ProbeResources, Run, Status, Verdict
+from fieldmon.core.site.config import SiteConfig
 from fieldmon.core.site.host import HostConfig
 from fieldmon.core.wire.models import FieldValue, Sample
 from fieldmon.firmware_hooks.pi import PiFirmware, PiHealth
@@ -30,6 +33,8 @@ from fieldmon.firmware_hooks.pi import PiFirmware, PiHealth
 # Kernel sensor chips that measure the SoC / CPU die, most specific first: the Pi's thermal zone,
 # Intel's and AMD's package sensors, then the generic ACPI zone.
 _CPU_SENSORS = ("cpu_thermal", "coretemp", "k10temp", "soc_thermal", "acpitz")
+# Over this, the filesystem holding the outbox has little room to keep samples through an outage.
+DISK_FULL_PCT = 90.0
 
 
 PiHealthReader = Callable[[], Awaitable[PiHealth | None]]
@@ -96,11 +101,54 @@ class HostProbe:
             fields["outbox_age_s"] = float(self._outbox_age_s())
         return [Sample(measurement="host", tags=dict(self._tags), fields=fields, time=started_ns)]
 
+    def verdict(self, run: Run) -> Verdict:
+        """WARN when the outbox's disk is full or unmeasurable, or the Pi is short of power."""
+        if run.timed_out or not run.samples:
+            return Verdict(
+                Status.WARN, f"no reading within {run.duration_s:g}s - is this host overloaded?"
+            )
+        return judge_host(self.config, run.samples[0].fields)
+
     def _disk_pct(self) -> float | None:
         try:
             return float(psutil.disk_usage(self.config.disk_path).percent)
         except OSError:
             return None
+
+
+def judge_host(config: HostConfig, fields: dict[str, FieldValue]) -> Verdict:
+    """One `host` row judged for the engineer; the baseline is its numeric fields."""
+    warnings = []
+    disk = fields.get("disk_pct")
+    if not isinstance(disk, float):
+        warnings.append(
+            f"cannot measure the filesystem of {config.disk_path} - "
+            "does host.disk_path exist on this host?"
+        )
+    elif disk > DISK_FULL_PCT:
+        warnings.append(
+            f"the disk holding {config.disk_path} is {disk:.0f}% full - "
+            "the outbox has little room to keep samples through an outage"
+        )
+    if fields.get("undervoltage") is True:
+        warnings.append(
+            "under-voltage now (Pi firmware) - use the Pi's own power supply and a short, "
+            "thick cable"
+        )
+    elif fields.get("throttled") is True:
+        warnings.append("the firmware slows the CPU now - too hot? Give the Pi air or a heatsink")
+    baseline = {
+        name: value
+        for name, value in fields.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    if warnings:
+        return Verdict(Status.WARN, "; ".join(warnings), baseline)
+    reason = f"disk {disk:.0f}% full, memory {fields['mem_pct']:.0f}% used"
+    temp = fields.get("temp_c")
+    if isinstance(temp, float):
+        reason += f", {temp:.0f} °C"
+    return Verdict(Status.OK, reason, baseline)
 
 
 def outbox_age_s(oldest_created_ns: int | None, now_ns: int) -> float:
@@ -154,3 +202,27 @@ def _pi_fields(health: PiHealth | None, sensor_temp: float | None) -> dict[str, 
         fields["undervoltage"] = health.throttle.undervoltage_now
         fields["throttled"] = health.throttle.slowed_now
     return fields
+
+
+def _build(host: HostConfig, site: SiteConfig, resources: ProbeResources) -> HostProbe:
+    return HostProbe(
+        host,
+        site=site.site,
+        agent=site.agent.id,
+        outbox_depth=resources.outbox_depth,
+        outbox_dropped=resources.outbox_dropped,
+        outbox_age_s=resources.outbox_age_s,
+    )
+
+
+KIND = ProbeKind(
+    name="host",
+    config_model=HostConfig,
+    site_section="host",
+    probe=HostProbe,
+    measurements=("host",),
+    build=_build,
+    label="host",
+    target=lambda _host: socket.gethostname(),
+    setup_errors=(),
+)

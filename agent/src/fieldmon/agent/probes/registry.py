@@ -1,67 +1,64 @@
-"""Which probes a site file asks for: one builder per probe kind, one line each in PROBE_KINDS."""
+"""The probe kinds the agent knows, one line each; the daemon, `check` and the meta-test read it.
+
+Each kind's module defines its `KIND` (fieldmon.agent.probes.base.ProbeKind): config model,
+site-file section, probe class, what it emits, how one probe is built and shown in `check`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from fieldmon.agent.probes.base import Probe
-from fieldmon.agent.probes.host import HostProbe
-from fieldmon.agent.probes.icmp import IcmpProbe
-from fieldmon.agent.probes.icmp_socket import IcmpPinger
-from fieldmon.agent.probes.snmp import SnmpProbe
-from fieldmon.agent.snmp.client import SnmpClient
+from fieldmon.agent.probes import host, icmp, snmp
+from fieldmon.agent.probes.base import Probe, ProbeKind, ProbeResources
 from fieldmon.core.site.config import SiteConfig
+
+PROBE_KINDS: tuple[ProbeKind[Any], ...] = (
+    icmp.KIND,
+    snmp.KIND,
+    host.KIND,
+)
+
+
+def setup_errors() -> tuple[type[Exception], ...]:
+    """What building probes from a valid site file can raise, over every kind."""
+    errors: list[type[Exception]] = []
+    for kind in PROBE_KINDS:
+        errors += [error for error in kind.setup_errors if error not in errors]
+    return tuple(errors)
 
 
 @dataclass(frozen=True)
-class ProbeResources:
-    """What probes of one agent share: sockets, clients, and the outbox's depth."""
+class Planned:
+    """One target of the site file: its probe, or why it could not be built."""
 
-    pinger: IcmpPinger
-    snmp: SnmpClient
-    outbox_depth: Callable[[], int]
-    outbox_dropped: Callable[[], int] | None = None  # samples dropped at the cap, cumulative
-    outbox_age_s: Callable[[], float] | None = None  # age of the oldest waiting envelope
+    kind: ProbeKind[Any]
+    config: Any  # an instance of kind.config_model
+    probe: Probe | None
+    error: Exception | None = None
 
-
-def icmp_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
-    """One ICMP probe per link."""
-    return [
-        IcmpProbe(link, pinger=resources.pinger, site=config.site, agent=config.agent.id)
-        for link in config.links
-    ]
+    @property
+    def name(self) -> str:
+        """The target's name (the probe's, or the config's when there is no probe)."""
+        return self.probe.name if self.probe is not None else self.kind.target_name(self.config)
 
 
-def snmp_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
-    """One SNMP probe per device, polled with its profile (if-mib or an AP profile file)."""
-    return [
-        SnmpProbe(device, site=config.site, agent=config.agent.id, client=resources.snmp)
-        for device in config.snmp_devices
-    ]
-
-
-def host_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
-    """The agent's own host and Pi firmware."""
-    return [
-        HostProbe(
-            config.host,
-            site=config.site,
-            agent=config.agent.id,
-            outbox_depth=resources.outbox_depth,
-            outbox_dropped=resources.outbox_dropped,
-            outbox_age_s=resources.outbox_age_s,
-        )
-    ]
-
-
-PROBE_KINDS: dict[str, Callable[[SiteConfig, ProbeResources], list[Probe]]] = {
-    "icmp": icmp_probes,
-    "snmp": snmp_probes,
-    "host": host_probes,
-}
+def plan_probes(config: SiteConfig, resources: ProbeResources) -> list[Planned]:
+    """Every target the site file asks for, in registry order; a setup error is kept, not raised."""
+    planned = []
+    for kind in PROBE_KINDS:
+        for target in kind.configs(config):
+            try:
+                planned.append(Planned(kind, target, kind.build(target, config, resources)))
+            except kind.setup_errors as exc:
+                planned.append(Planned(kind, target, None, exc))
+    return planned
 
 
 def build_probes(config: SiteConfig, resources: ProbeResources) -> list[Probe]:
-    """Every probe the site file asks for."""
-    return [probe for build in PROBE_KINDS.values() for probe in build(config, resources)]
+    """Every probe the site file asks for; raises the first setup error (see setup_errors())."""
+    return [
+        kind.build(target, config, resources)
+        for kind in PROBE_KINDS
+        for target in kind.configs(config)
+    ]

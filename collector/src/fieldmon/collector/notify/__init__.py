@@ -7,10 +7,10 @@ from fieldmon.collector.notify.base import (
     RetryableNotifyError,
 )
 from fieldmon.collector.notify.dispatch import Dispatcher
-from fieldmon.collector.notify.registry import NOTIFIERS, build_notifiers
+from fieldmon.collector.notify.registry import NOTIFIER_KINDS, build_notifiers
 
 __all__ = [
-    "NOTIFIERS",
+    "NOTIFIER_KINDS",
     "Dispatcher",
     "Notifier",
     "NotifyError",

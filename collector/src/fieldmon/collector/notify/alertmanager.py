@@ -11,6 +11,11 @@ broker hiccup) never resolve it. Alertmanager's own `resolve_timeout` (default 5
 to alerts posted without endsAt, which we never do; keep 4 x resend_interval at or under it so
 that a collector that dies for good lets its alerts expire in about the same time. A resolve
 is sent with endsAt = now.
+
+Sends one POST per batch of transitions, and per re-send, to `{url}/api/v2/alerts`: a JSON list
+of API v2 `postableAlert`s, each with labels (alertname, site, target, severity,
+parent_hospital), annotations (summary, description, the measured values, `value`, `dashboard`),
+startsAt, endsAt and generatorURL (the dashboard link, when `dashboard_url` is set).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import aiohttp
 
 from fieldmon.collector.alerts.model import AlertState, Transition, iso_time
 from fieldmon.collector.config import AlertmanagerConfig
-from fieldmon.collector.notify.base import dashboard_link
+from fieldmon.collector.notify.base import Notifier, NotifierContext, NotifierKind, dashboard_link
 from fieldmon.collector.notify.http import post
 
 END_MARGIN_FACTOR = 4  # endsAt of a firing alert = now + this many re-send intervals
@@ -96,3 +101,18 @@ class AlertmanagerNotifier:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _build(config: AlertmanagerConfig | None, context: NotifierContext) -> list[Notifier]:
+    if config is None:
+        return []
+    return [AlertmanagerNotifier(config, dashboard_url=context.dashboard_url)]
+
+
+KIND = NotifierKind(
+    name="alertmanager",
+    config_model=AlertmanagerConfig,
+    section="alertmanager",
+    notifier=AlertmanagerNotifier,
+    build=_build,
+)

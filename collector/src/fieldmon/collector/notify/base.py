@@ -1,11 +1,17 @@
-"""The notifier contract, its two error kinds, and the fields every notification carries."""
+"""The notifier contract, its errors, its registry record, and what every notification carries."""
 
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import BaseModel
+
 from fieldmon.collector.alerts.model import AlertState, Transition, clock_text, iso_time
+
+Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain); QoS 1 is the caller's
 
 # Annotations that are not measurements: everything else in `annotations` is a measured value.
 _TEXT_ANNOTATIONS = frozenset(
@@ -68,6 +74,29 @@ class Refreshing(Protocol):
     async def refresh(self, active: list[Transition]) -> None:
         """Re-send (or re-publish) every alert firing now."""
         ...
+
+
+@dataclass(frozen=True)
+class NotifierContext:
+    """What a notifier may be given besides its own config section."""
+
+    dashboard_url: str | None = None  # base link put in every notification
+    mqtt_publish: Publish | None = None  # the collector's own broker connection, when it has one
+
+
+@dataclass(frozen=True)
+class NotifierKind:
+    """Everything the collector and the meta-test need to know about one kind of notifier.
+
+    Each notifier module defines its `KIND`; `fieldmon.collector.notify.registry` lists them.
+    """
+
+    name: str  # alertmanager, mqtt, webhook, email
+    config_model: type[BaseModel]  # its settings: a model in fieldmon.collector.config
+    section: str  # the `notify` key (NotifyConfig field) holding them
+    notifier: type  # the notifier class; its module's docstring ends with what it sends
+    # The notifiers that section asks for (none when it is absent or disabled).
+    build: Callable[[Any, NotifierContext], list[Notifier]]
 
 
 def dashboard_link(base: str | None, transition: Transition) -> str | None:

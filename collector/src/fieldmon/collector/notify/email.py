@@ -4,6 +4,11 @@ Subject: `[CRITICAL] pavilion-2: parent link wan down since 14:02:00 UTC (loss 1
 `[RESOLVED] ...` when it clears (`[REPLACED] ...` when another alert of the link takes over, as
 degraded -> down); a plain-text body carries every detail and the dashboard link.
 smtplib runs in a worker thread so the event loop never waits on the mail server.
+
+Sends one plain-text message per transition to every address in `to`, over one SMTP
+connection per batch: Subject the lock-screen headline; body the summary, state, alert,
+severity, site, parent hospital, link or target, since (and resolved at), the measured values,
+the description and the dashboard link.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from email.utils import formatdate, make_msgid
 from fieldmon.collector.alerts.model import AlertState, Transition, iso_time
 from fieldmon.collector.config import EmailConfig
 from fieldmon.collector.notify.base import (
+    Notifier,
+    NotifierContext,
+    NotifierKind,
     PermanentNotifyError,
     RetryableNotifyError,
     dashboard_link,
@@ -124,3 +132,18 @@ class EmailNotifier:
 
     async def close(self) -> None:
         """Nothing held open between batches."""
+
+
+def _build(config: EmailConfig | None, context: NotifierContext) -> list[Notifier]:
+    if config is None:
+        return []
+    return [EmailNotifier(config, dashboard_url=context.dashboard_url)]
+
+
+KIND = NotifierKind(
+    name="email",
+    config_model=EmailConfig,
+    section="email",
+    notifier=EmailNotifier,
+    build=_build,
+)

@@ -3,18 +3,28 @@
 The topic always holds the site's whole firing set, so a dashboard or a phone app that
 subscribes later sees the present state at once; an empty list means all clear. The notifier
 owns no connection: it is given the collector's publish function.
+
+Sends, whenever a site's firing set changes (and on each refresh where it differs from the
+alert engine's), one retained QoS 1 message on `fieldmon/v1/{site}/alerts`: a JSON list of the
+site's firing alerts, each as `describe()` gives it, sorted by alert; `[]` when all is clear.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 from fieldmon.collector.alerts.model import AlertState, Transition
-from fieldmon.collector.notify.base import describe
+from fieldmon.collector.config import MqttAlertsConfig
+from fieldmon.collector.notify.base import (
+    Notifier,
+    NotifierContext,
+    NotifierKind,
+    Publish,
+    describe,
+)
 from fieldmon.core.wire.topics import alerts_topic
 
-Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain); QoS 1 is the caller's
+__all__ = ["KIND", "MqttAlertsNotifier", "Publish"]
 
 
 class MqttAlertsNotifier:
@@ -80,3 +90,25 @@ class MqttAlertsNotifier:
 
     async def close(self) -> None:
         """Nothing to release: the connection belongs to the collector."""
+
+
+def _build(config: MqttAlertsConfig, context: NotifierContext) -> list[Notifier]:
+    # Only a collector with a broker connection of its own (the daemon) can publish.
+    if not config.enabled or context.mqtt_publish is None:
+        return []
+    return [
+        MqttAlertsNotifier(
+            context.mqtt_publish,
+            dashboard_url=context.dashboard_url,
+            refresh_interval=config.refresh_interval,
+        )
+    ]
+
+
+KIND = NotifierKind(
+    name="mqtt",
+    config_model=MqttAlertsConfig,
+    section="mqtt",
+    notifier=MqttAlertsNotifier,
+    build=_build,
+)

@@ -1,33 +1,31 @@
-"""The notifier registry: config section name -> notifier class, and the builder."""
+"""The notifiers the collector knows, one line each; the daemon and the meta-test read it.
+
+Each notifier module defines its `KIND` (fieldmon.collector.notify.base.NotifierKind): config
+model, `notify` section, notifier class, and how the section becomes notifiers.
+"""
 
 from __future__ import annotations
 
 from fieldmon.collector.config import NotifyConfig
-from fieldmon.collector.notify.alertmanager import AlertmanagerNotifier
-from fieldmon.collector.notify.base import Notifier
-from fieldmon.collector.notify.email import EmailNotifier
-from fieldmon.collector.notify.mqtt import MqttAlertsNotifier, Publish
-from fieldmon.collector.notify.webhook import WebhookNotifier
+from fieldmon.collector.notify import alertmanager, email, mqtt, webhook
+from fieldmon.collector.notify.base import Notifier, NotifierContext, NotifierKind, Publish
 
-NOTIFIERS: dict[str, type] = {
-    "alertmanager": AlertmanagerNotifier,
-    "mqtt": MqttAlertsNotifier,
-    "webhook": WebhookNotifier,
-    "email": EmailNotifier,
-}
+NOTIFIER_KINDS: tuple[NotifierKind, ...] = (
+    alertmanager.KIND,
+    mqtt.KIND,
+    webhook.KIND,
+    email.KIND,
+)
 
 
 def build_notifiers(config: NotifyConfig, *, mqtt_publish: Publish | None = None) -> list[Notifier]:
-    """One notifier per configured destination; MQTT only when given a publish function."""
-    dashboard = str(config.dashboard_url) if config.dashboard_url else None
-    notifiers: list[Notifier] = []
-    if config.alertmanager is not None:
-        notifiers.append(AlertmanagerNotifier(config.alertmanager, dashboard_url=dashboard))
-    if mqtt_publish is not None:
-        notifiers.append(MqttAlertsNotifier(mqtt_publish, dashboard_url=dashboard))
-    for index, hook in enumerate(config.webhook):
-        name = "webhook" if len(config.webhook) == 1 else f"webhook-{index + 1}"
-        notifiers.append(WebhookNotifier(hook, name=name, dashboard_url=dashboard))
-    if config.email is not None:
-        notifiers.append(EmailNotifier(config.email, dashboard_url=dashboard))
-    return notifiers
+    """One notifier per configured destination, in registry order; MQTT needs `mqtt_publish`."""
+    context = NotifierContext(
+        dashboard_url=str(config.dashboard_url) if config.dashboard_url else None,
+        mqtt_publish=mqtt_publish,
+    )
+    return [
+        notifier
+        for kind in NOTIFIER_KINDS
+        for notifier in kind.build(getattr(config, kind.section), context)
+    ]

@@ -1,11 +1,15 @@
 """A generic JSON webhook, signed with HMAC-SHA256 so the receiver can trust and date it.
 
-Body: `{"version": 1, "sent_at": RFC 3339, "alerts": [describe(transition), ...]}`.
 Headers, when a secret_file is configured:
     X-Fieldmon-Timestamp: <unix seconds, integer>
     X-Fieldmon-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>
 The timestamp is part of the signed material so a captured request cannot be replayed later:
 a receiver recomputes the HMAC over `timestamp.body` and rejects timestamps far from its clock.
+
+Sends one POST per batch of transitions to each configured `url`, the body
+`{"version": 1, "sent_at": RFC 3339, "alerts": [...]}`, each alert as `describe()` gives it:
+alertname, state, severity, site, site_name, parent_hospital, link, summary, description,
+measured (the measured values), value, since, ended, dashboard, labels and annotations.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import aiohttp
 
 from fieldmon.collector.alerts.model import Transition, iso_time
 from fieldmon.collector.config import WebhookConfig
-from fieldmon.collector.notify.base import describe
+from fieldmon.collector.notify.base import Notifier, NotifierContext, NotifierKind, describe
 from fieldmon.collector.notify.http import post
 from fieldmon.core.config.types import read_secret
 
@@ -97,3 +101,24 @@ class WebhookNotifier:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _build(configs: list[WebhookConfig], context: NotifierContext) -> list[Notifier]:
+    # Named by position when there are several, so logs and metrics tell them apart.
+    return [
+        WebhookNotifier(
+            config,
+            name="webhook" if len(configs) == 1 else f"webhook-{index + 1}",
+            dashboard_url=context.dashboard_url,
+        )
+        for index, config in enumerate(configs)
+    ]
+
+
+KIND = NotifierKind(
+    name="webhook",
+    config_model=WebhookConfig,
+    section="webhook",
+    notifier=WebhookNotifier,
+    build=_build,
+)
