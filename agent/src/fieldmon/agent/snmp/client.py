@@ -15,16 +15,13 @@ import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from fieldmon.agent.snmp.errors import CryptoBackendMissingError, SnmpError
 from fieldmon.agent.snmp.v2c import V2cTarget, V2cTransport
 from fieldmon.agent.snmp.values import Column, Value
 from fieldmon.core.config.types import read_secret
-
-if TYPE_CHECKING:
-    # Only types: the probe module that defines them imports this one.
-    from fieldmon.core.site.snmp import SnmpDeviceConfig
+from fieldmon.core.site.snmp import SnmpDeviceConfig
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,11 @@ from pysnmp.proto.rfc1902 import ObjectName
 
 from fieldmon.agent.snmp.errors import SnmpError, SnmpTimeoutError
 from fieldmon.agent.snmp.values import Column, Value
+from fieldmon.core.site.snmp import SnmpDeviceConfig, SnmpV3Credentials
 
 if TYPE_CHECKING:
+    # A type only: the client imports this module lazily, when a device needs SNMPv3.
     from fieldmon.agent.snmp.client import Credentials, SnmpClient
-    from fieldmon.core.site.snmp import SnmpDeviceConfig, SnmpV3Credentials
 
 _LCD = CommandGeneratorLcdConfigurator()
 _NULL = univ.Null("")
