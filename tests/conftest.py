@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,9 @@ from fieldmon.lab.servers import (
 )
 
 # A test that uses any of these starts a real server, so it is an integration test.
-_SERVER_FIXTURES = frozenset({"mosquitto", "influxd", "influx_db", "victoria_metrics"})
+_SERVER_FIXTURES = frozenset(
+    {"mosquitto", "influxd", "influx_db", "victoria_metrics", "storage_backend"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -95,6 +99,7 @@ class Seen:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 class FakeInflux:
@@ -105,6 +110,7 @@ class FakeInflux:
 
     def __init__(self) -> None:
         self.reply = Reply()
+        self.queued: deque[Reply] = deque()  # one-off answers, used before `reply`
         self.requests: list[Seen] = []
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -122,6 +128,13 @@ class FakeInflux:
         data = body.encode() if isinstance(body, str) else body
         self.reply = Reply(status, data, headers or {}, delay)
 
+    def answer_next(
+        self, status: int, body: bytes | str = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        """Answer one request like this (in the order queued), before the standing answer."""
+        data = body.encode() if isinstance(body, str) else body
+        self.queued.append(Reply(status, data, headers or {}))
+
     @property
     def url(self) -> str:
         """Base URL, e.g. http://127.0.0.1:40123."""
@@ -131,9 +144,16 @@ class FakeInflux:
         # aiohttp inflates a gzip body itself (and refuses one that is not valid gzip).
         body = await request.read()
         self.requests.append(
-            Seen(request.method, request.path, dict(request.query), dict(request.headers), body)
+            Seen(
+                request.method,
+                request.path,
+                dict(request.query),
+                dict(request.headers),
+                body,
+                time.monotonic(),
+            )
         )
-        reply = self.reply
+        reply = self.queued.popleft() if self.queued else self.reply
         if reply.delay:
             await asyncio.sleep(reply.delay)
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
