@@ -1,17 +1,24 @@
-"""Shared fixtures: real Mosquitto, influxd and VictoriaMetrics on ephemeral loopback ports."""
+"""Shared fixtures: real Mosquitto, influxd and VictoriaMetrics on ephemeral loopback ports;
+seeded randomness (FIELDMON_TEST_SEED) and the Hypothesis profiles."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import random
+import secrets
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from hypothesis import settings
 
 from fieldmon.lab.servers import (
     InfluxdServer,
@@ -21,7 +28,64 @@ from fieldmon.lab.servers import (
 )
 
 # A test that uses any of these starts a real server, so it is an integration test.
-_SERVER_FIXTURES = frozenset({"mosquitto", "influxd", "influx_db", "victoria_metrics"})
+_SERVER_FIXTURES = frozenset(
+    {"mosquitto", "influxd", "influx_db", "victoria_metrics", "storage_backend"}
+)
+
+# -- seeded randomness ------------------------------------------------------------------------
+# Randomness in tests is reproducible. The global `random` module is seeded before every test
+# from FIELDMON_TEST_SEED and the test's id (so tests draw different numbers, and one test draws
+# the same numbers alone or in the whole suite). Unset, a fresh seed is chosen per run, shown in
+# the header and in the report of every failing test: set it to repeat that run's choices (the
+# kill moments of tests/faults, for one). Tests that need fixed numbers use random.Random(N).
+SEED_VARIABLE = "FIELDMON_TEST_SEED"
+
+
+def session_seed(environ: Mapping[str, str]) -> int:
+    """The run's seed: FIELDMON_TEST_SEED when set, else a fresh one."""
+    text = environ.get(SEED_VARIABLE, "").strip()
+    if not text:
+        return secrets.randbits(32)
+    try:
+        return int(text)
+    except ValueError:
+        raise pytest.UsageError(f"{SEED_VARIABLE} must be an integer, not {text!r}") from None
+
+
+SEED = session_seed(os.environ)
+
+
+def seed_for(nodeid: str) -> str:
+    """What `random` is seeded with for the test `nodeid`."""
+    return f"{SEED}:{nodeid}"
+
+
+def pytest_report_header() -> str:
+    return f"random: {SEED_VARIABLE}={SEED} (set it to repeat this run's random choices)"
+
+
+@pytest.fixture(autouse=True)
+def _seeded_random(request: pytest.FixtureRequest) -> None:
+    random.seed(seed_for(request.node.nodeid))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport() -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        report.sections.append(
+            ("random seed", f"{SEED_VARIABLE}={SEED} repeats this test's random choices")
+        )
+    return report
+
+
+# Hypothesis draws the same examples on every run ("fieldmon", the default): a failure seen once
+# is seen again, by CI and by whoever looks at it. HYPOTHESIS_PROFILE=explore draws new examples
+# each run to look further; a failure there prints the @reproduce_failure line that repeats it.
+# Both keep each test's own example count (its @settings or Hypothesis' default of 100).
+settings.register_profile("fieldmon", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fieldmon"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -95,6 +159,7 @@ class Seen:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 class FakeInflux:
@@ -105,6 +170,7 @@ class FakeInflux:
 
     def __init__(self) -> None:
         self.reply = Reply()
+        self.queued: deque[Reply] = deque()  # one-off answers, used before `reply`
         self.requests: list[Seen] = []
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -122,6 +188,13 @@ class FakeInflux:
         data = body.encode() if isinstance(body, str) else body
         self.reply = Reply(status, data, headers or {}, delay)
 
+    def answer_next(
+        self, status: int, body: bytes | str = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        """Answer one request like this (in the order queued), before the standing answer."""
+        data = body.encode() if isinstance(body, str) else body
+        self.queued.append(Reply(status, data, headers or {}))
+
     @property
     def url(self) -> str:
         """Base URL, e.g. http://127.0.0.1:40123."""
@@ -131,9 +204,16 @@ class FakeInflux:
         # aiohttp inflates a gzip body itself (and refuses one that is not valid gzip).
         body = await request.read()
         self.requests.append(
-            Seen(request.method, request.path, dict(request.query), dict(request.headers), body)
+            Seen(
+                request.method,
+                request.path,
+                dict(request.query),
+                dict(request.headers),
+                body,
+                time.monotonic(),
+            )
         )
-        reply = self.reply
+        reply = self.queued.popleft() if self.queued else self.reply
         if reply.delay:
             await asyncio.sleep(reply.delay)
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)

@@ -74,11 +74,15 @@ def test_a_full_send_buffer_is_waited_out_not_failed() -> None:
                 except BlockingIOError:
                     break
                 queued += 1
-            asyncio.get_running_loop().call_later(
-                0.05, lambda: [peer.recv(2000) for _ in range(queued)]
-            )
+            loop = asyncio.get_running_loop()
+            drained: list[bytes] = []
+            loop.call_later(0.05, lambda: drained.extend(peer.recv(2000) for _ in range(queued)))
+            started = loop.time()
             await IcmpPinger()._writable(_Channel(socket.AF_UNIX, full))
-            full.send(b"x" * 1000)  # there is room again
+            waited = loop.time() - started
+            assert len(drained) == queued  # it returned only once the peer made room
+            assert waited < 1.0  # woken by the room, not by its 1 s cap
+            assert full.send(b"x" * 1000) == 1000
 
     asyncio.run(main())
 

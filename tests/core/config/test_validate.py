@@ -155,5 +155,13 @@ _TEXT_PIECES = st.sampled_from(
 def test_yaml_shaped_garbage_never_raises(tmp_path: Path, pieces: list[str]) -> None:
     path = tmp_path / "fuzz.yaml"
     path.write_text("".join(pieces), encoding="utf-8")
-    out, err = io.StringIO(), io.StringIO()
-    assert validate_site_files([path], out, err) in (0, 1)
+    status, out, err = _run([path])
+    if status == 0:
+        assert (len(out), err) == (1, [])
+        assert out[0].startswith(f"OK  {path}: ")
+    else:
+        # Each problem names the file (FILE:LINE: field: message), then the count.
+        assert status == 1
+        assert err[-1] == "1 of 1 file has problems"
+        assert len(err) >= 2
+        assert all(line.startswith(f"{path}:") for line in err[:-1]), err

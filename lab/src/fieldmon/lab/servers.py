@@ -447,8 +447,11 @@ class VictoriaMetricsServer(_ServerProcess):
 
     VictoriaMetrics names each influx field `{measurement}_{field}`, keeps tags as labels (plus
     a `db` label from the `db` query parameter), stores millisecond timestamps and turns
-    booleans into 1/0 and strings into 0. It silently drops rows older than its retention,
-    which we set to 100 years.
+    booleans into 1/0 and strings into 0, and keeps about 12 significant digits of a float. It
+    silently drops rows older than its retention (we set 100 years) and lines it cannot parse,
+    except a line longer than 256 KiB, which it refuses with a 400. Deduplication is on, so a
+    point written twice (same series, same millisecond) is one sample, as InfluxDB keeps one
+    point per series and time.
     """
 
     name = "victoria-metrics"
@@ -481,6 +484,7 @@ class VictoriaMetricsServer(_ServerProcess):
             "-search.disableCache",
             # Keep rows of any age, so tests and the demo may write fixed, old timestamps.
             "-retentionPeriod=100y",
+            "-dedup.minScrapeInterval=1ms",  # one sample per series and time, as in InfluxDB
             "-loggerOutput=stderr",
         ]
 

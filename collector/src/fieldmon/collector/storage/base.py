@@ -166,7 +166,11 @@ class Writer(ABC):
 
     @abstractmethod
     async def write(self, body: bytes, points: int) -> None:
-        """Write `body` (newline-separated lines holding `points` points) or raise WriteError."""
+        """Write `body` (newline-separated lines holding `points` points) or raise WriteError.
+
+        A body without a line (empty, or only whitespace) returns at once and sends nothing:
+        InfluxDB 2.x would refuse it as bad data ("writing requires points").
+        """
 
     @abstractmethod
     async def ping(self) -> None:

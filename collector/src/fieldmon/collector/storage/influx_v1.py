@@ -81,6 +81,8 @@ class InfluxV1Writer(Writer):
 
     async def write(self, body: bytes, points: int) -> None:
         """POST one batch; raises RetryableWriteError or RejectedWriteError."""
+        if not body.strip():
+            return  # no points: nothing to send (see Writer.write)
         what = f"writing {points} points to {self._config.database!r} at {self._base_url}"
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         threshold = self._config.gzip_min_bytes

@@ -50,6 +50,8 @@ class InfluxV2Writer(Writer):
 
     async def write(self, body: bytes, points: int) -> None:
         """POST one batch; raises RetryableWriteError or RejectedWriteError."""
+        if not body.strip():
+            return  # no points: nothing to send (see Writer.write)
         what = f"writing {points} points to bucket {self._config.bucket!r} at {self._url}"
         _, write_api = self._api()
         try:
