@@ -82,8 +82,11 @@ def pytest_runtest_makereport() -> Generator[None, pytest.TestReport, pytest.Tes
 # Hypothesis draws the same examples on every run ("fieldmon", the default): a failure seen once
 # is seen again, by CI and by whoever looks at it. HYPOTHESIS_PROFILE=explore draws new examples
 # each run to look further; a failure there prints the @reproduce_failure line that repeats it.
-# Both keep each test's own example count (its @settings or Hypothesis' default of 100).
-settings.register_profile("fieldmon", derandomize=True, database=None, print_blob=True)
+# Both keep each test's own example count (its @settings or Hypothesis' default of 100). No
+# per-example deadline: on a 2-core machine shared with real servers, time is not the property.
+settings.register_profile(
+    "fieldmon", derandomize=True, database=None, print_blob=True, deadline=None
+)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fieldmon"))
 

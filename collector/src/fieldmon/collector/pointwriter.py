@@ -112,6 +112,8 @@ class PointWriter:
     async def _split_rejected(
         self, lines: list[str], reason: str, deadline: float | None
     ) -> list[str]:
+        if not lines:  # nothing to split (and splitting it again would never end)
+            return []
         if len(lines) == 1:
             await self.dead_letter(lines, reason)
             return []
