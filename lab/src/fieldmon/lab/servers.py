@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -20,6 +19,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from fieldmon.lab.process import stop_process, tail
 
 LOOPBACK = "127.0.0.1"
 _BIND_FAILURE_MARKERS = ("already in use", "bind: permission denied")
@@ -80,17 +81,6 @@ def _http_status(url: str, timeout: float = 1.0) -> int | None:
         return int(exc.code)
     except (urllib.error.URLError, OSError):
         return None
-
-
-def _tail(path: Path, chars: int = _LOG_TAIL_CHARS) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - chars))
-            return handle.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
 
 
 def _size(path: Path) -> int:
@@ -206,7 +196,7 @@ class _ServerProcess:
     def _log_tails(self) -> str:
         parts = []
         for path in dict.fromkeys((self.log_path, self._output_path)):
-            text = _tail(path)
+            text = tail(path, _LOG_TAIL_CHARS)
             if text:
                 parts.append(f"--- tail of {path} ---\n{text}")
         return "\n".join(parts) or f"(no log output in {self.directory})"
@@ -216,13 +206,7 @@ class _ServerProcess:
         process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                return process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        return process.wait()
+        return stop_process(process, timeout)
 
     def kill(self) -> int | None:
         """SIGKILL our PID at once, as a crash would (no clean shutdown, no final save)."""
