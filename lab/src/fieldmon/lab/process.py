@@ -228,6 +228,7 @@ def wait_http(
     what: str | None = None,
     timeout: float = 30.0,
     *,
+    interval: float = 0.1,
     daemons: Daemon | Iterable[Daemon] = (),
 ) -> bytes:
     """Until `url` answers a GET with a 2xx status; returns the body."""
@@ -237,7 +238,7 @@ def wait_http(
         # In a tuple: a 2xx answer with an empty body is an answer too.
         return (body,) if 200 <= status < 300 else None
 
-    return wait_for(answered, what or url, timeout, daemons=daemons)[0]
+    return wait_for(answered, what or url, timeout, interval=interval, daemons=daemons)[0]
 
 
 def collector_health(port: int, host: str = LOOPBACK) -> tuple[int, dict[str, Any]]:
