@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import threading
 import time
 import urllib.error
@@ -31,7 +30,6 @@ from typing import Any
 from fieldmon.lab.netns import Namespace, unique_name, veth
 from fieldmon.lab.servers import BlackboxExporterServer, ServerQueryError
 
-BIN = Path(sys.executable).parent
 NAMESPACE_TAG = "albench"
 SITE, AGENT = "albench", "albench-pi"
 BLACKBOX_JOB = "blackbox-icmp"

@@ -44,9 +44,12 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench._report import print_result
+
+if TYPE_CHECKING:
+    from fieldmon.lab.process import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 LINKS = 100
@@ -607,7 +610,7 @@ def _report_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def _snapshot(agent: subprocess.Popen[bytes], report: Path) -> dict[str, Any]:
+def _snapshot(agent: Daemon, report: Path) -> dict[str, Any]:
     before = len(_report_lines(report))
     agent.send_signal(signal.SIGUSR1)
     deadline = time.monotonic() + 10
@@ -617,16 +620,6 @@ def _snapshot(agent: subprocess.Popen[bytes], report: Path) -> dict[str, Any]:
             return lines[-1]["snapshot"]
         time.sleep(0.05)
     raise RuntimeError("the agent did not answer SIGUSR1 with a snapshot")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _late_summary(seconds: list[float]) -> dict[str, float]:
@@ -642,6 +635,8 @@ def _late_summary(seconds: list[float]) -> dict[str, float]:
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from fieldmon.lab.process import start
+
     with contextlib.ExitStack() as stack:
         lab = Lab(workdir, stack)
         lab.build()
@@ -653,10 +648,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         command = [sys.executable, "-m", "bench.agent", "--child", str(lab.site_file())]
         command += ["--child-report", str(report)] + (["--pysnmp"] if args.pysnmp else [])
         command += ["--profile", str(args.profile.resolve())] if args.profile else []
-        log = (workdir / "agent.log").open("wb")
-        stack.callback(log.close)
-        agent = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        stack.callback(_stop, agent)  # on any failure too; by the PID we started
+        agent = start(command, workdir / "agent.log", cwd=ROOT)
+        stack.callback(agent.stop, 30)  # on any failure too; by the PID we started
         print(f"agent PID {agent.pid}; warming up {WARMUP_S:g}s", file=sys.stderr)
         time.sleep(WARMUP_S)
         comparisons = Comparisons(lab, workdir)
@@ -671,7 +664,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         comparisons.stop.set()
         for thread in threads:
             thread.join()
-        _stop(agent)
+        agent.stop(30)
         final = next(line["final"] for line in _report_lines(report) if "final" in line)
         return _result(args, begin, end, final, peak_rss, comparisons, startup_cpu, acker)
 

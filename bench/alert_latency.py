@@ -30,9 +30,7 @@ import json
 import math
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +40,6 @@ from typing import Any
 
 from bench._alert_stack import (
     AGENT,
-    BIN,
     DETECTING_ALERTS,
     ECHOES,
     SPACING_S,
@@ -63,6 +60,7 @@ from bench._alert_stack import (
     site_topology,
 )
 from fieldmon.lab.impair import EchoResponder
+from fieldmon.lab.process import script, start
 from fieldmon.lab.servers import (
     AlertmanagerServer,
     InfluxdServer,
@@ -111,22 +109,6 @@ class Episode:
 # --- running the stacks ----------------------------------------------------------------------
 
 
-def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as output:
-        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process we started, SIGKILL that same PID if it lingers."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def start_fieldmon(
     stack: contextlib.ExitStack,
     workdir: Path,
@@ -161,17 +143,17 @@ def start_fieldmon(
         ),
         encoding="utf-8",
     )
-    collector = _start(
-        [str(BIN / "fieldmon-collector"), "run", "--config", str(collector_file)],
+    collector = start(
+        [script("fieldmon-collector"), "run", "--config", collector_file],
         workdir / "collector.log",
     )
-    stack.callback(_stop, collector)
-    agent = _start(
+    stack.callback(collector.stop)  # SIGTERM, SIGKILL of that same PID if it lingers
+    agent = start(
         ["ip", "netns", "exec", topology.site.name,
-         str(BIN / "fieldmon-agent"), "run", "--config", str(site_file)],
+         script("fieldmon-agent"), "run", "--config", site_file],
         workdir / "agent.log",
     )  # fmt: skip
-    stack.callback(_stop, agent)
+    stack.callback(agent.stop)
     return http_port
 
 

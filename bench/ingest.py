@@ -21,11 +21,9 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -39,11 +37,11 @@ from bench._report import print_result
 from fieldmon.collector.storage.lineprotocol import encode_samples
 from fieldmon.core.wire.codec import encode
 from fieldmon.core.wire.models import Envelope, Sample
+from fieldmon.lab.process import Daemon, http_get, script, start, wait_http, wait_subscribed
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
 
 SITE, AGENT = "bench-site", "bench-pi"
 TOPIC = f"fieldmon/v1/{SITE}/{AGENT}/samples"
-BIN = Path(sys.executable).parent
 
 
 def realistic_envelopes(count: int, per_envelope: int) -> list[Envelope]:
@@ -121,9 +119,12 @@ def _persistent_client(port: int, client_id: str, clean_start: bool) -> mqtt.Cli
 def mosquitto_ceiling(port: int, payloads: list[bytes]) -> float:
     """Envelopes/s a QoS 1 subscriber drains from its queued persistent session."""
     subscriber = _persistent_client(port, "bench-ceiling-sub", clean_start=True)
+    subscribed = threading.Event()
+    subscriber.on_subscribe = lambda *_args: subscribed.set()
     subscriber.loop_start()
     subscriber.subscribe(TOPIC, qos=1)
-    time.sleep(0.5)
+    if not subscribed.wait(10):  # the broker queues for the session from its SUBACK on
+        raise RuntimeError("no SUBACK from Mosquitto within 10 s")
     subscriber.disconnect()
     subscriber.loop_stop()
     publish_all(port, payloads, "bench-ceiling-pub")
@@ -162,36 +163,18 @@ async def influx_ceiling(url: str, database: str, bodies: list[bytes], points: i
 
 
 def _written(http_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith("fieldmon_points_written_total"):
-                return float(line.split()[-1])
+    _status, body = http_get(f"http://127.0.0.1:{http_port}/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith("fieldmon_points_written_total"):
+            return float(line.split()[-1])
     return 0.0
 
 
-def _stop(collector: subprocess.Popen[bytes], workdir: Path) -> None:
+def _stop(collector: Daemon) -> None:
     """SIGTERM and wait; a collector that does not stop is a bug worth its log, then killed."""
-    collector.send_signal(signal.SIGTERM)
-    try:
-        collector.wait(timeout=30)
-    except subprocess.TimeoutExpired as exc:
-        collector.kill()
-        collector.wait()
-        log = (workdir / "collector.log").read_text(errors="replace")
-        message = f"the collector ignored SIGTERM for 30 s; its log ends:\n{log[-3000:]}"
-        raise RuntimeError(message) from exc
-
-
-def _wait_http(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            _written(port)
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    if collector.stop(timeout=30) == -signal.SIGKILL:
+        message = f"the collector ignored SIGTERM for 30 s; its log ends:\n{collector.tail()}"
+        raise RuntimeError(message)
 
 
 def end_to_end(
@@ -219,16 +202,17 @@ def end_to_end(
         "data_dir: ./collector-data\n"
         f"roles: [{', '.join(roles)}]\n"
     )
-    command = [str(BIN / "fieldmon-collector"), "run", "--config", str(config)]
-    log = (workdir / "collector.log").open("ab")
+    command = [script("fieldmon-collector"), "run", "--config", config]
+    log = workdir / "collector.log"
     # First run: the collector creates its persistent session and subscription, then stops.
-    collector = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    _wait_http(http_port)
-    time.sleep(1.0)
-    _stop(collector, workdir)
+    collector = start(command, log)
+    try:
+        wait_subscribed(http_port, daemons=collector)
+    finally:
+        _stop(collector)
     publish_all(mosquitto.port, payloads, "bench-agent")
 
-    collector = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    collector = start(command, log)
     try:
         process = psutil.Process(collector.pid)
         if os.environ.get("FIELDMON_BENCH_PROFILE"):
@@ -249,7 +233,7 @@ def end_to_end(
             )
         # The clock starts once the process is up (HTTP answers before MQTT connects), so
         # Python's start-up is not counted against the drain.
-        _wait_http(http_port)
+        wait_http(f"http://127.0.0.1:{http_port}/metrics", interval=0.05, daemons=collector)
         started = time.perf_counter()
         cpu_before = sum(process.cpu_times()[:2])
         last, last_change = 0.0, time.perf_counter()
@@ -264,7 +248,7 @@ def end_to_end(
         elapsed = time.perf_counter() - started
         cpu = sum(process.cpu_times()[:2]) - cpu_before
     finally:
-        _stop(collector, workdir)
+        _stop(collector)
     return samples / elapsed, cpu / elapsed
 
 

@@ -52,9 +52,9 @@ from fieldmon.core.wire import topics
 from fieldmon.core.wire.codec import encode
 from fieldmon.core.wire.models import Envelope, Sample
 from fieldmon.lab.netns import Namespace, unique_name, veth
+from fieldmon.lab.process import Daemon, script, start, wait_subscribed
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
 
-BIN = Path(sys.executable).parent
 LINKS = 100  # a 100-link site
 ROUND_S = 10  # every link probed every 10 s
 SAMPLES_PER_ENVELOPE = 10  # 100 links / 10 s, committed once a second (the batcher's linger)
@@ -113,35 +113,34 @@ class Collector:
         flush_interval: str = "1s",
     ) -> None:
         self.workdir = workdir
+        self.http_port = free_port()
         config = workdir / "collector.yaml"
         config.write_text(
             f"broker: {{host: 127.0.0.1, port: {mosquitto.port}, client_id: bench-collector}}\n"
             f'influxdb: {{api: v1, url: "{influxd.url}", database: bench, '
             f"flush_interval: {flush_interval}}}\n"
-            f"site_configs: ./site_configs\nhttp: {{listen: '127.0.0.1:{free_port()}'}}\n"
+            f"site_configs: ./site_configs\nhttp: {{listen: '127.0.0.1:{self.http_port}'}}\n"
             "data_dir: ./collector-data\nroles: [ingest]\n",
             encoding="utf-8",
         )
-        self.command = [str(BIN / "fieldmon-collector"), "run", "--config", str(config)]
-        self.process: subprocess.Popen[bytes] | None = None
+        self.command = [script("fieldmon-collector"), "run", "--config", config]
+        self.process: Daemon | None = None
 
     def __enter__(self) -> Collector:
         log_path = self.workdir / "collector.log"
         log_path.write_bytes(b"")
-        self.process = subprocess.Popen(
-            self.command, stdout=log_path.open("ab"), stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 30
-        while "connected to broker" not in log_path.read_text():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"the collector did not connect; see {self.workdir}")
-            time.sleep(0.05)
+        self.process = start(self.command, log_path)
+        try:
+            # Subscribed: from its SUBACK on the broker delivers the agent's envelopes to it.
+            wait_subscribed(self.http_port, daemons=self.process)
+        except AssertionError:
+            self.process.stop()
+            raise
         return self
 
     def __exit__(self, *_exc: object) -> None:
         assert self.process is not None
-        self.process.terminate()
-        self.process.wait(timeout=30)
+        self.process.stop(timeout=30)
 
 
 # -- the raw MQTT ceiling --------------------------------------------------------------------
@@ -211,8 +210,7 @@ async def _sustained(
     sender, _batcher = build_pipeline(config, outbox, link, disk)
     task = asyncio.create_task(sender.run())
     link.start()
-    await asyncio.wait_for(link.connected.wait(), 10)
-    await asyncio.sleep(0.5)  # the ack subscription
+    await asyncio.wait_for(link.wait_subscribed(), 10)  # the ack subscription's SUBACK
     started = time.perf_counter()
     for batch in batches:
         await loop.run_in_executor(disk, outbox.append, batch)
@@ -329,26 +327,24 @@ def drain(
             write_site_file(site_file, address, outbox_path, LINKS, replay_rate)
             with Collector(workdir, mosquitto, influxd):
                 clock = ArrivalClock(mosquitto.port, backlog_end)
-                agent = subprocess.Popen(
-                    ["ip", "netns", "exec", site.name, str(BIN / "fieldmon-agent"), "run",
-                     "--config", str(site_file)],
-                    stdout=(workdir / "drain-agent.log").open("ab"),
-                    stderr=subprocess.STDOUT,
+                agent = start(
+                    ["ip", "netns", "exec", site.name, script("fieldmon-agent"), "run",
+                     "--config", site_file],
+                    workdir / "drain-agent.log",
                 )  # fmt: skip
                 started = time.monotonic()
                 try:
                     while (left := _backlog_left(outbox_path, backlog_end)) > 0:
-                        if agent.poll() is not None:
+                        if not agent.running():
                             raise RuntimeError(f"the agent died; see {workdir}/drain-agent.log")
                         if time.monotonic() - started > 3600:
                             raise RuntimeError(f"{left} backlog envelopes left after an hour")
                         time.sleep(0.25)
                     elapsed = time.monotonic() - started
                     clock.drained = True
-                    time.sleep(baseline_s)
+                    time.sleep(baseline_s)  # live data alone, for the lag without a backlog
                 finally:
-                    agent.terminate()
-                    agent.wait(timeout=30)
+                    agent.stop(timeout=30)
                     clock.close()
     lags = clock.live_lags
     return {

@@ -9,7 +9,6 @@ import ipaddress
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,10 @@ from fieldmon.core.site.links import IcmpLinkConfig
 from fieldmon.core.site.snmp import SnmpDeviceConfig
 from fieldmon.core.wire.models import Sample
 from fieldmon.lab.netns import Namespace, silent_host, unique_name, veth
+from fieldmon.lab.process import script
 from fieldmon.lab.servers import MosquittoServer, SnmpdServer, free_port
 
-AGENT = Path(sys.executable).parent / "fieldmon-agent"
+AGENT = script("fieldmon-agent")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
 LOOPBACK_LINK = {
     "name": "site-gateway",

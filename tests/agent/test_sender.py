@@ -1,9 +1,11 @@
-"""The sender replays fresh-first through a real Mosquitto: newest round, then the backlog."""
+"""The sender replays fresh-first through a real Mosquitto: newest round, then the backlog; a
+broker that refuses its ack subscription is an error that says what it means."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -11,15 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldmon.agent.outbox import Outbox
-from fieldmon.agent.sender import Sender
-from fieldmon.core.mqtt.link import MqttLink, new_client
+from fieldmon.agent.sender import ACK_REFUSED, Sender
+from fieldmon.core.mqtt.link import MqttLink, SubscriptionState, SubscriptionStatus, new_client
 from fieldmon.core.mqtt.settings import BrokerConfig
 from fieldmon.core.wire import topics
 from fieldmon.core.wire.models import Sample
-from fieldmon.lab.servers import MosquittoServer
+from fieldmon.lab.servers import MosquittoServer, dynamic_security
 
 SITE, AGENT = "sender-site", "sender-pi"
 
@@ -69,7 +72,7 @@ def test_replay_sends_the_newest_first_then_backlog_oldest_first_with_live_ahead
     assert mosquitto.port is not None
     observer = Observer(mosquitto.port)
     try:
-        asyncio.run(_replay(outbox, mosquitto.port))
+        asyncio.run(_replay(outbox, mosquitto.port, observer))
     finally:
         observer.close()
     seqs = observer.seqs
@@ -80,7 +83,7 @@ def test_replay_sends_the_newest_first_then_backlog_oldest_first_with_live_ahead
     assert seqs.index(20) < seqs.index(17)
 
 
-async def _replay(outbox: Outbox, port: int) -> None:
+async def _replay(outbox: Outbox, port: int, observer: Observer) -> None:
     loop = asyncio.get_running_loop()
     disk = ThreadPoolExecutor(max_workers=1)
     config = BrokerConfig(host="127.0.0.1", port=port)
@@ -97,12 +100,50 @@ async def _replay(outbox: Outbox, port: int) -> None:
     task = asyncio.create_task(sender.run())
     link.start()
     try:
+        [ack] = await asyncio.wait_for(link.wait_subscribed(), 10)
+        assert (ack.topic, ack.state) == (topics.ack_topic(SITE, AGENT), SubscriptionState.GRANTED)
         await _until(lambda: len(sent) >= 6, 10)
         await loop.run_in_executor(disk, outbox.append, [_sample(20)])
         sender.notify()
         await _until(lambda: len(sent) >= 21, 20)
-        await asyncio.sleep(0.3)  # let the broker deliver the last ones to the observer
+        await _until(lambda: len(observer.seqs) >= 21, 10)  # the broker delivered them all
     finally:
         task.cancel()
         link.stop()
         disk.shutdown()
+
+
+def test_a_refused_ack_subscription_is_an_error_that_says_what_it_means(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ack_topic = topics.ack_topic(SITE, AGENT)
+    document = dynamic_security(deny_subscribe=[ack_topic])
+    with MosquittoServer(tmp_path / "broker", dynamic_security=document) as broker:
+        assert broker.port is not None
+        config = BrokerConfig(host="127.0.0.1", port=broker.port)
+
+        async def scenario() -> list[SubscriptionStatus]:
+            disk = ThreadPoolExecutor(max_workers=1)
+            outbox = Outbox(tmp_path / "outbox.db", site=SITE, agent=AGENT)
+            link = MqttLink(new_client(config, AGENT), config, asyncio.get_running_loop())
+            Sender(outbox, link, site=SITE, agent=AGENT, disk=disk)
+            link.start()
+            try:
+                return await asyncio.wait_for(link.wait_subscribed(), 10)
+            finally:
+                link.stop()
+                disk.shutdown()
+                outbox.close()
+
+        with caplog.at_level(logging.ERROR, logger="fieldmon.core.mqtt.link"):
+            [ack] = asyncio.run(scenario())
+    assert (ack.topic, ack.state, ack.reason) == (
+        ack_topic,
+        SubscriptionState.REFUSED,
+        "Not authorized",
+    )
+    [error] = [record.getMessage() for record in caplog.records]
+    assert (
+        error == f"broker refused the subscription to {ack_topic} (Not authorized): {ACK_REFUSED}"
+    )
+    assert "nothing it sends will ever be deleted from the outbox" in error

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -15,25 +11,25 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldmon.core.wire.codec import encode
 from fieldmon.core.wire.models import Envelope, Sample
+from fieldmon.lab.process import Daemon, http_get, script, start, wait_for, wait_subscribed
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
 
-BIN = Path(sys.executable).parent
 SITE, AGENT = "shared-site", "shared-pi"
 ENVELOPES, PER_ENVELOPE = 200, 5
 pytestmark = pytest.mark.integration
 
 
 def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
+    _status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
     return 0.0
 
 
 def _collector(
     tmp: Path, name: str, mosquitto: int, influx_url: str, db: str
-) -> tuple[subprocess.Popen[bytes], int]:
+) -> tuple[Daemon, int]:
     port = free_port()
     config = tmp / f"{name}.yaml"
     config.write_text(
@@ -44,25 +40,8 @@ def _collector(
         f"roles: [ingest]\ndata_dir: ./{name}-data\n",
         encoding="utf-8",
     )
-    log = (tmp / f"{name}.log").open("wb")
-    process = subprocess.Popen(
-        [str(BIN / "fieldmon-collector"), "run", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return process, port
-
-
-def _wait(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    command = [script("fieldmon-collector"), "run", "--config", config]
+    return start(command, tmp / f"{name}.log"), port
 
 
 def test_two_collectors_write_every_envelope_exactly_once(
@@ -79,9 +58,10 @@ def test_two_collectors_write_every_envelope_exactly_once(
         for name in ("ingest-1", "ingest-2")
     ]
     try:
-        for _process, port in collectors:
-            _wait(lambda port=port: _metric(port, "fieldmon_mqtt_connected") == 1, "a collector")
-        time.sleep(0.5)
+        # Both in the shared group before anything is published (SUBACKs in), or the first
+        # one would get the whole stream.
+        for process, port in collectors:
+            wait_subscribed(port, daemons=process)
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         client.connect("127.0.0.1", mosquitto.port)
         client.loop_start()
@@ -108,14 +88,12 @@ def test_two_collectors_write_every_envelope_exactly_once(
                 >= total
             )
 
-        _wait(all_written, "every point written")
+        wait_for(all_written, "every point written", daemons=[p for p, _ in collectors])
         written = [_metric(port, "fieldmon_points_written_total") for _, port in collectors]
         received = [_metric(port, "fieldmon_envelopes_received_total") for _, port in collectors]
     finally:
         for process, _port in collectors:
-            process.send_signal(signal.SIGTERM)
-        for process, _port in collectors:
-            process.wait(timeout=20)
+            process.stop()
     # The broker split the stream: both worked, neither saw an envelope the other saw.
     assert sum(received) == ENVELOPES
     assert min(received) > 0

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -17,9 +14,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldmon.core.wire.codec import encode
 from fieldmon.core.wire.models import Envelope, Sample
+from fieldmon.lab.process import http_get, script, start, wait_for, wait_subscribed
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
 
-BIN = Path(sys.executable).parent
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 pytestmark = pytest.mark.integration
 
@@ -58,9 +55,8 @@ def _round(site: str, seq: int, loss: float, at_ns: int) -> bytes:
 
 
 def _sites(http_port: int) -> dict[str, dict[str, object]]:
-    url = f"http://127.0.0.1:{http_port}/api/v1/sites"
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        return {site["site"]: site for site in json.loads(reply.read())["sites"]}
+    _status, body = http_get(f"http://127.0.0.1:{http_port}/api/v1/sites")
+    return {site["site"]: site for site in json.loads(body)["sites"]}
 
 
 def _chromium(*args: str, profile: Path) -> str:
@@ -92,15 +88,11 @@ def test_status_page_shows_every_site_and_the_degraded_one(
         "data_dir: ./data\n",
         encoding="utf-8",
     )
-    log = (tmp_path / "collector.log").open("wb")
-    collector = subprocess.Popen(
-        [str(BIN / "fieldmon-collector"), "run", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    collector = start(
+        [script("fieldmon-collector"), "run", "--config", config], tmp_path / "collector.log"
     )
     try:
-        _wait(lambda: _sites(http_port), "the collector's API")
-        time.sleep(0.5)  # subscribed
+        wait_subscribed(http_port, daemons=collector)
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         client.connect("127.0.0.1", mosquitto.port)
         client.loop_start()
@@ -113,9 +105,11 @@ def test_status_page_shows_every_site_and_the_degraded_one(
                 ).wait_for_publish(5)
         client.loop_stop()
         client.disconnect()
-        _wait(
+        wait_for(
             lambda: _sites(http_port)["hall-b"]["state"] == "degraded",
             "hall-b judged degraded",
+            20,
+            daemons=collector,
         )
 
         url = f"http://127.0.0.1:{http_port}/"
@@ -134,19 +128,4 @@ def test_status_page_shows_every_site_and_the_degraded_one(
         )
         assert screenshot.stat().st_size > 10_000
     finally:
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(timeout=20)
-
-
-def _wait(predicate, what: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except OSError as exc:
-            last_error = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what} ({last_error})")
+        collector.stop()

@@ -11,7 +11,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -28,6 +27,7 @@ from ruamel.yaml import YAML
 from fieldmon.collector.storage.lineprotocol import encode_samples
 from fieldmon.core.wire.models import Sample
 from fieldmon.lab.demo import DATABASE as DEMO_DATABASE
+from fieldmon.lab.process import script
 from fieldmon.lab.servers import InfluxdServer, ServerQueryError
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
@@ -484,7 +484,6 @@ def test_site_and_link_variables_list_what_was_written(
 
 # --- data the real pipeline wrote ------------------------------------------------------------
 
-BIN = Path(sys.executable).parent
 # Long enough for the collector's first `agent` rows (written once a minute) and for the
 # parent link, degraded for the middle third of the run, to fire an alert.
 DEMO_SECONDS = 80
@@ -519,7 +518,7 @@ class DemoData:
 
 def _run_demo(workdir: Path) -> None:
     result = subprocess.run(
-        [str(BIN / "fieldmon-lab"), "demo", "--duration", str(DEMO_SECONDS),
+        [script("fieldmon-lab"), "demo", "--duration", str(DEMO_SECONDS),
          "--data-dir", str(workdir)],
         capture_output=True, text=True, check=False, timeout=DEMO_SECONDS + 120,
         env={**os.environ, "COLUMNS": "120"},

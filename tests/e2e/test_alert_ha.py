@@ -7,9 +7,6 @@ and one resolved notification for the episode.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +16,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldmon.core.wire.codec import encode
 from fieldmon.core.wire.models import Envelope, Sample
+from fieldmon.lab.process import Daemon, script, start, wait_for, wait_subscribed
 from fieldmon.lab.servers import AlertmanagerServer, InfluxdServer, MosquittoServer, free_port
 
-from .test_alerting import Receiver, _alertmanager_config, _wait_for
+from .test_alerting import Receiver, _alertmanager_config
 
-BIN = Path(sys.executable).parent
 SITE, AGENT = "ha-site", "ha-pi"
 pytestmark = pytest.mark.integration
 
@@ -47,22 +44,21 @@ def _round(seq: int, received: int, at_ns: int) -> bytes:
 
 def _collector(
     tmp: Path, name: str, *, mosquitto: int, influx: InfluxdServer, db: str, am: str
-) -> subprocess.Popen[bytes]:
+) -> tuple[Daemon, int]:
+    """An alerts-only collector and its HTTP port."""
     config = tmp / f"{name}.yaml"
+    http_port = free_port()
     config.write_text(
         f"broker: {{host: 127.0.0.1, port: {mosquitto}, client_id: {name}}}\n"
         f'influxdb: {{api: v1, url: "{influx.url}", database: {db}}}\n'
-        f"site_configs: ./site_configs\nhttp: {{listen: '127.0.0.1:{free_port()}'}}\n"
+        f"site_configs: ./site_configs\nhttp: {{listen: '127.0.0.1:{http_port}'}}\n"
         f"roles: [alerts]\ndata_dir: ./{name}-data\n"
         f"alerting: {{for_rounds: 3, clear_rounds: 3, silence_timeout: 1h}}\n"
         f'notify: {{alertmanager: {{url: "{am}"}}}}\n',
         encoding="utf-8",
     )
-    return subprocess.Popen(
-        [str(BIN / "fieldmon-collector"), "run", "--config", str(config)],
-        stdout=(tmp / f"{name}.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    command = [script("fieldmon-collector"), "run", "--config", config]
+    return start(command, tmp / f"{name}.log"), http_port
 
 
 def test_two_alert_evaluators_give_one_notification_per_episode(
@@ -90,7 +86,8 @@ def test_two_alert_evaluators_give_one_notification_per_episode(
         for name in ("alerts-a", "alerts-b")
     ]
     try:
-        time.sleep(2.0)  # both connected and subscribed
+        for collector, http_port in collectors:
+            wait_subscribed(http_port, daemons=collector)
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         client.connect("127.0.0.1", mosquitto.port)
         client.loop_start()
@@ -103,6 +100,8 @@ def test_two_alert_evaluators_give_one_notification_per_episode(
             client.publish(
                 f"fieldmon/v1/{SITE}/{AGENT}/samples", _round(seq, received, at), qos=1
             ).wait_for_publish(5)
+            # Spread over two seconds as live rounds would be, rather than in one burst: the
+            # page reaches Alertmanager before the resolve does, so it notifies both.
             time.sleep(0.2)
         client.loop_stop()
         client.disconnect()
@@ -110,13 +109,11 @@ def test_two_alert_evaluators_give_one_notification_per_episode(
         def link_down(status: str) -> list[tuple[float, str, str]]:
             return [s for s in receiver.alertmanager_states() if s[1:] == ("LinkDown", status)]
 
-        _wait_for(lambda: bool(link_down("resolved")), "the resolved notification", 30)
+        wait_for(lambda: bool(link_down("resolved")), "the resolved notification", 30)
         time.sleep(3)  # room for a duplicate to show up, were there one
     finally:
-        for collector in collectors:
-            collector.send_signal(signal.SIGTERM)
-        for collector in collectors:
-            collector.wait(timeout=20)
+        for collector, _http_port in collectors:
+            collector.stop()
         alertmanager.stop()
         receiver.server.shutdown()
     logs = [(tmp_path / f"{name}.log").read_text() for name in ("alerts-a", "alerts-b")]

@@ -11,21 +11,18 @@ wlan1 is down in the recording from the start: a radio never seen up must never 
 from __future__ import annotations
 
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from fieldmon.lab.process import Daemon, script, start, wait_for, wait_subscribed
 from fieldmon.lab.servers import AlertmanagerServer, InfluxdServer, MosquittoServer, free_port
 from fieldmon.lab.simap import recorded_walk, walk_server
 
-from .test_alerting import Receiver, _alertmanager_config, _wait_for
+from .test_alerting import Receiver, _alertmanager_config
 
-BIN = Path(sys.executable).parent
 SITE, AGENT = "kinds-site", "kinds-pi"
 pytestmark = pytest.mark.integration
 
@@ -41,7 +38,8 @@ WLAN0_OIDS = (
 
 def _write_configs(
     tmp: Path, *, mosquitto: int, snmp_port: int, community: str, influx: str, db: str, am: str
-) -> tuple[Path, Path]:
+) -> tuple[Path, Path, int]:
+    """The site file, the collector file and the collector's HTTP port."""
     (tmp / "community").write_text(community, encoding="utf-8")
     sites = tmp / "site_configs"
     sites.mkdir()
@@ -65,11 +63,12 @@ alerting: {{ap_down_polls: 2}}
         encoding="utf-8",
     )
     collector_file = tmp / "collector.yaml"
+    http_port = free_port()
     collector_file.write_text(
         f"""broker: {{host: 127.0.0.1, port: {mosquitto}, client_id: kinds-collector}}
 influxdb: {{api: v1, url: "{influx}", database: {db}, flush_interval: 200ms}}
 site_configs: ./site_configs
-http: {{listen: "127.0.0.1:{free_port()}"}}
+http: {{listen: "127.0.0.1:{http_port}"}}
 data_dir: ./data
 alerting: {{silence_timeout: 1h, device_clear_polls: 2}}
 notify:
@@ -77,7 +76,7 @@ notify:
 """,
         encoding="utf-8",
     )
-    return site_file, collector_file
+    return site_file, collector_file, http_port
 
 
 def test_radio_removed_from_the_walk_pages_ap_down_and_resolves(
@@ -94,7 +93,7 @@ def test_radio_removed_from_the_walk_pages_ap_down_and_resolves(
     receiver = Receiver()
     alertmanager = AlertmanagerServer(tmp_path / "am", _alertmanager_config(receiver.port))
     alertmanager.start()
-    site_file, collector_file = _write_configs(
+    site_file, collector_file, http_port = _write_configs(
         tmp_path,
         mosquitto=mosquitto.port,
         snmp_port=snmpd.port,  # type: ignore[arg-type]
@@ -103,21 +102,13 @@ def test_radio_removed_from_the_walk_pages_ap_down_and_resolves(
         db=influx_db,
         am=alertmanager.url,
     )
-    logs = (tmp_path / "processes.log").open("wb")
+    logs = tmp_path / "processes.log"
 
-    def start_collector() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [str(BIN / "fieldmon-collector"), "run", "--config", str(collector_file)],
-            stdout=logs,
-            stderr=subprocess.STDOUT,
-        )
+    def start_collector() -> Daemon:
+        return start([script("fieldmon-collector"), "run", "--config", collector_file], logs)
 
     collector = start_collector()
-    agent = subprocess.Popen(
-        [str(BIN / "fieldmon-agent"), "run", "--config", str(site_file)],
-        stdout=logs,
-        stderr=subprocess.STDOUT,
-    )
+    agent: Daemon | None = None
 
     def ap_down_alerts() -> list[dict[str, object]]:
         return [
@@ -138,23 +129,23 @@ def test_radio_removed_from_the_walk_pages_ap_down_and_resolves(
         return int(rows[0]["count"]) if rows else 0
 
     try:
+        wait_subscribed(http_port, daemons=collector)
+        agent = start([script("fieldmon-agent"), "run", "--config", site_file], logs)
         # wlan0 seen up a few times first (a radio is watched once it was seen working).
-        _wait_for(lambda: radio_rows() >= 3, "wlan0 rows in InfluxDB", 20)
+        wait_for(lambda: radio_rows() >= 3, "wlan0 rows in InfluxDB", 20)
         assert ap_down_alerts() == [], "no page while every watched radio is up"
         walk.write_text(without_wlan0, encoding="utf-8")
-        _wait_for(seen("firing"), "ApDown firing at Alertmanager", 20)
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(timeout=20)
+        wait_for(seen("firing"), "ApDown firing at Alertmanager", 20)
+        collector.stop()
         collector = start_collector()
+        wait_subscribed(http_port, daemons=collector)
         time.sleep(3)  # the restored collector judges a few more down polls: no second page
         walk.write_text(original, encoding="utf-8")
-        _wait_for(seen("resolved"), "ApDown resolved at Alertmanager", 20)
+        wait_for(seen("resolved"), "ApDown resolved at Alertmanager", 20)
     finally:
         for process in (agent, collector):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (agent, collector):
-            process.wait(timeout=20)
+            if process is not None:
+                process.stop()
         alertmanager.stop()
         receiver.server.shutdown()
         snmpd.stop()

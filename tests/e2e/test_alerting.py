@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from fieldmon.lab.netns import Namespace, unique_name, veth
+from fieldmon.lab.process import http_get, script, start, wait_for, wait_subscribed
 from fieldmon.lab.servers import AlertmanagerServer, InfluxdServer, MosquittoServer, free_port
 
-BIN = Path(sys.executable).parent
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.netns,
@@ -97,13 +94,17 @@ def _drop(parent: Namespace, probability: float | None) -> float:
     return time.monotonic()
 
 
-def _wait_for(predicate: Callable[[], bool], what: str, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def _latency(predicate: Callable[[], bool], what: str, timeout: float, since: float) -> float:
+    """Seconds from `since` until `predicate` holds."""
+    wait_for(predicate, what, timeout)
+    return time.monotonic() - since
+
+
+def _judged_rounds(http_port: int, site: str, link: str) -> list[list[float]]:
+    """[time, loss %, rtt p95] of each round of `link` the collector has taken in."""
+    sites = json.loads(http_get(f"http://127.0.0.1:{http_port}/api/v1/sites")[1])["sites"]
+    [view] = [view for view in sites if view["site"] == site]
+    return next(entry["history"] for entry in view["links"] if entry["name"] == link)
 
 
 def test_link_and_site_alerts_page_and_resolve(
@@ -150,14 +151,10 @@ notify:
 """,
         encoding="utf-8",
     )
-    logs = (tmp_path / "collector.log").open("wb")
-    collector = subprocess.Popen(
-        [str(BIN / "fieldmon-collector"), "run", "--config", str(collector_file)],
-        stdout=logs,
-        stderr=subprocess.STDOUT,
-    )
-    agent_args = [str(BIN / "fieldmon-agent"), "run", "--config", str(site_file)]
-    agent = subprocess.Popen(agent_args, stdout=logs, stderr=subprocess.STDOUT)
+    logs = tmp_path / "collector.log"  # the agent's too
+    collector = start([script("fieldmon-collector"), "run", "--config", collector_file], logs)
+    agent_args = [script("fieldmon-agent"), "run", "--config", site_file]
+    agent = None
     states = receiver.alertmanager_states
 
     def seen(name: str, status: str) -> Callable[[], bool]:
@@ -165,32 +162,37 @@ notify:
 
     latencies = {}
     try:
-        time.sleep(4)  # healthy rounds first
+        wait_subscribed(http_port, daemons=collector)
+        agent = start(agent_args, logs)
+        # Healthy rounds first: the collector has judged a few before anything is impaired.
+        wait_for(
+            lambda: len(_judged_rounds(http_port, "alert-site", "parent-gw")) >= 3,
+            "three healthy rounds judged",
+            30,
+            daemons=[collector, agent],
+        )
         assert states() == [], "no page for a healthy link"
         started = _drop(parent, 0.3)
-        latencies["degraded"] = (
-            _wait_for(seen("LinkDegraded", "firing"), "LinkDegraded", 40) - started
+        latencies["degraded"] = _latency(
+            seen("LinkDegraded", "firing"), "LinkDegraded", 40, started
         )
         started = _drop(parent, 1.0)
-        latencies["down"] = _wait_for(seen("LinkDown", "firing"), "LinkDown", 30) - started
+        latencies["down"] = _latency(seen("LinkDown", "firing"), "LinkDown", 30, started)
         started = _drop(parent, None)
-        latencies["resolved"] = (
-            _wait_for(seen("LinkDown", "resolved"), "LinkDown resolved", 40) - started
+        latencies["resolved"] = _latency(
+            seen("LinkDown", "resolved"), "LinkDown resolved", 40, started
         )
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=20)
+        agent.stop()
         stopped = time.monotonic()
-        latencies["unreachable"] = (
-            _wait_for(seen("SiteUnreachable", "firing"), "SiteUnreachable", 30) - stopped
+        latencies["unreachable"] = _latency(
+            seen("SiteUnreachable", "firing"), "SiteUnreachable", 30, stopped
         )
-        agent = subprocess.Popen(agent_args, stdout=logs, stderr=subprocess.STDOUT)
-        _wait_for(seen("SiteUnreachable", "resolved"), "SiteUnreachable resolved", 30)
+        agent = start(agent_args, logs)
+        wait_for(seen("SiteUnreachable", "resolved"), "SiteUnreachable resolved", 30)
     finally:
-        if agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=20)
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(timeout=20)
+        if agent is not None:
+            agent.stop()
+        collector.stop()
         alertmanager.stop()
         receiver.server.shutdown()
     print(f"detection latency (s): { {k: round(v, 1) for k, v in latencies.items()} }")

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +13,16 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldmon.lab.netns import silent_host
+from fieldmon.lab.process import (
+    collector_health,
+    http_get,
+    script,
+    start,
+    wait_for,
+    wait_subscribed,
+)
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, SnmpdServer, free_port
 
-BIN = Path(sys.executable).parent
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.netns,
@@ -33,32 +35,11 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
-    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT)
-
-
-def _stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=timeout)
-
-
 @pytest.fixture
 def silent_address() -> Iterator[str]:
     """An address inside a namespace of our own whose host never answers echoes."""
     with silent_host("e2e") as address:
         yield address
-
-
-def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_agent_to_influxdb_through_mosquitto(
@@ -106,13 +87,19 @@ http: {{listen: "127.0.0.1:{http_port}"}}
 data_dir: ./collector-data
 """,
     )
-    collector = _start(
-        [str(BIN / "fieldmon-collector"), "run", "--config", str(collector_file)],
+    collector = start(
+        [script("fieldmon-collector"), "run", "--config", collector_file],
         tmp_path / "collector.log",
     )
-    agent = _start(
-        [str(BIN / "fieldmon-agent"), "run", "--config", str(site_file)], tmp_path / "agent.log"
-    )
+    # The agent starts once the broker keeps its envelopes for the collector (SUBACK in):
+    # one sent before would wait for the agent's 30 s ack timeout to be sent again.
+    try:
+        wait_subscribed(http_port, daemons=collector)
+    except AssertionError:
+        collector.stop()
+        snmpd.stop()
+        raise
+    agent = start([script("fieldmon-agent"), "run", "--config", site_file], tmp_path / "agent.log")
     try:
 
         def rows() -> dict[str, dict[str, object]]:
@@ -124,7 +111,7 @@ data_dir: ./collector-data
             by_target = {str(row["target"]): row for row in found}
             return by_target if {"loopback", "parent-silent"} <= set(by_target) else {}
 
-        latest = _wait_for(rows, 30, "link rows for both targets in influxd")
+        latest = wait_for(rows, "link rows for both targets in influxd", 30)
         loop_row, silent_row = latest["loopback"], latest["parent-silent"]
         for row, role in ((loop_row, "gateway"), (silent_row, "parent")):
             assert row["site"] == "e2e-site"
@@ -144,10 +131,10 @@ data_dir: ./collector-data
                 'SELECT * FROM "snmp_if" WHERE in_bps >= 0 GROUP BY *', db=influx_db
             )
 
-        [lo_row, *_] = _wait_for(snmp_rows, 30, "an snmp_if row with a rate")
+        [lo_row, *_] = wait_for(snmp_rows, "an snmp_if row with a rate", 30)
         assert (lo_row["device"], lo_row["ifname"], lo_row["oper_up"]) == ("uplink-router", "lo", 1)
-        [host_row, *_] = _wait_for(
-            lambda: influxd.query('SELECT * FROM "host" GROUP BY *', db=influx_db), 30, "host rows"
+        [host_row, *_] = wait_for(
+            lambda: influxd.query('SELECT * FROM "host" GROUP BY *', db=influx_db), "host rows", 30
         )
         assert 0 <= float(host_row["mem_pct"]) <= 100  # type: ignore[arg-type]
 
@@ -158,7 +145,7 @@ data_dir: ./collector-data
                 "SELECT * FROM \"alert\" WHERE alertname = 'LinkDown' GROUP BY *", db=influx_db
             )
 
-        [down, *_] = _wait_for(link_down, 30, "a LinkDown alert row")
+        [down, *_] = wait_for(link_down, "a LinkDown alert row", 30)
         assert (down["site"], down["target"], down["severity"]) == (
             "e2e-site",
             "parent-silent",
@@ -166,10 +153,9 @@ data_dir: ./collector-data
         )
         assert down["state"] == "firing"
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as reply:
-            assert json.loads(reply.read())["status"] == "ok"
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as reply:
-            metrics = reply.read().decode()
+        status, health = collector_health(http_port)
+        assert (status, health["status"]) == (200, "ok"), health
+        metrics = http_get(f"http://127.0.0.1:{http_port}/metrics")[1].decode()
         written = [
             float(line.split()[-1])
             for line in metrics.splitlines()
@@ -177,8 +163,8 @@ data_dir: ./collector-data
         ]
         assert written and written[0] >= 2
     finally:
-        agent_status = _stop(agent)
-        collector_status = _stop(collector)
+        agent_status = agent.stop()
+        collector_status = collector.stop()
         snmpd.stop()
     logs = f"agent log:\n{(tmp_path / 'agent.log').read_text()[-3000:]}"
     assert agent_status == 0, logs
@@ -204,7 +190,7 @@ def _retained_status(port: int) -> dict[str, object]:
     client.subscribe("fieldmon/v1/e2e-site/e2e-pi/status", qos=1)
     client.loop_start()
     try:
-        _wait_for(lambda: received, 5, "the retained status message")
+        wait_for(lambda: received, "the retained status message", 5)
     finally:
         client.loop_stop()
         client.disconnect()

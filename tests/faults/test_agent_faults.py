@@ -23,10 +23,7 @@ import itertools
 import json
 import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,9 +37,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fieldmon.lab.netns import Namespace, run, unique_name, veth
+from fieldmon.lab.process import Daemon, script, start, wait_for, wait_subscribed
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
 
-BIN = Path(sys.executable).parent
 SITE, AGENT = "fault-site", "fault-pi"
 TARGETS = ("gw-a", "gw-b")
 pytestmark = [
@@ -118,27 +115,6 @@ class Observer:
         self._client.disconnect()
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("ab")
-    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT)
-
-
-def _stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=timeout)
-
-
-def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @dataclass
 class OutboxState:
     """What the agent's own outbox file says (read with sqlite3 beside the running agent)."""
@@ -186,48 +162,43 @@ class Rig:
             encoding="utf-8",
         )
         collector_file = tmp_path / "collector.yaml"
+        self.http_port = free_port()
         collector_file.write_text(
             f"broker: {{host: 127.0.0.1, port: {mosquitto.port}, client_id: fault-collector}}\n"
             f'influxdb: {{api: v1, url: "{influxd.url}", database: {db}, '
             "flush_interval: 200ms}\n"
             f"site_configs: ./site_configs\n"
-            f'http: {{listen: "127.0.0.1:{free_port()}"}}\n'
+            f'http: {{listen: "127.0.0.1:{self.http_port}"}}\n'
             "data_dir: ./collector-data\n",
             encoding="utf-8",
         )
-        self.collector_args = [
-            str(BIN / "fieldmon-collector"),
-            "run",
-            "--config",
-            str(collector_file),
-        ]
+        self.collector_args = [script("fieldmon-collector"), "run", "--config", collector_file]
         self.influxd, self.db = influxd, db
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[Daemon] = []
 
-    def _start(self, command: list[str], log: Path) -> subprocess.Popen[bytes]:
-        process = _start(command, log)
+    def _start(self, command: list[str | Path], log: Path) -> Daemon:
+        process = start(command, log)
         self.processes.append(process)
         return process
 
     def kill_leftovers(self) -> None:
         """SIGKILL, by PID, whatever this rig started and a failed test left running."""
         for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            process.kill()
 
-    def agent(self) -> subprocess.Popen[bytes]:
-        command = [str(BIN / "fieldmon-agent"), "run", "--config", str(self.site_file)]
+    def agent(self) -> Daemon:
+        command: list[str | Path] = [script("fieldmon-agent"), "run", "--config", self.site_file]
         if self.namespace is not None:
             # `ip netns exec` execs the agent in place: the PID we hold is the agent's.
             command = ["ip", "netns", "exec", self.namespace.name, *command]
         return self._start(command, self.tmp / "agent.log")
 
-    def collector(self) -> subprocess.Popen[bytes]:
-        return self._start(self.collector_args, self.tmp / "collector.log")
-
-    def collector_log(self) -> str:
-        return (self.tmp / "collector.log").read_text()
+    def collector(self) -> Daemon:
+        """The collector, once the broker granted its subscriptions: from then on the broker
+        keeps what the agent sends for the collector's session, even while it is away."""
+        collector = self._start(self.collector_args, self.tmp / "collector.log")
+        wait_subscribed(self.http_port, daemons=collector)
+        return collector
 
     def agent_log(self) -> str:
         path = self.tmp / "agent.log"
@@ -324,7 +295,7 @@ def _check_accounting(rig: Rig, observer: Observer) -> Accounting:
     assert len(committed) == len(set(committed)), "a sample was committed under two seqs"
     expected = sorted(committed)
     try:
-        _wait_for(lambda: sorted(rig.influx_keys()) == expected, 20, "influxd to hold every key")
+        wait_for(lambda: sorted(rig.influx_keys()) == expected, "influxd to hold every key", 20)
     except AssertionError:
         stored = set(rig.influx_keys())
         missing, extra = sorted(set(expected) - stored), sorted(stored - set(expected))
@@ -368,25 +339,24 @@ def test_agent_killed_at_20_random_moments_loses_and_duplicates_nothing(
             started = rig.agent_log().count("agent started")
             agent = rig.agent()
             if index % 4:
-                _wait_for(
-                    lambda n=started: rig.agent_log().count("agent started") > n, 20, "start-up"
+                wait_for(
+                    lambda n=started: rig.agent_log().count("agent started") > n, "start-up", 20
                 )
-            time.sleep(moment)
+            time.sleep(moment)  # the kill moment, random by design
             agent.kill()  # SIGKILL this PID, mid-whatever it was doing
-            agent.wait()
         agent = rig.agent()
         before = rig.next_seq_so_far()
-        _wait_for(
+        wait_for(
             lambda: max(observer.snapshot(), default=-1) >= before + 5,
-            20,
             "envelopes after the restarts",
+            20,
         )
-        assert _stop(agent) == 0, rig.logs()
+        assert agent.stop() == 0, rig.logs()
         result = _check_accounting(rig, observer)
         resent = sum(len(copies) - 1 for copies in observer.snapshot().values())
     finally:
         observer.close()
-        _stop(collector)
+        collector.stop()
     assert result.state.dropped_envelopes == 0
     assert all(_times_by_target(result.keys).values()), f"seed {seed}: a target has no rows"
     print(f"seed {seed}: kills at {moments}; {result.state.next_seq} seqs, {resent} re-sent")
@@ -401,19 +371,19 @@ def test_broker_stopped_for_3s_leaves_no_gap(
     collector = rig.collector()
     agent = rig.agent()
     try:
-        _wait_for(lambda: len(observer.snapshot()) >= 5, 20, "the first envelopes")
+        wait_for(lambda: len(observer.snapshot()) >= 5, "the first envelopes", 20)
         stopped_ns = time.time_ns()
         mosquitto.stop()
-        time.sleep(3.0)
+        time.sleep(3.0)  # the outage: rounds measured with no broker
         mosquitto.start()
         restarted_ns = time.time_ns()
-        _wait_for(lambda: observer.newest_time() > restarted_ns, 20, "rounds after the restart")
-        assert agent.poll() is None, rig.logs()
-        assert _stop(agent) == 0, rig.logs()
+        wait_for(lambda: observer.newest_time() > restarted_ns, "rounds after the restart", 20)
+        assert agent.running(), rig.logs()
+        assert agent.stop() == 0, rig.logs()
         result = _check_accounting(rig, observer)
     finally:
         observer.close()
-        _stop(collector)
+        collector.stop()
     assert result.state.dropped_envelopes == 0
     _assert_no_hole(_times_by_target(result.keys), (stopped_ns, restarted_ns))
 
@@ -451,34 +421,34 @@ def test_uplink_cut_then_restored_replays_fresh_first_and_loses_nothing(
     collector = rig.collector()
     agent = rig.agent()
     try:
-        _wait_for(lambda: len(observer.snapshot()) >= 5, 20, "the first envelopes")
+        wait_for(lambda: len(observer.snapshot()) >= 5, "the first envelopes", 20)
         cut_at = time.monotonic()
         cut_ns = time.time_ns()
         run(None, "ip", "link", "set", host_side, "down")
         # The agent notices by its keepalive (5 s): TCP sees no error on a dead link.
-        _wait_for(lambda: "disconnected from broker" in rig.agent_log(), 20, "the agent to notice")
-        time.sleep(2.0)
+        wait_for(lambda: "disconnected from broker" in rig.agent_log(), "the agent to notice", 20)
+        time.sleep(2.0)  # the outage goes on: a backlog of rounds builds up in the outbox
         run(None, "ip", "link", "set", host_side, "up")
         restored_at = time.monotonic()
         restored_ns = time.time_ns()
-        _wait_for(lambda: observer.newest_time() > restored_ns, 40, "rounds after the restore")
+        wait_for(lambda: observer.newest_time() > restored_ns, "rounds after the restore", 40)
         before_cut = {a.seq for a in observer.ordered() if a.at < cut_at}
         # The backlog: everything committed after the cut and before the restore.
-        _wait_for(
+        wait_for(
             lambda: (
                 set(range(max(before_cut), rig.outbox_state().next_seq - 5))
                 <= set(observer.snapshot())
             ),
-            30,
             "the backlog to drain",
+            30,
         )
-        assert agent.poll() is None, rig.logs()
-        assert _stop(agent) == 0, rig.logs()
+        assert agent.running(), rig.logs()
+        assert agent.stop() == 0, rig.logs()
         result = _check_accounting(rig, observer)
         after = [a for a in observer.ordered() if a.at >= restored_at and a.seq not in before_cut]
     finally:
         observer.close()
-        _stop(collector)
+        collector.stop()
         broker.stop()
     assert result.state.dropped_envelopes == 0
     _assert_no_hole(_times_by_target(result.keys), (cut_ns, restored_ns))
@@ -513,33 +483,28 @@ def test_outbox_cap_drops_the_oldest_bulk_counts_exactly_and_keeps_events(
     )
     assert mosquitto.port is not None
     observer = Observer(mosquitto.port)
+    # The collector's persistent session and subscription exist before the outage (rig.collector
+    # waits for its SUBACK), or the broker has no queue to keep for it.
     collector = rig.collector()
-    # The collector's persistent session must exist before the outage, or the broker has no
-    # queue to keep for it.
-    _wait_for(lambda: "connected to broker" in rig.collector_log(), 20, "the collector")
     # The uplink is down when the agent starts: nothing it drops was ever published, so the
     # drop count must equal exactly what never arrives.
     mosquitto.stop()
     agent = rig.agent()
     try:
-        _wait_for(
-            lambda: rig.dropped_so_far() >= 30,
-            30,
-            "the outbox to reach its cap and drop",
-        )
-        assert agent.poll() is None, rig.logs()
+        wait_for(lambda: rig.dropped_so_far() >= 30, "the outbox to reach its cap and drop", 30)
+        assert agent.running(), rig.logs()
         mosquitto.start()
-        _wait_for(lambda: "connected to broker" in rig.agent_log(), 20, "the agent to reconnect")
+        wait_for(lambda: "connected to broker" in rig.agent_log(), "the agent to reconnect", 20)
         # Host rows every 500 ms: a few measured after the reconnect carry the final count.
         reconnected_ns = time.time_ns()
-        _wait_for(lambda: observer.newest_time() > reconnected_ns + 1.5e9, 30, "rounds after")
-        _wait_for(lambda: len(rig.outbox_state().left) < 10, 30, "the outbox to drain")
-        assert agent.poll() is None, rig.logs()
-        assert _stop(agent) == 0, rig.logs()
+        wait_for(lambda: observer.newest_time() > reconnected_ns + 1.5e9, "rounds after", 30)
+        wait_for(lambda: len(rig.outbox_state().left) < 10, "the outbox to drain", 30)
+        assert agent.running(), rig.logs()
+        assert agent.stop() == 0, rig.logs()
         result = _check_accounting(rig, observer)
     finally:
         observer.close()
-        _stop(collector)
+        collector.stop()
     state = result.state
     assert state.dropped_envelopes == state.dropped_samples >= 30
     # Reported dropped == measured - stored (every seq is one sample; none left unsent).

@@ -20,14 +20,11 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal
 
 import aiohttp
 import paho.mqtt.client as mqtt
@@ -38,26 +35,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
 
+from fieldmon.lab.process import Daemon, http_get, script, start, wait_for, wait_subscribed
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
 
-BIN = Path(sys.executable).parent
 SITE, AGENT = "spool-site", "spool-pi"
 TARGETS = ("gw-a", "gw-b")
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets need root"),
 ]
-T = TypeVar("T")
-
-
-def _wait_for(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Observer:
@@ -176,17 +162,6 @@ class FlakyProxy:
         self._loop.close()
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as handle:
-        return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT)
-
-
-def _stop(process: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=timeout)
-
-
 class Rig:
     """Site file, collector file (its InfluxDB URL chosen by the test) and the processes."""
 
@@ -213,8 +188,8 @@ class Rig:
             f"  outbox: {{path: {self.outbox}}}\n  linger: 100ms\nlinks:\n{links}\n",
             encoding="utf-8",
         )
-        self.agent: subprocess.Popen[bytes] | None = None
-        self.collector: subprocess.Popen[bytes] | None = None
+        self.agent: Daemon | None = None
+        self.collector: Daemon | None = None
 
     def write_collector_config(self, influx_url: str) -> Path:
         path = self.tmp / "collector.yaml"
@@ -232,33 +207,35 @@ class Rig:
         return path
 
     def start_collector(
-        self, influx_url: str, *, wait: bool = False, settle: float = 0.3
-    ) -> subprocess.Popen[bytes]:
-        """Start a collector; with `wait`, return once it is connected and, `settle` later,
-        subscribed (the broker keeps nothing for a session that never subscribed)."""
+        self, influx_url: str, *, until: Literal["connected", "subscribed"] = "subscribed"
+    ) -> Daemon:
+        """Start a collector and return once it is `connected` to the broker or `subscribed`
+        (the broker granted its SUBSCRIBE: before that it keeps nothing for the session)."""
         config = self.write_collector_config(influx_url)
-        log = self.tmp / "collector.log"
-        mark = log.stat().st_size if log.exists() else 0
-        self.collector = _start(
-            [str(BIN / "fieldmon-collector"), "run", "--config", str(config)], log
+        self.collector = collector = start(
+            [script("fieldmon-collector"), "run", "--config", config], self.tmp / "collector.log"
         )
-        if wait:
-            _wait_for(lambda: "connected to broker" in log.read_text()[mark:], 20, "the collector")
-            time.sleep(settle)  # its SUBSCRIBE follows the CONNACK
-        return self.collector
+        if until == "connected":
+            wait_for(
+                lambda: "connected to broker" in collector.output(),
+                "the collector to connect",
+                20,
+                daemons=collector,
+            )
+        else:
+            wait_subscribed(self.http_port, 20, daemons=collector)
+        return collector
 
-    def start_agent(self) -> subprocess.Popen[bytes]:
-        self.agent = _start(
-            [str(BIN / "fieldmon-agent"), "run", "--config", str(self.site_file)],
-            self.tmp / "agent.log",
+    def start_agent(self) -> Daemon:
+        self.agent = start(
+            [script("fieldmon-agent"), "run", "--config", self.site_file], self.tmp / "agent.log"
         )
         return self.agent
 
     def stop_all(self) -> None:
         for process in (self.agent, self.collector):
-            if process is not None and process.poll() is None:
+            if process is not None:
                 process.kill()
-                process.wait()
 
     def logs(self) -> str:
         parts = []
@@ -274,11 +251,10 @@ class Rig:
     def metrics(self) -> dict[str, float]:
         """The collector's /metrics, unlabelled samples by name ({} while it is not serving)."""
         try:
-            url = f"http://127.0.0.1:{self.http_port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                text = reply.read().decode()
+            _status, body = http_get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=2)
         except OSError:
             return {}
+        text = body.decode()
         return {
             sample.name: sample.value
             for family in text_string_to_metric_families(text)
@@ -295,7 +271,7 @@ class Rig:
 
     def wait_acked_through(self, seq: int, timeout: float, what: str) -> None:
         """Until the agent has deleted every seq up to `seq`: a collector acknowledged them."""
-        _wait_for(lambda: all(s > seq for s in self.outbox_state()[1]), timeout, what)
+        wait_for(lambda: all(s > seq for s in self.outbox_state()[1]), what, timeout)
 
     def spool_files(self) -> list[Path]:
         return sorted(self.spool_dir.glob("*.seg")) if self.spool_dir.exists() else []
@@ -324,7 +300,7 @@ def rig(tmp_path: Path, mosquitto: MosquittoServer, influxd: InfluxdServer) -> I
 def _check_every_key_once(rig: Rig, observer: Observer) -> dict[str, int]:
     """Stop the agent; every committed key is in influxd once, counts equal the agent's."""
     assert rig.agent is not None
-    assert _stop(rig.agent) == 0, rig.logs()
+    assert rig.agent.stop() == 0, rig.logs()
     next_seq, left = rig.outbox_state()
     seen = observer.snapshot()
     assert set(seen) | left == set(range(next_seq)), rig.logs()
@@ -338,7 +314,7 @@ def _check_every_key_once(rig: Rig, observer: Observer) -> dict[str, int]:
     ]
     assert len(committed) == len(set(committed)), "a sample was committed under two seqs"
     expected = sorted(committed)
-    _wait_for(lambda: sorted(rig.influx_keys()) == expected, 30, "influxd to hold every key")
+    wait_for(lambda: sorted(rig.influx_keys()) == expected, "influxd to hold every key", 30)
     keys = rig.influx_keys()
     assert len(keys) == len(set(keys)), "a key is stored twice (in two series)"
     per_target = {target: sum(1 for k in keys if k[1] == target) for target in TARGETS}
@@ -366,26 +342,26 @@ def test_influxdb_stopped_then_restarted_spools_acks_and_drains(
     rig = Rig(tmp_path, mosquitto, influxd, db)
     observer = Observer(rig.mqtt_port)
     try:
-        rig.start_collector(influxd.url, wait=True)
+        rig.start_collector(influxd.url)
         rig.start_agent()
-        _wait_for(lambda: len(rig.influx_keys()) >= 10, 30, "the first rows in influxd")
+        wait_for(lambda: len(rig.influx_keys()) >= 10, "the first rows in influxd", 30)
         influxd.stop()
-        time.sleep(1.5)
+        time.sleep(1.5)  # rounds measured while InfluxDB is down
         during = rig.outbox_state()[0] - 1
         # The spool makes batches durable, so they are acknowledged with InfluxDB still down.
         rig.wait_acked_through(during, 10, "acks while InfluxDB is down")
         assert rig.spool_files(), "nothing was spooled"
         spooled = rig.metrics()["fieldmon_spool_batches_spooled_total"]
         assert spooled > 0 and rig.metrics()["fieldmon_spool_bytes"] > 0
-        time.sleep(1.0)
+        time.sleep(1.0)  # more rounds into the spool while InfluxDB stays down
         influxd.start()  # same port
-        _wait_for(lambda: _spool_drained(rig), 40, "the spool to drain")
+        wait_for(lambda: _spool_drained(rig), "the spool to drain", 40)
         after = rig.outbox_state()[0] - 1
         rig.wait_acked_through(after, 15, "acks after the restart")
         per_target = _check_every_key_once(rig, observer)
         assert not rig.spool_files()
         assert "spooling batches to disk" in rig.collector_log()
-        assert rig.collector is not None and _stop(rig.collector) == 0, rig.logs()
+        assert rig.collector is not None and rig.collector.stop() == 0, rig.logs()
     finally:
         observer.close()
         rig.stop_all()
@@ -399,23 +375,23 @@ def test_influxdb_answering_503_with_retry_after_is_spooled_and_drained(
     proxy = FlakyProxy(influxd.url).start()
     observer = Observer(rig.mqtt_port)
     try:
-        rig.start_collector(proxy.url, wait=True)
+        rig.start_collector(proxy.url)
         rig.start_agent()
-        _wait_for(lambda: len(rig.influx_keys()) >= 10, 30, "the first rows in influxd")
+        wait_for(lambda: len(rig.influx_keys()) >= 10, "the first rows in influxd", 30)
         proxy.failing = True
-        time.sleep(1.5)
+        time.sleep(1.5)  # rounds measured while InfluxDB answers 503
         during = rig.outbox_state()[0] - 1
         rig.wait_acked_through(during, 10, "acks while InfluxDB answers 503")
         assert rig.metrics()["fieldmon_spool_bytes"] > 0
-        time.sleep(1.0)
+        time.sleep(1.0)  # more rounds into the spool while the 503s go on
         proxy.failing = False
-        _wait_for(lambda: _spool_drained(rig), 30, "the spool to drain")
+        wait_for(lambda: _spool_drained(rig), "the spool to drain", 30)
         after = rig.outbox_state()[0] - 1
         rig.wait_acked_through(after, 15, "acks after the 503s")
         _check_every_key_once(rig, observer)
         assert proxy.refused >= 2 and proxy.refused_with_retry_after >= 1
         assert not rig.spool_files()
-        assert rig.collector is not None and _stop(rig.collector) == 0, rig.logs()
+        assert rig.collector is not None and rig.collector.stop() == 0, rig.logs()
     finally:
         observer.close()
         rig.stop_all()
@@ -433,26 +409,29 @@ def test_collector_killed_at_20_random_moments_loses_and_duplicates_nothing(
     observer = Observer(rig.mqtt_port)
     spooled_at_some_point = False
     try:
-        first = rig.start_collector(proxy.url, wait=True)  # creates the persistent session
+        # Creates the persistent session: the broker queues for it from its SUBACK on.
+        first = rig.start_collector(proxy.url)
         first.kill()
-        first.wait()
         rig.start_agent()
         for _ in range(20):
             proxy.failing = chance.random() < 0.5
-            # Connected, then a random moment within the next 1.2 s: the redelivery burst,
-            # writes, spooling, draining, acks (python's start-up takes about 2 s here).
-            collector = rig.start_collector(proxy.url, wait=True, settle=0)
+            # Connected, then a random moment within the next 1.2 s: the SUBSCRIBE, the
+            # redelivery burst, writes, spooling, draining, acks (python's start-up takes about
+            # 2 s here, so the kill moments are counted from the connect).
+            collector = rig.start_collector(proxy.url, until="connected")
             time.sleep(chance.uniform(0.0, 1.2))
             spooled_at_some_point = spooled_at_some_point or bool(rig.spool_files())
             collector.kill()  # SIGKILL this PID, mid-whatever it was doing
-            collector.wait()
         proxy.failing = False
+        # Subscribed (its SIGTERM handler long installed): when the one killed last had
+        # acknowledged everything, the checks below pass at once, and a SIGTERM that reached
+        # this collector still importing would end it with -15 instead of a clean stop.
         collector = rig.start_collector(proxy.url)
         before = rig.outbox_state()[0] - 1
         rig.wait_acked_through(before, 40, f"seed {seed}: acks after the last restart")
-        _wait_for(lambda: not rig.spool_files(), 30, "the spool to drain")
+        wait_for(lambda: not rig.spool_files(), "the spool to drain", 30)
         _check_every_key_once(rig, observer)
-        assert _stop(collector) == 0, rig.logs()
+        assert collector.stop() == 0, rig.logs()
     finally:
         observer.close()
         rig.stop_all()
@@ -473,13 +452,13 @@ def test_broker_killed_while_the_collector_is_away_loses_nothing(
     """
     observer = Observer(rig.mqtt_port)
     try:
-        collector = rig.start_collector(influxd.url, wait=True)
+        collector = rig.start_collector(influxd.url)
         agent = rig.start_agent()
-        _wait_for(lambda: len(rig.influx_keys()) >= 10, 30, "the first rows in influxd")
-        assert _stop(collector) == 0, rig.logs()
+        wait_for(lambda: len(rig.influx_keys()) >= 10, "the first rows in influxd", 30)
+        assert collector.stop() == 0, rig.logs()
         stopped_at = len(observer.snapshot())
         # A backlog queued in the broker for the collector's persistent session.
-        _wait_for(lambda: len(observer.snapshot()) >= stopped_at + 10, 20, "a queued backlog")
+        wait_for(lambda: len(observer.snapshot()) >= stopped_at + 10, "a queued backlog", 20)
         agent.send_signal(signal.SIGSTOP)
         backlog = rig.outbox_state()[1]
         assert len(backlog) >= 10, backlog
@@ -487,20 +466,14 @@ def test_broker_killed_while_the_collector_is_away_loses_nothing(
         mosquitto.kill()
         mosquitto.start()
         assert observer.subscribed.wait(10)
-        log_mark = len(rig.collector_log())
-        rig.start_collector(influxd.url)
-        _wait_for(
-            lambda: '"session_present": false' in rig.collector_log()[log_mark:],
-            20,
-            "the collector to find its session gone",
-        )
-        time.sleep(0.5)  # its subscription follows the connect
+        collector = rig.start_collector(influxd.url)
+        assert '"session_present": false' in collector.output(), "the session should be gone"
         agent.send_signal(signal.SIGCONT)
         after = rig.outbox_state()[0] - 1
         assert max(backlog) <= after
         rig.wait_acked_through(after, 30, "acks of the backlog the broker lost")
         _check_every_key_once(rig, observer)
-        assert rig.collector is not None and _stop(rig.collector) == 0, rig.logs()
+        assert rig.collector is not None and rig.collector.stop() == 0, rig.logs()
     finally:
         observer.close()
         rig.stop_all()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from fieldmon.lab.process import script
 
 pytestmark = [
     pytest.mark.integration,
@@ -25,7 +26,7 @@ def _namespaces() -> set[str]:
 def test_demo_runs_end_to_end_and_tears_down(tmp_path: Path) -> None:
     before = _namespaces()
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "fieldmon-lab"), "demo", "--duration", "70",
+        [script("fieldmon-lab"), "demo", "--duration", "70",
          "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,

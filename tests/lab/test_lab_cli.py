@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fieldmon.lab.netns import run
+from fieldmon.lab.process import script
 from fieldmon.lab.topology import lab_namespaces
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab creates namespaces (needs root)"),
 ]
-LAB = Path(sys.executable).parent / "fieldmon-lab"
+LAB = script("fieldmon-lab")
 
 
 def lab_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,7 @@ import pytest
 
 from fieldmon.lab.impair import EchoResponder, loss_counters, process_alive
 from fieldmon.lab.netns import Namespace, list_namespaces, run
+from fieldmon.lab.process import wait_for
 from fieldmon.lab.topology import (
     ApSpec,
     Lab,
@@ -90,7 +91,7 @@ def test_simulated_ap_and_router_answer_snmp(ward: Lab) -> None:
 
     # The AP serves its recorded walk, counters advancing (ifInOctets.2: +2000 per second).
     first = int(get(ap, ".1.3.6.1.2.1.2.2.1.10.2"))
-    time.sleep(1.1)
+    time.sleep(1.1)  # a second of counter growth
     assert int(get(ap, ".1.3.6.1.2.1.2.2.1.10.2")) >= first + 2000
     # The router serves its namespace's real interfaces, named after the links.
     names = run(
@@ -236,10 +237,10 @@ def test_a_schedule_applies_its_steps_in_order_never_early(ward: Lab) -> None:
         Step(60, "ward/parent", "never: stopped before", loss_pct=1),
     ]
     schedule = Schedule(ward, steps, lambda step: seen.append(step.label)).start()
-    deadline = time.monotonic() + 15
-    while len(seen) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    schedule.stop()  # returns at once, though a step was still due in a minute
+    try:
+        wait_for(lambda: len(seen) >= 3, "the first three steps", 15, interval=0.05)
+    finally:
+        schedule.stop()  # returns at once, though a step was still due in a minute
     assert seen == ["lossy", "cut", "restore"] and not schedule.errors
     assert all(at >= step.at_s for at, step in schedule.applied)
     assert ward.link("ward/parent").impairments() == {

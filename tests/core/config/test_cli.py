@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from fieldmon.lab.process import script
 
 REPO = Path(__file__).resolve().parents[3]
 DATA = Path("tests") / "data" / "config"  # relative, as an engineer types it in the repo
 GOOD = DATA / "valid-minimal.yaml"
 BAD = DATA / "invalid-link-duration.yaml"
-# The console script installed beside this interpreter (.venv/bin/fieldmon-agent).
-SCRIPT = Path(sys.executable).parent / "fieldmon-agent"
+SCRIPT = script("fieldmon-agent")
 
 
 def _validate(*files: Path) -> subprocess.CompletedProcess[str]:

@@ -40,6 +40,11 @@ from fieldmon.core.wire import topics
 from fieldmon.core.wire.models import AckMessage
 
 logger = logging.getLogger(__name__)
+# Ends the error the link logs when the broker refuses the ack subscription.
+ACK_REFUSED = (
+    "the broker ACL does not let this agent read its ack topic, so nothing it sends will ever "
+    "be deleted from the outbox: it fills up to outbox.max_mb and then drops the oldest samples"
+)
 
 
 class Sender:
@@ -73,6 +78,7 @@ class Sender:
         self._live_from: int | None = None  # first live seq; None: work it out on connect
         self._wake = asyncio.Event()
         self.acknowledged = 0
+        link.subscribe(self._ack_topic, qos=1, consequence=ACK_REFUSED)
         link.on_connected.append(self._connected)
         self._forward_connect = link.client.on_connect
         link.client.on_connect = self._drop_paho_copies
@@ -95,7 +101,7 @@ class Sender:
         self._wake.set()
 
     def _connected(self, _session_present: bool) -> None:
-        self._link.client.subscribe(self._ack_topic, qos=1)
+        # The link has subscribed to the ack topic already (at every connect).
         # A new connection may have lost whatever paho had in flight; send it all again.
         self._in_flight.clear()
         self._disk.submit(self._outbox.release)

@@ -27,7 +27,7 @@ from fieldmon.collector.spool import MIB, Spool, SpoolError
 from fieldmon.collector.storage.base import WriteError
 from fieldmon.collector.storage.registry import make_writer
 from fieldmon.core.config.errors import ConfigError
-from fieldmon.core.mqtt.link import MqttLink, new_client
+from fieldmon.core.mqtt.link import MqttLink, SubscriptionState, SubscriptionStatus, new_client
 from fieldmon.core.version import part_version
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,12 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
     spool = await _open_spool(config)
     store = DurableStore(points, metrics, spool, retry_budget=config.spool.retry_budget)
     link = _mqtt_link(config, loop)
+
+    def count_refusal(status: SubscriptionStatus) -> None:
+        if status.state is SubscriptionState.REFUSED:
+            metrics.subscriptions_refused.labels(topic=status.topic).inc()
+
+    link.on_subscription.append(count_refusal)
     pipeline = IngestPipeline(
         inventory=inventory,
         points=points,
@@ -184,7 +190,8 @@ def _wire_roles(
         alert_samples=alerts.handle_samples if alerts else None,
         status=alerts.handle_status if alerts else None,
     )
-    link.on_connected.append(lambda _present: [s.subscribe(link.client) for s in subscriptions])
+    for subscription in subscriptions:
+        subscription.keep(link)
     return board, alerts, dispatcher
 
 

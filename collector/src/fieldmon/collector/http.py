@@ -16,7 +16,7 @@ from fieldmon.collector.board import SiteView, StatusBoard
 from fieldmon.collector.ingest import IngestPipeline
 from fieldmon.collector.metrics import CollectorMetrics
 from fieldmon.collector.pointwriter import DurableStore, PointWriter
-from fieldmon.core.mqtt.link import MqttLink
+from fieldmon.core.mqtt.link import MqttLink, SubscriptionState
 
 # /healthz turns unhealthy when the database has refused writes for this long.
 WRITE_STALL_S = 60.0
@@ -100,6 +100,12 @@ def build_app(state: HttpState) -> web.Application:
         problems = []
         if not state.link.connected.is_set():
             problems.append(f"mqtt: not connected ({state.link.last_error or 'connecting'})")
+        subscriptions = state.link.subscriptions
+        problems.extend(
+            f"mqtt: the broker refused the subscription to {sub.topic} ({sub.reason})"
+            for sub in subscriptions
+            if sub.state is SubscriptionState.REFUSED
+        )
         points = state.points
         if points.last_error and (
             points.last_ok is None or time.time() - points.last_ok > WRITE_STALL_S
@@ -109,7 +115,13 @@ def build_app(state: HttpState) -> web.Application:
             problems.append(
                 "spool: full; batches wait unacknowledged until the database takes writes"
             )
-        body = {"status": "ok" if not problems else "unhealthy", "problems": problems}
+        body = {
+            "status": "ok" if not problems else "unhealthy",
+            "problems": problems,
+            # Topic filters and the broker's answers (no addresses, no credentials): tests and
+            # deploy scripts wait for "granted" here instead of sleeping.
+            "subscriptions": [sub.as_json() for sub in subscriptions],
+        }
         return web.json_response(body, status=200 if not problems else 503)
 
     async def metrics_handler(_request: web.Request) -> web.Response:

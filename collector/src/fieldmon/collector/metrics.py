@@ -59,6 +59,12 @@ class CollectorMetrics:
         self.mqtt_connected = Gauge(
             "fieldmon_mqtt_connected", "1 while connected to the broker", registry=self.registry
         )
+        self.subscriptions_refused = Counter(
+            "fieldmon_subscriptions_refused",
+            "SUBACKs in which the broker refused a subscription (an ACL), by topic filter",
+            ["topic"],
+            registry=self.registry,
+        )
         self.envelopes_duplicate = Counter(
             "fieldmon_envelopes_duplicate",
             "Envelopes received again (re-sends after a lost ack); stored again harmlessly",

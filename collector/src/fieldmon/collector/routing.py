@@ -12,13 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from fieldmon.core.mqtt.link import MqttLink
 from fieldmon.core.wire import topics
 from fieldmon.core.wire.topics import TopicKind
 
 INGEST_ID, ALERT_SAMPLES_ID, STATUS_ID = 1, 2, 3
+# What the broker refusing each subscription means, in the words of the error it logs.
+CONSEQUENCES = {
+    INGEST_ID: "no envelope reaches this collector's ingest: nothing is stored or acknowledged",
+    ALERT_SAMPLES_ID: "no round reaches the alert role: nothing is judged or paged",
+    STATUS_ID: "agents' births and last wills do not reach the alert role: SiteUnreachable "
+    "fires only after silence_timeout",
+}
 
 Handler = Callable[[mqtt.MQTTMessage], None]
 
@@ -30,11 +36,11 @@ class Subscription:
     topic: str
     identifier: int
 
-    def subscribe(self, client: mqtt.Client) -> None:
-        """Subscribe QoS 1 with the identifier attached."""
-        properties = Properties(PacketTypes.SUBSCRIBE)
-        properties.SubscriptionIdentifier = self.identifier
-        client.subscribe(self.topic, qos=1, properties=properties)
+    def keep(self, link: MqttLink) -> None:
+        """Have the link subscribe QoS 1 with the identifier attached, at every connect."""
+        link.subscribe(
+            self.topic, qos=1, identifier=self.identifier, consequence=CONSEQUENCES[self.identifier]
+        )
 
 
 def plan(ingest: bool, alerts: bool, shared_group: str | None) -> list[Subscription]:

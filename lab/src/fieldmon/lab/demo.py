@@ -15,8 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -27,6 +25,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from fieldmon.lab.process import script, start, wait_subscribed
 from fieldmon.lab.servers import AlertmanagerServer, InfluxdServer, MosquittoServer, free_port
 from fieldmon.lab.topology import (
     COMMUNITY,
@@ -38,7 +37,6 @@ from fieldmon.lab.topology import (
     remove_stale_labs,
 )
 
-BIN = Path(sys.executable).parent
 DATABASE = "fieldmon"
 LAB_STEM = "demo"  # the lab is named demo<pid>, so a crashed demo's leftovers are recognisable
 IMPAIRED_SITE = "demo-pavilion"
@@ -258,20 +256,6 @@ def _alert_key(alert: dict[str, Any]) -> str:
     return f"{labels['alertname']} {labels['site']}/{labels.get('target', '')}"
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def summary(influxd: InfluxdServer) -> Group:
     """How many rows reached InfluxDB per site and link (and SNMP device), the alert history."""
     table = Table(title="What the demo wrote to InfluxDB (database fieldmon, measurement link)")
@@ -338,19 +322,21 @@ def run_demo(duration: float, workdir: Path, console: Console) -> int:
             workdir, mosquitto.port, influxd.url, alertmanager.url
         )
         with contextlib.ExitStack() as processes:  # stopped (and flushed) before the summary
-            collector = _start(
-                [str(BIN / "fieldmon-collector"), "run", "--config", str(collector_file),
+            collector = start(
+                [script("fieldmon-collector"), "run", "--config", collector_file,
                  "--log-format", "text"],
                 workdir / "collector.log",
             )  # fmt: skip
-            processes.callback(_stop, collector)
+            processes.callback(collector.stop, 15)
+            # Agents start once the broker keeps their envelopes for the collector.
+            wait_subscribed(http_port, daemons=collector)
             for site, site_file in site_files.items():
-                agent = _start(
-                    [str(BIN / "fieldmon-agent"), "run", "--config", str(site_file),
+                agent = start(
+                    [script("fieldmon-agent"), "run", "--config", site_file,
                      "--log-format", "text"],
                     workdir / f"{site}-pi1.log",
                 )  # fmt: skip
-                processes.callback(_stop, agent)
+                processes.callback(agent.stop, 15)
             console.print(
                 f"status page [bold]http://127.0.0.1:{http_port}/[/bold] - Alertmanager "
                 f"{alertmanager.url} - InfluxDB {influxd.url} (database {DATABASE}) - "

@@ -7,19 +7,24 @@ SIGKILL of that same PID. Nothing here ever signals a process it did not start.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import glob
+import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from fieldmon.lab.process import stop_process, tail
 
 LOOPBACK = "127.0.0.1"
 _BIND_FAILURE_MARKERS = ("already in use", "bind: permission denied")
@@ -80,17 +85,6 @@ def _http_status(url: str, timeout: float = 1.0) -> int | None:
         return int(exc.code)
     except (urllib.error.URLError, OSError):
         return None
-
-
-def _tail(path: Path, chars: int = _LOG_TAIL_CHARS) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - chars))
-            return handle.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
 
 
 def _size(path: Path) -> int:
@@ -206,7 +200,7 @@ class _ServerProcess:
     def _log_tails(self) -> str:
         parts = []
         for path in dict.fromkeys((self.log_path, self._output_path)):
-            text = _tail(path)
+            text = tail(path, _LOG_TAIL_CHARS)
             if text:
                 parts.append(f"--- tail of {path} ---\n{text}")
         return "\n".join(parts) or f"(no log output in {self.directory})"
@@ -216,13 +210,7 @@ class _ServerProcess:
         process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                return process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        return process.wait()
+        return stop_process(process, timeout)
 
     def kill(self) -> int | None:
         """SIGKILL our PID at once, as a crash would (no clean shutdown, no final save)."""
@@ -245,11 +233,72 @@ class _ServerProcess:
         self.stop()
 
 
+# PBKDF2-SHA512 rounds for dynamic-security passwords: the value `mosquitto_ctrl dynsec init`
+# writes. Test passwords need no more.
+_DYNSEC_ITERATIONS = 101
+
+
+def dynamic_security(
+    *, deny_subscribe: Iterable[str] = (), users: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A document for Mosquitto's dynamic-security plugin: every client (anonymous, and each of
+    `users`, username -> password) may publish, receive and subscribe to anything except the
+    `deny_subscribe` topic patterns, whose SUBSCRIBE the broker refuses (SUBACK 0x87 Not
+    authorized to MQTT v5 clients, 0x80 to 3.1.1 ones).
+
+    Tests use it because Mosquitto's `acl_file` never refuses a SUBSCRIBE: it grants every one
+    and withholds at delivery the messages the ACL denies.
+    """
+    acls = [
+        {"acltype": "subscribePattern", "topic": topic, "allow": False, "priority": 1}
+        for topic in deny_subscribe
+    ]
+    acls += [
+        {"acltype": kind, "topic": "#", "allow": True, "priority": 0}
+        for kind in ("subscribePattern", "publishClientSend", "publishClientReceive")
+    ]
+    clients = []
+    for username, password in (users or {}).items():
+        salt = os.urandom(12)
+        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _DYNSEC_ITERATIONS)
+        clients.append(
+            {
+                "username": username,
+                "password": base64.b64encode(digest).decode("ascii"),
+                "salt": base64.b64encode(salt).decode("ascii"),
+                "iterations": _DYNSEC_ITERATIONS,
+                "roles": [{"rolename": "everyone"}],
+            }
+        )
+    return {
+        "clients": clients,
+        "groups": [{"groupname": "anonymous", "roles": [{"rolename": "everyone"}]}],
+        "anonymousGroup": "anonymous",
+        "roles": [{"rolename": "everyone", "acls": acls}],
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+    }
+
+
+def _dynsec_plugin() -> str:
+    """Debian's mosquitto package ships the plugin under its multiarch library directory."""
+    found = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"))
+    if not found:
+        raise ServerStartError("mosquitto_dynamic_security.so not found (Debian: mosquitto)")
+    return found[0]
+
+
 class MosquittoServer(_ServerProcess):
     """`mosquitto -c FILE` with a listener on 127.0.0.1, persistence and its log in `directory`.
 
     Settings are attributes read at each start(), so a test can change one and restart; a
-    restart keeps the port, so clients reconnect to the same address.
+    restart keeps the port, so clients reconnect to the same address. `dynamic_security` (see
+    `dynamic_security()`) loads Mosquitto's dynamic-security plugin with that document, for a
+    broker that refuses chosen subscriptions at SUBSCRIBE.
     """
 
     name = "mosquitto"
@@ -264,6 +313,7 @@ class MosquittoServer(_ServerProcess):
         acl_file: Path | None = None,
         persistence: bool = True,
         max_queued_messages: int | None = None,
+        dynamic_security: dict[str, Any] | None = None,
         extra_config: str = "",
         startup_timeout: float = 15.0,
     ) -> None:
@@ -273,6 +323,7 @@ class MosquittoServer(_ServerProcess):
         self.allow_anonymous = allow_anonymous
         self.password_file = password_file
         self.acl_file = acl_file
+        self.dynamic_security = dynamic_security
         self.persistence = persistence
         self.max_queued_messages = max_queued_messages
         self.extra_config = extra_config
@@ -286,6 +337,11 @@ class MosquittoServer(_ServerProcess):
     def _output_path(self) -> Path:
         # Mosquitto logs to log_path itself; stdout/stderr only carry early config errors.
         return self.directory / "mosquitto.out"
+
+    @property
+    def dynamic_security_path(self) -> Path:
+        """The dynamic-security document written at each start (the plugin saves changes)."""
+        return self.directory / "dynamic-security.json"
 
     def _choose_ports(self) -> None:
         self.port = free_port()
@@ -312,6 +368,9 @@ class MosquittoServer(_ServerProcess):
             lines.append(f"password_file {self.password_file}")
         if self.acl_file is not None:
             lines.append(f"acl_file {self.acl_file}")
+        if self.dynamic_security is not None:
+            lines.append(f"plugin {_dynsec_plugin()}")
+            lines.append(f"plugin_opt_config_file {self.dynamic_security_path}")
         if self.max_queued_messages is not None:
             lines.append(f"max_queued_messages {self.max_queued_messages}")
         if self.extra_config:
@@ -320,6 +379,9 @@ class MosquittoServer(_ServerProcess):
 
     def _prepare(self) -> list[str]:
         self.config_path.write_text(self.config_text(), encoding="utf-8")
+        if self.dynamic_security is not None:
+            text = json.dumps(self.dynamic_security, indent=1)
+            self.dynamic_security_path.write_text(text, encoding="utf-8")
         return ["mosquitto", "-c", str(self.config_path)]
 
     def _ready(self) -> bool:

@@ -6,7 +6,9 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -21,6 +23,74 @@ logger = logging.getLogger(__name__)
 
 # Messages handled per turn of the event loop before other tasks (writes, HTTP) get a turn.
 INBOX_CHUNK = 64
+# SUBACK reason codes below this grant a QoS (0, 1 or 2); from it on they refuse (MQTT v5 3.9.3).
+_REFUSED_FROM = 0x80
+
+
+class SubscriptionState(StrEnum):
+    """Where one subscription stands on the current connection."""
+
+    PENDING = "pending"  # not answered yet on this connection (or no connection)
+    GRANTED = "granted"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class SubscriptionStatus:
+    """One topic filter and the broker's latest answer to it."""
+
+    topic: str
+    state: SubscriptionState = SubscriptionState.PENDING
+    qos: int | None = None  # the QoS the broker granted
+    reason: str | None = None  # why it refused: the reason code's name, e.g. "Not authorized"
+    reason_code: int | None = None  # the SUBACK reason code, e.g. 0x87
+
+    def as_json(self) -> dict[str, object]:
+        """For /healthz and status pages: topic, state, granted QoS, refusal reason."""
+        return {
+            "topic": self.topic,
+            "state": str(self.state),
+            "qos": self.qos,
+            "reason": self.reason,
+        }
+
+
+def judge_suback(
+    topics: Sequence[str], reason_codes: Sequence[ReasonCode], reason_string: str | None = None
+) -> list[SubscriptionStatus]:
+    """The broker's answer per topic filter of one SUBSCRIBE: its SUBACK holds one reason code
+    per filter, in the same order. A code below 0x80 grants that QoS; 0x80 and above refuse
+    (0x80 unspecified, 0x87 not authorized, 0x8F topic filter invalid, 0x97 quota exceeded,
+    0x9E shared subscriptions and 0xA1 subscription identifiers not supported, ...).
+
+    A SUBACK whose count of codes does not match is a broker bug; nothing in it can be trusted,
+    so every filter counts as refused rather than silently granted.
+    """
+    if len(reason_codes) != len(topics):
+        reason = f"the SUBACK carried {len(reason_codes)} reason codes for {len(topics)} filters"
+        return [SubscriptionStatus(t, SubscriptionState.REFUSED, reason=reason) for t in topics]
+    answers = []
+    for topic, code in zip(topics, reason_codes, strict=True):
+        if code.value < _REFUSED_FROM:
+            answers.append(SubscriptionStatus(topic, SubscriptionState.GRANTED, qos=code.value))
+            continue
+        reason = code.getName() + (f" ({reason_string})" if reason_string else "")
+        answers.append(
+            SubscriptionStatus(
+                topic, SubscriptionState.REFUSED, reason=reason, reason_code=code.value
+            )
+        )
+    return answers
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """A subscription the link keeps: sent at every connect."""
+
+    topic: str
+    qos: int
+    identifier: int | None
+    consequence: str
 
 
 def new_client(config: BrokerConfig, client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
@@ -55,6 +125,10 @@ class MqttLink:
     paho's network loop blocks on its socket, so it runs in paho's thread (`loop_start`);
     every callback hops to the event loop with `call_soon_threadsafe`, so the rest of the
     program stays single-threaded.
+
+    Subscriptions are the link's too (`subscribe`): sent at every connect, each SUBACK matched
+    to its SUBSCRIBE by packet id and judged per reason code, so a subscription the broker
+    refuses (an ACL) is an error in the log and a state callers report, never silence.
     """
 
     def __init__(
@@ -77,15 +151,22 @@ class MqttLink:
         self.on_connected: list[Callable[[bool], None]] = []  # argument: session_present
         self.on_message: Callable[[mqtt.MQTTMessage], None] | None = None
         self.on_published: Callable[[int], None] | None = None
+        # Called on the loop with each answer to a subscription (granted or refused).
+        self.on_subscription: list[Callable[[SubscriptionStatus], None]] = []
         self.last_error: str | None = None
         # Bumped on every connect: an earlier connection's packet ids must not be acked on this one.
         self.generation = 0
         self._inbox: deque[mqtt.MQTTMessage] = deque()
+        self._wanted: dict[str, _Wanted] = {}
+        self._status: dict[str, SubscriptionStatus] = {}
+        self._awaiting: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its topic filters
+        self._settled = asyncio.Event()  # connected, and every subscription answered
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
         client.on_connect_fail = self._handle_connect_fail
+        client.on_subscribe = self._handle_subscribe
         # Reconnect backoff doubles from 1 s to 30 s; a site uplink may flap for an hour.
         client.reconnect_delay_set(min_delay=1, max_delay=30)
 
@@ -109,6 +190,116 @@ class MqttLink:
         """Disconnect cleanly (the broker then discards the last will) and stop the thread."""
         self.client.disconnect()
         self.client.loop_stop()
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        qos: int = 1,
+        identifier: int | None = None,
+        consequence: str = "",
+    ) -> None:
+        """Keep `topic` subscribed: sent now if connected and again at every connect.
+
+        `identifier` is attached as the MQTT v5 subscription identifier (messages then say
+        which subscription matched). `consequence` says in words what a refusal means for this
+        program; it ends the error logged when the broker refuses.
+        """
+        wanted = _Wanted(topic, qos, identifier, consequence)
+        self._wanted[topic] = wanted
+        self._status[topic] = SubscriptionStatus(topic)
+        self._settled.clear()
+        if self.connected.is_set():
+            self._send_subscribe(wanted)
+
+    @property
+    def subscriptions(self) -> list[SubscriptionStatus]:
+        """Every subscription with the broker's latest answer, in the order they were made."""
+        return list(self._status.values())
+
+    async def wait_subscribed(self) -> list[SubscriptionStatus]:
+        """Return once the broker has answered every subscription on this connection (granted
+        or refused); callers bound it with `asyncio.timeout`."""
+        await self._settled.wait()
+        return self.subscriptions
+
+    def _send_subscribe(self, wanted: _Wanted) -> None:
+        properties = None
+        if wanted.identifier is not None:
+            properties = Properties(PacketTypes.SUBSCRIBE)
+            properties.SubscriptionIdentifier = wanted.identifier
+        result, mid = self.client.subscribe(wanted.topic, qos=wanted.qos, properties=properties)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            # The connection went away under us; the next connect sends it again.
+            logger.debug("subscribe not sent", extra={"topic": wanted.topic, "rc": str(result)})
+            return
+        # Registered before paho's thread can answer: its SUBACK hops to this loop, which runs
+        # the hop only after this call returns.
+        self._awaiting[mid] = [wanted.topic]
+
+    def _forget_answers(self) -> None:
+        """Answers belong to a connection: a new one answers every subscription afresh."""
+        self._awaiting.clear()
+        self._settled.clear()
+        for topic in self._status:
+            self._status[topic] = SubscriptionStatus(topic)
+
+    def _resubscribe(self) -> None:
+        self._forget_answers()
+        if not self._wanted:
+            self._settled.set()
+            return
+        for wanted in self._wanted.values():
+            self._send_subscribe(wanted)
+
+    def _handle_subscribe(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        reason_string = getattr(properties, "ReasonString", None) if properties else None
+        self._call(self._answered, mid, list(reason_codes), reason_string)
+
+    def _answered(
+        self, mid: int, reason_codes: list[ReasonCode], reason_string: str | None
+    ) -> None:
+        topics = self._awaiting.pop(mid, None)
+        if topics is None:
+            return  # a SUBACK from before the last (re)connect
+        for status in judge_suback(topics, reason_codes, reason_string):
+            wanted = self._wanted[status.topic]
+            self._status[status.topic] = status
+            self._report(status, wanted)
+            for callback in self.on_subscription:
+                callback(status)
+        if all(s.state is not SubscriptionState.PENDING for s in self._status.values()):
+            self._settled.set()
+
+    def _report(self, status: SubscriptionStatus, wanted: _Wanted) -> None:
+        if status.state is SubscriptionState.REFUSED:
+            consequence = f": {wanted.consequence}" if wanted.consequence else ""
+            logger.error(
+                f"broker refused the subscription to {status.topic} ({status.reason}){consequence}",
+                extra={
+                    "topic": status.topic,
+                    "reason": status.reason,
+                    "reason_code": None if status.reason_code is None else hex(status.reason_code),
+                },
+            )
+        elif status.qos is not None and status.qos < wanted.qos:
+            logger.warning(
+                f"broker granted QoS {status.qos} for {status.topic}, not {wanted.qos}: "
+                "its messages may be lost on the way",
+                extra={"topic": status.topic, "qos": status.qos},
+            )
+        else:
+            logger.info(
+                f"subscribed to {status.topic} (QoS {status.qos})",
+                extra={"topic": status.topic, "qos": status.qos},
+            )
 
     def _call(self, function: Callable[..., None], *args: object) -> None:
         if not self._loop.is_closed():
@@ -138,6 +329,8 @@ class MqttLink:
                 "session_present": session_present,
             },
         )
+        # Before the callbacks: a subscription goes out ahead of anything they publish.
+        self._resubscribe()
         for callback in self.on_connected:
             callback(session_present)
 
@@ -163,6 +356,8 @@ class MqttLink:
         if self.connected.is_set():
             logger.warning("disconnected from broker", extra={"reason": reason})
         self.connected.clear()
+        # Unanswered SUBSCRIBEs died with the connection; the next connect sends them all again.
+        self._forget_answers()
 
     def _handle_message(
         self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage
