@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ SCRIPT = script("fieldmon-agent")
 
 
 def _validate(*files: Path) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT.is_file(), f"{SCRIPT} is not installed; run `pip install -e .` in the venv"
+    assert SCRIPT.is_file(), f"{SCRIPT} is not installed; run `bash scripts/setup.sh`"
     command = [str(SCRIPT), "validate", *map(str, files)]
     return subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, check=False, timeout=120
