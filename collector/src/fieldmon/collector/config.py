@@ -11,6 +11,7 @@ from pydantic import Field, HttpUrl, StringConstraints, field_validator
 from fieldmon.collector.storage.config import InfluxConfig
 from fieldmon.core.config.loader import load_model
 from fieldmon.core.config.types import Duration, SecretFile, StrictModel
+from fieldmon.core.linkstate import DEFAULT_RULES, DEFAULT_THRESHOLDS
 from fieldmon.core.mqtt.settings import BrokerConfig
 from fieldmon.core.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES
 
@@ -40,17 +41,22 @@ class CollectorBrokerConfig(BrokerConfig):
 
 
 class AlertingConfig(StrictModel):
-    """Collector-wide alert defaults; a link's own thresholds in its site file win."""
+    """Collector-wide alert defaults; a link's own thresholds in its site file win.
+
+    The link rules start from the contract's defaults in fieldmon.core.linkstate, which the
+    agent's own judgement of its links (the hooks' link events) uses too: a value overridden
+    here changes what the collector pages on, not what the agents' hooks see.
+    """
 
     silence_timeout: Annotated[Duration, Field(gt=0)] = 60.0
-    for_rounds: Annotated[int, Field(ge=1, le=100)] = 3
-    clear_rounds: Annotated[int, Field(ge=1, le=100)] = 5
-    loss_pct: Annotated[float, Field(gt=0, le=100)] = 5.0
-    rtt_ms: Annotated[float, Field(gt=0)] = 150.0
-    jitter_ms: Annotated[float, Field(gt=0)] = 30.0
+    for_rounds: Annotated[int, Field(ge=1, le=100)] = DEFAULT_RULES.for_rounds
+    clear_rounds: Annotated[int, Field(ge=1, le=100)] = DEFAULT_RULES.clear_rounds
+    loss_pct: Annotated[float, Field(gt=0, le=100)] = DEFAULT_THRESHOLDS.loss_pct
+    rtt_ms: Annotated[float, Field(gt=0)] = DEFAULT_THRESHOLDS.rtt_ms
+    jitter_ms: Annotated[float, Field(gt=0)] = DEFAULT_THRESHOLDS.jitter_ms
     # More than flap_changes state changes within flap_window make a link `flapping`.
-    flap_changes: Annotated[int, Field(ge=2, le=1000)] = 4
-    flap_window: Annotated[Duration, Field(gt=0)] = 600.0
+    flap_changes: Annotated[int, Field(ge=2, le=1000)] = DEFAULT_RULES.flap_changes
+    flap_window: Annotated[Duration, Field(gt=0)] = DEFAULT_RULES.flap_window_ns / 10**9
     # A round arriving later than its link's interval plus this is history: it never pages.
     late_after: Annotated[Duration, Field(ge=0)] = 30.0
     # A last-will `offline` pages only if no birth follows within this (agent restarts stay quiet).

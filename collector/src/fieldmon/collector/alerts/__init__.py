@@ -1,7 +1,6 @@
 """Alert engine core: link state machine, site silence, device and agent alerts, persistence."""
 
 from fieldmon.collector.alerts.engine import AlertEngine
-from fieldmon.collector.alerts.linkstate import LinkState
 from fieldmon.collector.alerts.model import (
     AlertName,
     AlertState,
@@ -10,6 +9,7 @@ from fieldmon.collector.alerts.model import (
     Transition,
 )
 from fieldmon.collector.alerts.store import AlertStateError, AlertStateStore
+from fieldmon.core.linkstate import LinkState
 
 __all__ = [
     "AlertEngine",

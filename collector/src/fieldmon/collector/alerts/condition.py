@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from fieldmon.collector.alerts.linkstate import Streak
 from fieldmon.collector.alerts.model import AlertState
+from fieldmon.core.linkstate import Streak
 
 NS = 10**9
 HYSTERESIS = 0.8  # a numeric condition clears only under this fraction of its threshold

@@ -1,6 +1,6 @@
 """The alert engine: samples and statuses in, alert transitions and outage reports out (no I/O).
 
-Link rounds are judged by sample time (fieldmon.collector.alerts.linkstate). Per (site, link):
+Link rounds are judged by sample time (fieldmon.core.linkstate). Per (site, link):
 
 - a round newer than the newest judged goes to the live track; it is `late` (history, never
   pages) when it arrives more than the link's interval plus `late_after` after its sample time;
@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from fieldmon.collector.alerts.dataloss import DataLossWatch
 from fieldmon.collector.alerts.kinds import ConditionAlerts
-from fieldmon.collector.alerts.linkstate import Round, Rules, Thresholds
 from fieldmon.collector.alerts.linktrack import LinkContext, LinkTrack
 from fieldmon.collector.alerts.model import AlertState, OutageReport, Transition
 from fieldmon.collector.alerts.sitewatch import SiteContext, SiteWatch
 from fieldmon.collector.config import DEFAULT_MAX_TIME_AHEAD_S, AlertingConfig
+from fieldmon.core.linkstate import Round, Rules, Thresholds, link_thresholds
 from fieldmon.core.site.links import IcmpLinkConfig, LinkRole
 from fieldmon.core.wire.models import Envelope, Sample
 
@@ -291,23 +291,17 @@ class AlertEngine:
         return cached
 
     def _thresholds(self, link: IcmpLinkConfig | None) -> Thresholds:
-        own = link.thresholds if link is not None else None
         config = self._config
-        return Thresholds(
-            loss_pct=_pick(own.loss_pct if own else None, config.loss_pct),
-            rtt_ms=_pick(own.rtt_ms if own else None, config.rtt_ms),
-            jitter_ms=_pick(own.jitter_ms if own else None, config.jitter_ms),
+        defaults = Thresholds(
+            loss_pct=config.loss_pct, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms
         )
+        return link_thresholds(link.thresholds if link is not None else None, defaults)
 
 
 def _restarts_backfill(track: LinkTrack, round_: Round) -> bool:
     """A new backfill batch that starts before an idle previous one is judged afresh."""
     idle = track.firing is None and track.episode is None
     return idle and round_.time < (track.machine.newest or 0)
-
-
-def _pick(own: float | None, default: float) -> float:
-    return default if own is None else own
 
 
 def _find_link(links: Iterable[IcmpLinkConfig], name: str) -> IcmpLinkConfig | None:

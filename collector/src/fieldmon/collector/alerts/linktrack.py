@@ -18,14 +18,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fieldmon.collector.alerts.linkstate import (
-    LinkMachine,
-    LinkState,
-    Round,
-    Rules,
-    Thresholds,
-    worst_metric,
-)
 from fieldmon.collector.alerts.model import (
     AlertName,
     AlertState,
@@ -35,6 +27,14 @@ from fieldmon.collector.alerts.model import (
     alert_labels,
     clock_text,
     iso_time,
+)
+from fieldmon.core.linkstate import (
+    LinkMachine,
+    LinkState,
+    Round,
+    Rules,
+    Thresholds,
+    worst_metric,
 )
 from fieldmon.core.site.links import LinkRole
 

@@ -1,5 +1,11 @@
 """Per-link state machine (ok / degraded / down / flapping), judged per probe round by sample time.
 
+One implementation for both daemons: the collector's alert engine pages from it, the agent runs
+its own copy per link so that hooks act on the same judgement while the site is cut off. Data
+and pure logic only, no I/O. The defaults (DEFAULT_THRESHOLDS, DEFAULT_RULES) are the
+contract's; the collector's `alerting` section overrides them for the collector, a link's own
+`thresholds` in the site file override them for that link in both daemons.
+
 Each round is classified against the link's thresholds:
 
 - LOST:  probes were sent and none came back (a LOST round is also BAD);
@@ -29,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from fieldmon.core.site.links import LinkThresholds
 from fieldmon.core.wire.models import Sample
 
 HYSTERESIS = 0.8  # clearing needs every value under this fraction of its threshold
@@ -63,12 +70,31 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Rules:
-    """Round counts and flap damping, from the collector's AlertingConfig."""
+    """Round counts and flap damping (the collector's come from its `alerting` section)."""
 
     for_rounds: int = 3
     clear_rounds: int = 5
     flap_changes: int = 4
     flap_window_ns: int = 600 * 10**9
+
+
+# The contract's defaults (docs/contract.md, Alerts). The collector's AlertingConfig starts from
+# these and may override them; the agent judges with them and each link's own thresholds.
+DEFAULT_THRESHOLDS = Thresholds(loss_pct=5.0, rtt_ms=150.0, jitter_ms=30.0)
+DEFAULT_RULES = Rules()
+
+
+def link_thresholds(
+    own: LinkThresholds | None, defaults: Thresholds = DEFAULT_THRESHOLDS
+) -> Thresholds:
+    """A link's thresholds: its own from the site file where set, else `defaults`."""
+    if own is None:
+        return defaults
+    return Thresholds(
+        loss_pct=defaults.loss_pct if own.loss_pct is None else own.loss_pct,
+        rtt_ms=defaults.rtt_ms if own.rtt_ms is None else own.rtt_ms,
+        jitter_ms=defaults.jitter_ms if own.jitter_ms is None else own.jitter_ms,
+    )
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
-"""Table-driven tests of the per-link state machine and the alerts it makes visible."""
+"""Table-driven tests of the per-link state machine shared by the collector and the agent."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from fieldmon.collector.alerts.linkstate import (
+from fieldmon.core.linkstate import (
+    DEFAULT_RULES,
+    DEFAULT_THRESHOLDS,
     ChangeKind,
     LinkMachine,
     LinkState,
@@ -15,10 +15,9 @@ from fieldmon.collector.alerts.linkstate import (
     Thresholds,
     Verdict,
     classify,
+    link_thresholds,
 )
-from fieldmon.collector.alerts.linktrack import LinkContext, LinkTrack, link_severity
-from fieldmon.collector.alerts.model import AlertName, AlertState, Severity
-from fieldmon.core.site.links import LinkRole
+from fieldmon.core.site.links import LinkThresholds
 from fieldmon.core.wire.models import Sample
 
 NS = 10**9
@@ -106,82 +105,6 @@ def test_state_change_is_dated_at_the_streak_start() -> None:
     ]
 
 
-def _track(pattern: str, role: LinkRole = LinkRole.PARENT, late: bool = False) -> list:
-    ctx = LinkContext("pavilion-2", "parent-gw", role, "pi1", "central", "P2", THRESHOLDS, RULES)
-    track = LinkTrack()
-    out = []
-    for index, kind in enumerate(pattern.replace(" ", "")):
-        transitions, _ = track.judge(_round(index, kind), ctx, late=late)
-        out += transitions
-    return out
-
-
-def test_hovering_at_the_threshold_never_flaps_a_notification() -> None:
-    ctx = LinkContext(
-        "pavilion-2", "parent-gw", LinkRole.PARENT, "pi1", "central", "P2", THRESHOLDS, RULES
-    )
-    track = LinkTrack()
-    rng = random.Random(7)
-    out = []
-    for index in range(500):
-        loss = rng.uniform(4.2, 6.0)  # always within 20 % of the 5 % threshold
-        round_ = Round(time=T0 + index * 10 * NS, loss_pct=loss, lost=False, rtt_p95_ms=20.0)
-        out += track.judge(round_, ctx, late=False)[0]
-    assert [t.state for t in out] == [AlertState.FIRING]
-    assert out[0].alertname is AlertName.LINK_DEGRADED
-
-
-def test_flapping_is_damped_to_one_notification() -> None:
-    one_cycle = "BBB GGGGG "
-    short = _track(one_cycle * 10 + "G" * 70)
-    long = _track(one_cycle * 40 + "G" * 70)
-    pages = [(t.alertname, t.state) for t in short if t.page]
-    # Four changes page normally; the fifth starts flapping: one LinkFlapping, then silence
-    # until the link has been stable for the flap window.
-    assert pages == [
-        (AlertName.LINK_DEGRADED, AlertState.FIRING),
-        (AlertName.LINK_DEGRADED, AlertState.RESOLVED),
-        (AlertName.LINK_DEGRADED, AlertState.FIRING),
-        (AlertName.LINK_DEGRADED, AlertState.RESOLVED),
-        (AlertName.LINK_FLAPPING, AlertState.FIRING),
-        (AlertName.LINK_FLAPPING, AlertState.RESOLVED),
-    ]
-    assert [(t.alertname, t.state) for t in long if t.page] == pages
-
-
-def test_flapping_ends_into_the_current_state() -> None:
-    out = _track("BBB GGGGG " * 3 + "BBB" + "B" * 70)
-    names = [(t.alertname, t.state) for t in out]
-    assert names[-2:] == [
-        (AlertName.LINK_FLAPPING, AlertState.RESOLVED),
-        (AlertName.LINK_DEGRADED, AlertState.FIRING),
-    ]
-
-
-def test_a_handover_between_link_alerts_never_reads_as_a_recovery() -> None:
-    out = _track("BBB LLL BBBBB GGGGG")
-    steps = [(t.alertname, t.state, t.annotations.get("superseded_by")) for t in out]
-    assert steps == [
-        (AlertName.LINK_DEGRADED, AlertState.FIRING, None),
-        (AlertName.LINK_DEGRADED, AlertState.RESOLVED, "LinkDown"),
-        (AlertName.LINK_DOWN, AlertState.FIRING, None),
-        (AlertName.LINK_DOWN, AlertState.RESOLVED, "LinkDegraded"),
-        (AlertName.LINK_DEGRADED, AlertState.FIRING, None),
-        (AlertName.LINK_DEGRADED, AlertState.RESOLVED, None),
-    ]
-    summaries = [t.annotations["summary"] for t in out if t.state is AlertState.RESOLVED]
-    assert summaries == [
-        "pavilion-2: parent link parent-gw now down: degraded from 08:00:00 UTC "
-        "to 08:00:30 UTC (loss 100 %)",
-        "pavilion-2: parent link parent-gw now degraded: down from 08:00:30 UTC "
-        "to 08:01:00 UTC (loss 30 %, rtt p95 20 ms)",
-        "pavilion-2: parent link parent-gw recovered at 08:01:50 UTC "
-        "(degraded from 08:01:00 UTC; loss 0 %, rtt p95 20 ms)",
-    ]
-    assert "recovered" not in out[1].annotations["summary"] + out[1].annotations["description"]
-    assert out[1].annotations["description"].startswith("not a recovery")
-
-
 def test_machine_flap_edges() -> None:
     machine = LinkMachine()
     kinds = []
@@ -190,39 +113,6 @@ def test_machine_flap_edges() -> None:
     assert kinds.count(ChangeKind.FLAP_START) == 1
     assert kinds.count(ChangeKind.FLAP_END) == 1
     assert not machine.flapping
-
-
-@pytest.mark.parametrize(
-    ("role", "alertname", "severity"),
-    [
-        (LinkRole.PARENT, AlertName.LINK_DOWN, Severity.CRITICAL),
-        (LinkRole.PARENT, AlertName.LINK_DEGRADED, Severity.WARNING),
-        (LinkRole.PARENT, AlertName.LINK_FLAPPING, Severity.WARNING),
-        (LinkRole.INTERNET, AlertName.LINK_DOWN, Severity.WARNING),
-        (LinkRole.GATEWAY, AlertName.LINK_DEGRADED, Severity.INFO),
-        (LinkRole.AP, AlertName.LINK_FLAPPING, Severity.INFO),
-    ],
-)
-def test_severity_by_role(role: LinkRole, alertname: AlertName, severity: Severity) -> None:
-    assert link_severity(alertname, role) is severity
-
-
-def test_late_rounds_never_page_but_the_episode_reports() -> None:
-    ctx = LinkContext(
-        "pavilion-2", "parent-gw", LinkRole.PARENT, "pi1", "central", "P2", THRESHOLDS, RULES
-    )
-    track = LinkTrack()
-    transitions, reports = [], []
-    for index, kind in enumerate("GLLLBGGGGGG"):
-        out, report = track.judge(_round(index, kind), ctx, late=True)
-        transitions += out
-        reports += [report] if report else []
-    assert transitions
-    assert not any(t.page for t in transitions)
-    assert [r.samples_backfilled for r in reports] == [9]
-    assert reports[0].start == T0 + 10 * NS
-    assert reports[0].end == T0 + 50 * NS
-    assert reports[0].worst_loss_pct == 100.0
 
 
 @pytest.mark.parametrize(
@@ -251,3 +141,22 @@ def test_machine_round_trips_through_a_dict() -> None:
     for index, kind in enumerate("BBBGGLL"):
         machine.judge(_round(index, kind), THRESHOLDS, RULES)
     assert LinkMachine.from_dict(machine.to_dict()) == machine
+
+
+def test_contract_defaults() -> None:
+    # docs/contract.md, Alerts and Collector config: the numbers both daemons start from.
+    assert Thresholds(loss_pct=5.0, rtt_ms=150.0, jitter_ms=30.0) == DEFAULT_THRESHOLDS
+    assert (
+        Rules(for_rounds=3, clear_rounds=5, flap_changes=4, flap_window_ns=600 * NS)
+        == DEFAULT_RULES
+    )
+
+
+def test_a_link_s_own_thresholds_win_key_by_key() -> None:
+    assert link_thresholds(None) == DEFAULT_THRESHOLDS
+    assert link_thresholds(LinkThresholds()) == DEFAULT_THRESHOLDS
+    own = LinkThresholds(loss_pct=2, jitter_ms=10)
+    assert link_thresholds(own) == Thresholds(loss_pct=2.0, rtt_ms=150.0, jitter_ms=10.0)
+    assert link_thresholds(own, THRESHOLDS) == Thresholds(
+        loss_pct=2.0, rtt_ms=100.0, jitter_ms=10.0
+    )
