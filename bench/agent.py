@@ -574,7 +574,10 @@ class Acker:
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-acker")
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
-        self._client.subscribe(topics.samples_topic(SITE, AGENT), qos=1)
+        # Envelopes of `event` rows (state changes) travel on the events topic.
+        self._client.subscribe(
+            [(topics.samples_topic(SITE, AGENT), 1), (topics.events_topic(SITE, AGENT), 1)]
+        )
         self._client.loop_start()
 
     def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:

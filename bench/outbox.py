@@ -244,7 +244,10 @@ class ArrivalClock:
         self._client.on_subscribe = lambda *_args: subscribed.set()
         self._client.connect("127.0.0.1", port)
         self._client.loop_start()
-        self._client.subscribe(topics.samples_topic(SITE, AGENT), qos=1)
+        # Envelopes of `event` rows (state changes) travel on the events topic.
+        self._client.subscribe(
+            [(topics.samples_topic(SITE, AGENT), 1), (topics.events_topic(SITE, AGENT), 1)]
+        )
         subscribed.wait(5)
 
     def _record(self, _client: object, _userdata: object, message: mqtt.MQTTMessage) -> None:

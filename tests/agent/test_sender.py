@@ -147,3 +147,52 @@ def test_a_refused_ack_subscription_is_an_error_that_says_what_it_means(
         error == f"broker refused the subscription to {ack_topic} (Not authorized): {ACK_REFUSED}"
     )
     assert "nothing it sends will ever be deleted from the outbox" in error
+
+
+def test_event_rows_go_to_the_events_topic_and_measurements_to_samples(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", site=SITE, agent=AGENT)
+    event = Sample(
+        measurement="event",
+        tags={"site": SITE, "agent": AGENT, "kind": "hook"},
+        fields={"message": "ran"},
+        time=1_700_000_000,
+    )
+    outbox.append([_sample(1)])
+    outbox.append([event])
+    arrived: list[tuple[str, int]] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = lambda _c, _u, m: arrived.append((m.topic, json.loads(m.payload)["seq"]))
+    client.on_subscribe = lambda *_args: subscribed.set()
+    assert mosquitto.port is not None
+    client.connect("127.0.0.1", mosquitto.port)
+    client.subscribe(f"fieldmon/v1/{SITE}/{AGENT}/+", qos=1)
+    client.loop_start()
+    assert subscribed.wait(5)
+
+    async def scenario() -> None:
+        disk = ThreadPoolExecutor(max_workers=1)
+        config = BrokerConfig(host="127.0.0.1", port=mosquitto.port)
+        link = MqttLink(new_client(config, AGENT), config, asyncio.get_running_loop())
+        sender = Sender(outbox, link, site=SITE, agent=AGENT, disk=disk)
+        task = asyncio.create_task(sender.run())
+        link.start()
+        try:
+            await _until(lambda: len(arrived) >= 2, 10)
+        finally:
+            task.cancel()
+            link.stop()
+            disk.shutdown()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        outbox.close()
+    assert sorted(arrived) == [
+        (topics.events_topic(SITE, AGENT), 1),
+        (topics.samples_topic(SITE, AGENT), 0),
+    ]

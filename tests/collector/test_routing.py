@@ -16,20 +16,28 @@ from fieldmon.collector.routing import (
 
 def test_plans() -> None:
     samples, shared = "fieldmon/v1/+/+/samples", "$share/g/fieldmon/v1/+/+/samples"
+    events, shared_events = "fieldmon/v1/+/+/events", "$share/g/fieldmon/v1/+/+/events"
     status = "fieldmon/v1/+/+/status"
-    assert plan(True, False, None) == [Subscription(samples, INGEST_ID)]
+    assert plan(True, False, None) == [
+        Subscription(samples, INGEST_ID),
+        Subscription(events, INGEST_ID),
+    ]
     assert plan(True, True, None) == [
         Subscription(samples, INGEST_ID),
+        Subscription(events, INGEST_ID),
         Subscription(status, STATUS_ID),
     ]
     # With a shared ingest group the alert role still reads the whole stream on its own.
     assert plan(True, True, "g") == [
         Subscription(shared, INGEST_ID),
+        Subscription(shared_events, INGEST_ID),
         Subscription(samples, ALERT_SAMPLES_ID),
+        Subscription(events, ALERT_SAMPLES_ID),
         Subscription(status, STATUS_ID),
     ]
     assert plan(False, True, None) == [
         Subscription(samples, ALERT_SAMPLES_ID),
+        Subscription(events, ALERT_SAMPLES_ID),
         Subscription(status, STATUS_ID),
     ]
 

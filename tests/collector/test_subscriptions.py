@@ -26,6 +26,7 @@ from fieldmon.lab.process import (
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, dynamic_security, free_port
 
 SAMPLES, STATUS = "fieldmon/v1/+/+/samples", "fieldmon/v1/+/+/status"
+EVENTS = "fieldmon/v1/+/+/events"
 PASSWORD = "collector-secret-1"
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ def _broker(directory: Path, deny: list[str]) -> MosquittoServer:
 def _collector(
     tmp: Path, broker: MosquittoServer, influxd: InfluxdServer, db: str
 ) -> tuple[Daemon, int]:
-    """The collector (ingest and alerts: both subscriptions) and its HTTP port."""
+    """The collector (ingest and alerts: every subscription) and its HTTP port."""
     (tmp / "site_configs").mkdir(exist_ok=True)
     (tmp / "collector.pass").write_text(PASSWORD + "\n", encoding="utf-8")
     port = free_port()
@@ -83,7 +84,7 @@ def test_a_refused_subscription_is_logged_counted_and_unhealthy(
         try:
             status, health = wait_for(
                 lambda: _answered(port),
-                "the broker's answers to both SUBSCRIBEs",
+                "the broker's answers to every SUBSCRIBE",
                 daemons=collector,
             )
             refusals = _refusals(port)
@@ -96,6 +97,7 @@ def test_a_refused_subscription_is_logged_counted_and_unhealthy(
     ]
     assert health["subscriptions"] == [
         {"topic": SAMPLES, "state": "granted", "qos": 1, "reason": None},
+        {"topic": EVENTS, "state": "granted", "qos": 1, "reason": None},
         {"topic": STATUS, "state": "refused", "qos": None, "reason": "Not authorized"},
     ]
     # No broker address, no credentials in what /healthz says.
@@ -140,6 +142,7 @@ def test_granted_subscriptions_are_healthy_and_granted_again_after_a_broker_rest
             assert collector.stop() == 0, collector.tail()
     assert [(s["topic"], s["state"], s["qos"]) for s in subscriptions] == [
         (SAMPLES, "granted", 1),
+        (EVENTS, "granted", 1),
         (STATUS, "granted", 1),
     ]
     assert (status, health["problems"]) == (200, [])

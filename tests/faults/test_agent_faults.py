@@ -65,7 +65,8 @@ def _key(sample: dict) -> Key:  # type: ignore[type-arg]
 
 
 class Observer:
-    """Records every envelope published on the agent's samples topic, across broker restarts."""
+    """Records every envelope the agent publishes (samples and events topics), across broker
+    restarts."""
 
     def __init__(self, port: int) -> None:
         self.arrivals: list[Arrival] = []
@@ -80,7 +81,10 @@ class Observer:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = 300  # the broker keeps our queue while we are away
         self._client.connect("127.0.0.1", port, clean_start=False, properties=properties)
-        self._client.subscribe(f"fieldmon/v1/{SITE}/{AGENT}/samples", qos=1)
+        # One SUBSCRIBE, one SUBACK: envelopes of `event` rows go to the events topic.
+        self._client.subscribe(
+            [(f"fieldmon/v1/{SITE}/{AGENT}/samples", 1), (f"fieldmon/v1/{SITE}/{AGENT}/events", 1)]
+        )
         self._client.loop_start()
         assert self._subscribed.wait(5)
 

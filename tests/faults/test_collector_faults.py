@@ -68,7 +68,10 @@ class Observer:
         assert self.subscribed.wait(5)
 
     def _subscribe(self, client: mqtt.Client, *_args: object) -> None:
-        client.subscribe(f"fieldmon/v1/{SITE}/{AGENT}/samples", qos=1)
+        # Envelopes of `event` rows (the agent's state changes) travel on the events topic.
+        client.subscribe(
+            [(f"fieldmon/v1/{SITE}/{AGENT}/samples", 1), (f"fieldmon/v1/{SITE}/{AGENT}/events", 1)]
+        )
 
     def _record(self, _client: object, _userdata: object, message: mqtt.MQTTMessage) -> None:
         envelope = json.loads(message.payload)

@@ -19,6 +19,9 @@ reason the connection's socket lingers 0 s on close: when paho gives up on a dea
 kernel discards what it still held unsent instead of retransmitting it over the old connection
 the moment the link returns (ahead of the replay, and twice). `before_clean_disconnect()`
 restores the normal close so that a clean shutdown's last packets are still delivered.
+
+Envelopes of `event` rows (hook runs, state changes; `Priority.EVENT` in the outbox) go to the
+agent's `events` topic, the rest to `samples`: one seq counter, one outbox, one ack topic.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
-from fieldmon.agent.outbox import Outbox, Selection, StoredEnvelope
+from fieldmon.agent.outbox import Outbox, Priority, Selection, StoredEnvelope
 from fieldmon.core.mqtt.link import MqttLink
 from fieldmon.core.wire import topics
 from fieldmon.core.wire.models import AckMessage
@@ -69,6 +72,7 @@ class Sender:
         self._window = window
         self._ack_timeout = ack_timeout
         self._samples_topic = topics.samples_topic(site, agent)
+        self._events_topic = topics.events_topic(site, agent)
         self._ack_topic = topics.ack_topic(site, agent)
         self._in_flight: dict[int, float] = {}  # seq -> monotonic time sent
         self._replay_rate = replay_rate
@@ -135,7 +139,8 @@ class Sender:
             logger.info("no ack in time; sending again", extra={"seqs": len(expired)})
 
     def _publish(self, envelope: StoredEnvelope) -> bool:
-        info = self._link.client.publish(self._samples_topic, envelope.payload, qos=1)
+        topic = self._events_topic if envelope.priority == Priority.EVENT else self._samples_topic
+        info = self._link.client.publish(topic, envelope.payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return False
         self._in_flight[envelope.seq] = time.monotonic()

@@ -4,6 +4,11 @@ MQTT v5 subscription identifiers tell the copies apart when one process holds bo
 shared subscription and the alert role's ordinary one (the broker then delivers a message once
 per matching subscription). Every QoS 1 message is acknowledged exactly once: by ingest after
 its write, otherwise here as soon as it has been handled.
+
+An agent's `events` topic carries envelopes like its `samples` topic (its `event` rows: hook
+runs, state changes), numbered from the same seq counter: every role that reads one reads both,
+under the same subscription identifier and through the same handler, so ingest stores and
+acknowledges them alike and the alert role's seq accounting sees no gap.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from fieldmon.core.wire.topics import TopicKind
 INGEST_ID, ALERT_SAMPLES_ID, STATUS_ID = 1, 2, 3
 # What the broker refusing each subscription means, in the words of the error it logs.
 CONSEQUENCES = {
-    INGEST_ID: "no envelope reaches this collector's ingest: nothing is stored or acknowledged",
-    ALERT_SAMPLES_ID: "no round reaches the alert role: nothing is judged or paged",
+    INGEST_ID: "no envelope on it reaches this collector's ingest: nothing there is stored or "
+    "acknowledged",
+    ALERT_SAMPLES_ID: "no envelope on it reaches the alert role: nothing there is judged or paged",
     STATUS_ID: "agents' births and last wills do not reach the alert role: SiteUnreachable "
     "fires only after silence_timeout",
 }
 
 Handler = Callable[[mqtt.MQTTMessage], None]
+# The topics that carry Envelopes: measurements, and the agent's events (hook runs, state changes).
+ENVELOPE_KINDS = (TopicKind.SAMPLES, TopicKind.EVENTS)
 
 
 @dataclass(frozen=True)
@@ -47,10 +55,15 @@ def plan(ingest: bool, alerts: bool, shared_group: str | None) -> list[Subscript
     """The subscriptions for these roles; the alert role reads the whole stream, never shared."""
     plans = []
     if ingest:
-        plans.append(Subscription(topics.subscription(TopicKind.SAMPLES, shared_group), INGEST_ID))
+        plans += [
+            Subscription(topics.subscription(kind, shared_group), INGEST_ID)
+            for kind in ENVELOPE_KINDS
+        ]
     if alerts:
         if not ingest or shared_group:
-            plans.append(Subscription(topics.subscription(TopicKind.SAMPLES), ALERT_SAMPLES_ID))
+            plans += [
+                Subscription(topics.subscription(kind), ALERT_SAMPLES_ID) for kind in ENVELOPE_KINDS
+            ]
         plans.append(Subscription(topics.subscription(TopicKind.STATUS), STATUS_ID))
     return plans
 
