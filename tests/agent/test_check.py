@@ -19,6 +19,7 @@ from fieldmon.agent.check import (
     CheckReport,
     CheckRow,
     Status,
+    check_hooks,
     check_probe,
     check_site,
     markdown_report,
@@ -32,6 +33,7 @@ from fieldmon.agent.probes.registry import Planned
 from fieldmon.agent.probes.snmp import SnmpProbe
 from fieldmon.agent.snmp import client as snmp_client_module
 from fieldmon.core.site.config import SiteConfig
+from fieldmon.core.site.hooks import HooksConfig
 from fieldmon.core.site.host import HostConfig
 from fieldmon.core.site.links import IcmpLinkConfig
 from fieldmon.core.site.snmp import SnmpDeviceConfig
@@ -624,3 +626,28 @@ def test_plain_table_escapes_nothing_and_markdown_escapes_pipes() -> None:
     assert "ap|1" in plain_table([row])
     report = CheckReport("s", "S", "a", "p", "2026-01-01T00:00:00+00:00", 0.1, None, [row])
     assert "| WARN | snmp | ap\\|1 | 192.0.2.9 |  |  | a \\| b |" in markdown_report(report)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hooks must be root's: the test makes root's files")
+def test_hooks_row_names_what_would_run_and_what_would_be_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "hooks"
+    directory.mkdir()
+    directory.chmod(0o755)
+    config = HooksConfig(dir=directory)
+    assert (check_hooks(config).status, check_hooks(config).reason) == (
+        Status.WARN,
+        "no executable hook in the directory",
+    )
+    for name in ("50-lte-failover", "10-diagnostics"):
+        (directory / name).write_text("#!/bin/sh\n")
+        (directory / name).chmod(0o755)
+    row = check_hooks(config)
+    assert (row.kind, row.target, row.status) == ("hooks", str(directory), Status.OK)
+    assert row.reason == "2 run per event: 10-diagnostics, 50-lte-failover"
+    (directory / "50-lte-failover").chmod(0o775)
+    row = check_hooks(config)
+    assert row.status is Status.FAIL
+    assert "50-lte-failover is writable by group or others" in row.reason
+    directory.chmod(0o777)
+    assert check_hooks(config).reason.endswith("no hook runs")
+    assert check_hooks(HooksConfig(dir=tmp_path / "absent")).status is Status.FAIL

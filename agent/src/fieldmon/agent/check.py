@@ -42,6 +42,8 @@ from fieldmon.core.config.errors import ConfigError
 from fieldmon.core.mqtt.link import new_client
 from fieldmon.core.mqtt.settings import BrokerConfig
 from fieldmon.core.site.config import SiteConfig, load_site_config
+from fieldmon.core.site.hooks import HooksConfig
+from fieldmon.firmware_hooks.hooks import candidates, check_directory, check_hook
 
 __all__ = ["CheckReport", "CheckRow", "Status", "check_probe", "check_site", "run_check"]
 
@@ -142,7 +144,27 @@ async def check_site(config: SiteConfig) -> CheckReport:
         started=started.isoformat(timespec="seconds"),
         duration_s=round(time.perf_counter() - clock, 3),
         icmp_mode=mode if config.links else None,
-        rows=[*probe_rows, broker],
+        rows=[*probe_rows, broker, *([check_hooks(config.hooks)] if config.hooks else [])],
+    )
+
+
+def check_hooks(hooks: HooksConfig) -> CheckRow:
+    """The hooks the agent would run: FAIL for a directory or hook it would refuse."""
+    directory = hooks.dir
+    problem = check_directory(directory)
+    if problem is not None:
+        return CheckRow("hooks", "hooks", str(directory), Status.FAIL, f"{problem}: no hook runs")
+    found = candidates(directory)
+    refused = [reason for reason in map(check_hook, found) if reason is not None]
+    if refused:
+        return CheckRow("hooks", "hooks", str(directory), Status.FAIL, "; ".join(refused))
+    if not found:
+        return CheckRow(
+            "hooks", "hooks", str(directory), Status.WARN, "no executable hook in the directory"
+        )
+    names = ", ".join(path.name for path in found)
+    return CheckRow(
+        "hooks", "hooks", str(directory), Status.OK, f"{len(found)} run per event: {names}"
     )
 
 

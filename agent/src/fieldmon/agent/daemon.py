@@ -1,4 +1,8 @@
-"""`fieldmon-agent run`: probes -> batcher -> outbox -> sender -> MQTT, until SIGTERM."""
+"""`fieldmon-agent run`: probes -> batcher -> outbox -> sender -> MQTT, until SIGTERM.
+
+Beside the batcher, `AgentEvents` judges the rounds as they complete and runs the site's hooks
+on what it finds, the broker link's state (debounced), a boot and the outbox's drop episodes.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fieldmon.agent.batcher import EnvelopeBatcher
+from fieldmon.agent.events import AgentEvents, note_boot, read_boot_id
 from fieldmon.agent.outbox import Outbox
 from fieldmon.agent.probes.base import Probe, ProbeResources
 from fieldmon.agent.probes.host import outbox_age_s
@@ -19,6 +25,7 @@ from fieldmon.agent.probes.registry import build_probes, setup_errors
 from fieldmon.agent.scheduler import run_probe_forever
 from fieldmon.agent.sender import Sender
 from fieldmon.agent.snmp.client import SnmpClient
+from fieldmon.agent.watch import BrokerWatch, Seen
 from fieldmon.core.config.errors import ConfigError
 from fieldmon.core.mqtt.link import MqttLink, new_client
 from fieldmon.core.site.config import SiteConfig, load_site_config
@@ -26,6 +33,7 @@ from fieldmon.core.version import part_version
 from fieldmon.core.wire import topics
 from fieldmon.core.wire.codec import encode
 from fieldmon.core.wire.models import FieldValue, Sample, StatusMessage
+from fieldmon.firmware_hooks.hooks import EventName, HookRun, HookRunner
 
 logger = logging.getLogger(__name__)
 VERSION = part_version("fieldmon-agent")
@@ -37,6 +45,8 @@ PROBE_SETUP_ERRORS = setup_errors()
 
 # How long a clean shutdown waits for in-flight envelopes to be acknowledged.
 SHUTDOWN_GRACE_S = 3.0
+# How long a clean shutdown lets queued and running hooks finish before killing them.
+HOOKS_GRACE_S = 5.0
 
 
 def _status(config: SiteConfig, state: str, reason: str | None = None) -> bytes:
@@ -103,15 +113,13 @@ def _connect_link(config: SiteConfig, loop: asyncio.AbstractEventLoop) -> MqttLi
 class ProbeSet:
     """The running probe tasks; replaced as a whole when SIGHUP brings a new config."""
 
-    def __init__(self, batcher: EnvelopeBatcher) -> None:
-        self._batcher = batcher
+    def __init__(self, sink: Callable[[list[Sample]], None]) -> None:
+        self._sink = sink
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, probes: list[Probe]) -> None:
         self._tasks = [
-            asyncio.create_task(
-                run_probe_forever(probe, self._batcher.add), name=f"probe:{probe.name}"
-            )
+            asyncio.create_task(run_probe_forever(probe, self._sink), name=f"probe:{probe.name}")
             for probe in probes
         ]
         logger.info("probing", extra={"targets": [probe.name for probe in probes]})
@@ -143,9 +151,9 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
         ),
     )
     link = _connect_link(config, loop)
-    sender, batcher = build_pipeline(config, outbox, link, disk)
+    sender, batcher, events = _wire_events(config, outbox, link, disk)
     async with IcmpPinger() as pinger:
-        probes = ProbeSet(batcher)
+        probes = ProbeSet(events.sink)
         snmp = SnmpClient()
         resources = ProbeResources(
             pinger=pinger,
@@ -155,15 +163,18 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
             outbox_age_s=lambda: outbox_age_s(outbox.oldest_created_ns, time.time_ns()),
         )
         probes.start(build_probes(config, resources))
+        broker_watch = asyncio.create_task(_watch_broker(config, link, events), name="broker-watch")
         background = [
             asyncio.create_task(batcher.run(), name="batcher"),
             asyncio.create_task(sender.run(), name="sender"),
+            broker_watch,
         ]
         link.start()
         logger.info(
             "agent started",
             extra={"site": config.site, "agent": config.agent.id, "version": VERSION},
         )
+        await _announce_boot(config, events)
         while not stop.is_set():
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -171,9 +182,11 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
                 waiter.cancel()
             if reload.is_set() and not stop.is_set():
                 reload.clear()
-                config = await _reloaded(config_path, config, probes, resources)
+                config = await _reloaded(config_path, config, probes, resources, events)
         logger.info("stopping: flushing the outbox")
         await probes.stop()
+        broker_watch.cancel()  # no new event from here on
+        await _stop_hooks(events)  # their rows go into this last flush
         await batcher.flush()
         await _drain(sender)
         sender.before_clean_disconnect()
@@ -196,10 +209,102 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
     logger.info("agent stopped", extra={"unacknowledged": sender.in_flight()})
 
 
-def build_pipeline(
+def _wire_events(
     config: SiteConfig, outbox: Outbox, link: MqttLink, disk: ThreadPoolExecutor
+) -> tuple[Sender, EnvelopeBatcher, AgentEvents]:
+    """The pipeline, and the events beside it: what the probes' samples go through (`sink`)."""
+    hub: list[AgentEvents] = []  # made after the batcher it writes to
+
+    def drop_started() -> None:
+        for events in hub:
+            events.emit(_outbox_dropping(config, outbox))
+
+    sender, batcher = build_pipeline(config, outbox, link, disk, on_drop_start=drop_started)
+    events = AgentEvents(config, batcher.add)
+    events.runner = _hook_runner(config, events.hook_ran)
+    hub.append(events)
+    return sender, batcher, events
+
+
+async def _stop_hooks(events: AgentEvents) -> None:
+    """Let queued and running hooks finish for a moment, then kill what is left."""
+    runner, events.runner = events.runner, None
+    if runner is not None:
+        await runner.close(grace=HOOKS_GRACE_S)
+
+
+def _hook_runner(config: SiteConfig, on_run: Callable[[HookRun], None]) -> HookRunner | None:
+    """The site's hook runner, or None when the site file has no `hooks`."""
+    if config.hooks is None:
+        return None
+    return HookRunner(config.hooks.dir, timeout=config.hooks.timeout, on_run=on_run)
+
+
+def _outbox_dropping(config: SiteConfig, outbox: Outbox) -> Seen:
+    return Seen(
+        EventName.OUTBOX_DROPPING,
+        time.time_ns(),
+        details={
+            "dropped_samples": outbox.dropped_samples,
+            "waiting_samples": outbox.waiting_samples,
+            "max_mb": config.agent.outbox.max_mb,
+        },
+    )
+
+
+async def _announce_boot(config: SiteConfig, events: AgentEvents) -> None:
+    """`boot` when this is the agent's first start since the machine booted (boot id)."""
+    path = config.agent.outbox.path
+    seen_file = path.with_name(path.name + ".boot-id")
+    boot_id = await asyncio.to_thread(read_boot_id)
+    try:
+        booted = await asyncio.to_thread(note_boot, seen_file, boot_id)
+    except OSError as exc:
+        logger.warning(
+            "cannot record the boot id", extra={"file": str(seen_file), "error": str(exc)}
+        )
+        return
+    if booted:
+        uptime = round(time.clock_gettime(time.CLOCK_BOOTTIME), 1)
+        events.emit(
+            Seen(EventName.BOOT, time.time_ns(), details={"boot_id": boot_id, "uptime_s": uptime})
+        )
+
+
+async def _watch_broker(config: SiteConfig, link: MqttLink, events: AgentEvents) -> None:
+    """broker_down / broker_up from the MQTT link's state, debounced (fieldmon.agent.watch)."""
+    broker = f"{config.agent.broker.host}:{config.agent.broker.port}"
+    watch = BrokerWatch(time.monotonic())
+    outage_began = 0.0
+    while True:
+        await asyncio.sleep(1.0)
+        now = time.monotonic()
+        found = watch.observe(link.connected.is_set(), now)
+        if found is EventName.BROKER_DOWN:
+            outage_began = now - watch.held(now)
+            details: dict[str, FieldValue | None] = {
+                "broker": broker,
+                "down_s": round(watch.held(now), 1),
+                "error": link.last_error,
+            }
+        elif found is EventName.BROKER_UP:
+            came_back = now - watch.held(now)
+            details = {"broker": broker, "down_s": round(came_back - outage_began, 1)}
+        else:
+            continue
+        events.emit(Seen(found, time.time_ns(), details=details))
+
+
+def build_pipeline(
+    config: SiteConfig,
+    outbox: Outbox,
+    link: MqttLink,
+    disk: ThreadPoolExecutor,
+    *,
+    on_drop_start: Callable[[], None] | None = None,
 ) -> tuple[Sender, EnvelopeBatcher]:
-    """The sender (fed acks from `link`) and the batcher that commits to the outbox."""
+    """The sender (fed acks from `link`) and the batcher that commits to the outbox;
+    `on_drop_start` is told when the outbox starts dropping (the outbox_dropping event)."""
     sender = Sender(
         outbox,
         link,
@@ -224,6 +329,8 @@ def build_pipeline(
         sender.notify()
         if outbox.take_drop_start():
             batcher.add([_outbox_full_event(config, outbox)])
+            if on_drop_start is not None:
+                on_drop_start()
 
     batcher = EnvelopeBatcher(
         outbox,
@@ -246,7 +353,11 @@ async def _drain(sender: Sender) -> None:
 
 
 async def _reloaded(
-    path: Path, current: SiteConfig, probes: ProbeSet, resources: ProbeResources
+    path: Path,
+    current: SiteConfig,
+    probes: ProbeSet,
+    resources: ProbeResources,
+    events: AgentEvents,
 ) -> SiteConfig:
     """Apply a changed site file's probes; identity and broker changes need a restart."""
     try:
@@ -261,9 +372,24 @@ async def _reloaded(
     if (fresh.site, fresh.agent) != (current.site, current.agent):
         logger.warning("reload: site, agent id, broker and outbox changes need a restart")
     await probes.stop()
+    events.reconfigure(fresh)
+    await _reload_hooks(fresh, events)
     probes.start(new_probes)
     logger.info("reloaded the site file", extra={"file": str(path)})
     return fresh.model_copy(update={"site": current.site, "agent": current.agent})
+
+
+async def _reload_hooks(config: SiteConfig, events: AgentEvents) -> None:
+    """A reloaded `hooks` section: the runner follows it (queued events stay queued)."""
+    runner = events.runner
+    if config.hooks is None:
+        events.runner = None
+        if runner is not None:
+            await runner.close(grace=HOOKS_GRACE_S)
+    elif runner is None:
+        events.runner = _hook_runner(config, events.hook_ran)
+    else:
+        runner.directory, runner.timeout = config.hooks.dir, config.hooks.timeout
 
 
 def run_agent(config_path: Path) -> int:
