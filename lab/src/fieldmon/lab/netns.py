@@ -188,6 +188,11 @@ def _link_index() -> int:
     return (os.getpid() * 64 + _serial()) % 32768
 
 
+def spare_address() -> ipaddress.IPv4Interface:
+    """An IPv4 address from the pool that no veth of this process uses (a loopback alias)."""
+    return link_addresses(_link_index())[1]
+
+
 def veth(a_ns: Namespace | None, b_ns: Namespace, *, index: int | None = None) -> VethPair:
     """Join `a_ns` (None = the root namespace) and `b_ns` with an addressed, up veth pair.
 

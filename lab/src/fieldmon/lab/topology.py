@@ -6,6 +6,15 @@ Per site, with the agent in the root namespace (the Pi) and the collector's serv
                                                      --internet-> SITE.internet (the internet)
     root --port--> each AP: a real snmpd in SITE.gw, on its own address, serving a recorded walk
 
+A site with `lte_rate` has a second uplink to its parent hospital, as a site with an LTE modem
+beside its wired line: `SITE.gw --lte--> SITE.parent`. The site router then has a default route
+over the wired uplink (`wan-parent`; LTE failover moves it to `wan-lte`), the parent hospital
+a `core` address on its loopback that is reached over whichever uplink carries the default
+route, and routes back over either (the wired one preferred). A site with `noc` also has the
+NOC behind its parent hospital: `root --noc--> SITE.parent`, with the parent hospital
+masquerading what it forwards to the NOC, so an agent run in the site router reaches a broker
+listening on the NOC end (`Lab.noc_address`) over the site's uplinks, and nothing else.
+
 `gw` forwards between the links, so the agent's pings to the parent hospital cross `lan` and
 `parent`, as they cross the site LAN and the uplink in the field. Every link is a veth pair with a
 token-bucket rate limit on both ends. `Lab.impair()` changes one link: loss (iptables statistic on
@@ -52,6 +61,7 @@ from fieldmon.lab.netns import (
     VethPair,
     list_namespaces,
     run,
+    spare_address,
     veth,
 )
 from fieldmon.lab.servers import SnmpdServer
@@ -61,9 +71,15 @@ LAB_PREFIX = "fm-lab."
 DEFAULT_STATE_DIR = Path("/run/fieldmon-lab")
 STATE_FILE = "state.json"
 COMMUNITY = "fieldmon-lab"
-LINK_NAMES = ("lan", "parent", "internet")
+LINK_NAMES = ("lan", "parent", "internet", "lte", "noc")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-_GW_DEVICES = {"lan": "lan0", "parent": "wan-parent", "internet": "wan-internet"}
+_GW_DEVICES = {
+    "lan": "lan0",
+    "parent": "wan-parent",
+    "internet": "wan-internet",
+    "lte": "wan-lte",
+}
+LTE_METRIC = "200"  # the parent hospital's route back over LTE, used while the wired one is cut
 
 
 class LabError(RuntimeError):
@@ -114,9 +130,17 @@ class SiteSpec:
     parent_rate: str = "10mbit"
     internet_rate: str = "20mbit"
     router: bool = True  # snmpd on the site router serving its real IF-MIB (`uplink-router`)
+    lte_rate: str | None = None  # a second, LTE uplink to the parent hospital at this rate
+    noc: bool = False  # the NOC behind the parent hospital (needs lte_rate: the core address)
+
+    def __post_init__(self) -> None:
+        if self.noc and self.lte_rate is None:
+            raise ValueError(f"site {self.name!r}: `noc` needs `lte_rate` (its core address)")
 
     def rate(self, link: str) -> str:
-        """The configured rate of `link` (lan, parent, internet)."""
+        """The configured rate of `link` (lan, parent, internet, lte, noc)."""
+        if link == "noc":
+            return "100mbit"
         return str(getattr(self, f"{link}_rate"))
 
 
@@ -208,6 +232,7 @@ class LabState:
     namespaces: list[str] = field(default_factory=list)
     links: list[LinkState] = field(default_factory=list)
     devices: list[DeviceState] = field(default_factory=list)
+    cores: dict[str, str] = field(default_factory=dict)  # site -> its parent hospital's core
 
     def save(self, path: Path) -> None:
         """Write atomically (a reader never sees half a file)."""
@@ -404,6 +429,10 @@ class Lab:
                 "via", str(lan.b_v6.ip),
             )  # fmt: skip
             self._add_link(site, role, pair, _GW_DEVICES[role], "eth0", routes)
+        if site.lte_rate is not None:
+            self._build_lte(site, spaces, lan)
+        if site.noc:
+            self._build_noc(site, spaces["parent"])
         ports = []
         for number in range(1, len(site.aps) + 1):
             port = veth(None, gw)  # an AP's switch port
@@ -413,6 +442,42 @@ class Lab:
             self._start_device(site, "uplink-router", None, gw, lan)
         for ap, port in zip(site.aps, ports, strict=True):
             self._start_device(site, ap.name, ap, gw, port)
+
+    def _build_lte(self, site: SiteSpec, spaces: dict[str, Namespace], lan: VethPair) -> None:
+        """The LTE uplink, the parent hospital's core address and the routes that use them."""
+        gw, parent = spaces["gw"], spaces["parent"]
+        pair = veth(gw, parent)
+        _rename(gw, pair.a_name, _GW_DEVICES["lte"])
+        _rename(parent, pair.b_name, "lte0")
+        routes = [["route", "replace", "default", "via", str(pair.a_v4.ip), "metric", LTE_METRIC]]
+        set_link_state(parent, "lte0", True, routes)
+        self._add_link(site, "lte", pair, _GW_DEVICES["lte"], "lte0", routes)
+        core = str(spare_address().ip)
+        parent.ip("addr", "add", f"{core}/32", "dev", "lo")
+        self.state.cores[site.name] = core
+        wired = self.link(f"{site.name}/parent")
+        gw.ip("route", "replace", "default", "via", wired.address, "dev", wired.near_dev)
+        run(None, "ip", "route", "replace", f"{core}/32", "via", str(lan.b_v4.ip))
+
+    def _build_noc(self, site: SiteSpec, parent: Namespace) -> None:
+        """root <-> parent hospital; the parent masquerades what it forwards to the NOC."""
+        parent.sysctl("net.ipv4.ip_forward", "1")
+        pair = veth(None, parent)
+        _rename(parent, pair.b_name, "noc0")
+        parent.run("iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "noc0", "-j", "MASQUERADE")
+        self._add_link(site, "noc", pair, pair.a_name, "noc0", [])
+
+    def core_address(self, site: str) -> str:
+        """The parent hospital's core address of an LTE site (on its loopback)."""
+        try:
+            return self.state.cores[site]
+        except KeyError:
+            raise LabError(f"site {site!r} of lab {self.name!r} has no LTE uplink") from None
+
+    def noc_address(self, site: str) -> str:
+        """The root namespace's end of the site's NOC link: where a broker for it listens."""
+        link = self.link(f"{site}/noc")
+        return str(ipaddress.IPv4Interface(link.near_v4).ip)
 
     def _add_link(  # noqa: PLR0917 - private, one call site per link kind
         self,
