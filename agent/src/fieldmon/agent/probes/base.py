@@ -105,9 +105,11 @@ class ProbeKind(Generic[ConfigT]):
     Each probe module defines its `KIND`; `fieldmon.agent.probes.registry` lists them.
     """
 
-    name: str  # the kind's name in logs and docs: icmp, snmp, host
+    name: str  # the kind's name in logs and docs: icmp, snmp, host, dns, http, tcp
     config_model: type[ConfigT]  # one target's settings: a model in fieldmon.core.site
-    site_section: str  # the SiteConfig field holding them: a list of models, or one model
+    # The SiteConfig field holding them: a list of models, or one model. Kinds may share a list
+    # whose entries say their kind (`services`); each kind takes the entries of its model.
+    site_section: str
     probe: type  # the probe class; its module's docstring ends with what it emits
     measurements: tuple[str, ...]  # what its samples are called (docs/contract.md, InfluxDB)
     build: Callable[[ConfigT, SiteConfig, ProbeResources], Probe]  # one probe for one target
@@ -121,7 +123,9 @@ class ProbeKind(Generic[ConfigT]):
         section: Any = getattr(site, self.site_section)
         if section is None:
             return []
-        return list(section) if isinstance(section, list) else [section]
+        items = list(section) if isinstance(section, list) else [section]
+        # Kinds may share a section (dns, http and tcp under `services`): each takes its own.
+        return [item for item in items if isinstance(item, self.config_model)]
 
     def target_name(self, config: ConfigT) -> str:
         """The name a target goes by before (or without) a probe: its `name`, else the kind's."""
