@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from fieldmon.agent.probes import icmp
+from fieldmon.agent.probes import icmp, tcp
 from fieldmon.agent.probes.base import ProbeKind
 from fieldmon.agent.probes.registry import PROBE_KINDS
 from fieldmon.agent.snmp.errors import ProfileError
@@ -103,6 +103,23 @@ def string_constants(path: Path) -> frozenset[str]:
     )
 
 
+def entry_tag(model: type[BaseModel]) -> str | None:
+    """The `kind` a model's entries carry in a section that kinds share (`services`), if any."""
+    field = model.model_fields.get("kind")
+    if field is None or typing.get_origin(field.annotation) is not typing.Literal:
+        return None
+    return str(typing.get_args(field.annotation)[0])
+
+
+def uses_kind(document: Document, kind: ProbeKind[Any]) -> bool:
+    """True when a site file's YAML has a target of this kind."""
+    section = document.get(kind.site_section)
+    tag = entry_tag(kind.config_model)
+    if not section or tag is None:
+        return bool(section)
+    return any(isinstance(entry, dict) and entry.get("kind") == tag for entry in section)
+
+
 def loaded_site_examples() -> list[tuple[Path, Document]]:
     """The example site files that load, each with its YAML as written (defaults not filled in)."""
     examples = []
@@ -166,9 +183,11 @@ def probe_kind_problems(
 
     if not any(module_name in imported_modules(path) for path in tests):
         problems.append(f"{kind.name}: no test module under tests/ imports {module_name}")
-    if not any(document.get(kind.site_section) for _path, document in examples):
+    if not any(uses_kind(document, kind) for _path, document in examples):
+        tag = entry_tag(kind.config_model)
         problems.append(
             f"{kind.name}: no example under site_configs/ that loads uses `{kind.site_section}`"
+            + (f" with kind: {tag}" if tag else "")
         )
     return problems
 
@@ -239,9 +258,24 @@ def test_every_probe_kind_is_complete(kind: ProbeKind[Any]) -> None:
 def test_every_probe_section_of_the_site_file_is_registered_once() -> None:
     sections = [kind.site_section for kind in PROBE_KINDS]
     names = [kind.name for kind in PROBE_KINDS]
-    assert len(set(sections)) == len(sections) and len(set(names)) == len(names)
+    assert len(set(names)) == len(names)
     unregistered = set(SiteConfig.model_fields) - NOT_PROBE_SECTIONS - set(sections)
     assert not unregistered, f"site-file sections no probe kind reads: {sorted(unregistered)}"
+    # Kinds share a section only as members of its tagged union (`services`: dns, http, tcp):
+    # each model read by exactly one kind, each with its own `kind` tag, none left unread.
+    for section in set(sections):
+        sharing = [kind for kind in PROBE_KINDS if kind.site_section == section]
+        if len(sharing) == 1:
+            continue
+        models = [kind.config_model for kind in sharing]
+        tags = [entry_tag(model) for model in models]
+        assert None not in tags and len(set(tags)) == len(tags), (section, tags)
+        held = {
+            leaf
+            for leaf in types_in(SiteConfig.model_fields[section].annotation)
+            if isinstance(leaf, type) and issubclass(leaf, BaseModel)
+        }
+        assert held == set(models), f"`{section}` holds {held}, its kinds read {models}"
 
 
 @pytest.mark.parametrize("kind", NOTIFIER_KINDS, ids=lambda kind: kind.name)
@@ -323,6 +357,24 @@ def test_a_probe_kind_without_an_example_or_a_documented_measurement_fails() -> 
         "icmp: no test module under tests/ imports fieldmon.agent.probes.icmp",
         "icmp: no example under site_configs/ that loads uses `links`",
     ]
+
+
+def test_a_kind_that_shares_services_needs_an_example_of_its_own_kind() -> None:
+    contract = CONTRACT.read_text(encoding="utf-8")
+    assert (
+        probe_kind_problems(
+            tcp.KIND, examples=loaded_site_examples(), tests=repo_test_modules(), contract=contract
+        )
+        == []
+    )
+    without_tcp = [
+        (path, {**doc, "services": [s for s in doc.get("services") or [] if s["kind"] != "tcp"]})
+        for path, doc in loaded_site_examples()
+    ]
+    assert any(doc["services"] for _path, doc in without_tcp)  # other kinds remain
+    assert probe_kind_problems(
+        tcp.KIND, examples=without_tcp, tests=repo_test_modules(), contract=contract
+    ) == ["tcp: no example under site_configs/ that loads uses `services` with kind: tcp"]
 
 
 def test_a_new_notifier_without_schema_docs_or_example_fails_on_every_point() -> None:

@@ -69,7 +69,7 @@ def test_pavilion_summary_line() -> None:
     path = REPO / "site_configs" / "pavilion-2.yaml"
     assert validate_site_files([path], out, err) == 0
     assert out.getvalue() == (
-        f"OK  {path}: site pavilion-2 (agent pavilion-2-pi1), 4 links, 6 SNMP devices\n"
+        f"OK  {path}: site pavilion-2 (agent pavilion-2-pi1), 4 links, 6 SNMP devices, 4 services\n"
     )
 
 

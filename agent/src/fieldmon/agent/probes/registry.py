@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fieldmon.agent.probes import host, icmp, snmp
+from fieldmon.agent.probes import dns, host, http, icmp, snmp, tcp
 from fieldmon.agent.probes.base import Probe, ProbeKind, ProbeResources
 from fieldmon.core.site.config import SiteConfig
 
@@ -17,6 +17,9 @@ PROBE_KINDS: tuple[ProbeKind[Any], ...] = (
     icmp.KIND,
     snmp.KIND,
     host.KIND,
+    dns.KIND,
+    http.KIND,
+    tcp.KIND,
 )
 
 

@@ -11,12 +11,17 @@ from fieldmon.core.config.errors import FieldValueError
 from fieldmon.core.config.loader import load_model
 from fieldmon.core.config.types import Duration, StrictModel
 from fieldmon.core.mqtt.settings import BrokerConfig
+from fieldmon.core.site.dns import DnsServiceConfig
 from fieldmon.core.site.hooks import HooksConfig
 from fieldmon.core.site.host import HostConfig
+from fieldmon.core.site.http import HttpServiceConfig
 from fieldmon.core.site.links import IcmpLinkConfig
 from fieldmon.core.site.outbox import OutboxConfig
 from fieldmon.core.site.snmp import SnmpDeviceConfig
+from fieldmon.core.site.tcp import TcpServiceConfig
 from fieldmon.core.wire.models import RESERVED_IDS, Identifier
+
+Named = IcmpLinkConfig | SnmpDeviceConfig | DnsServiceConfig | HttpServiceConfig | TcpServiceConfig
 
 
 def _not_reserved(value: str) -> str:
@@ -62,8 +67,14 @@ class SiteAlerting(StrictModel):
     power_for: Annotated[Duration, Field(ge=0)] | None = None
 
 
+# One entry of `services`: its `kind` key says which model reads it.
+ServiceEntry = Annotated[
+    DnsServiceConfig | HttpServiceConfig | TcpServiceConfig, Field(discriminator="kind")
+]
+
+
 class SiteConfig(StrictModel):
-    """A field hospital site: its agent, links, SNMP devices and host checks."""
+    """A field hospital site: its agent, links, SNMP devices, services and host checks."""
 
     site: Identifier
     name: Annotated[str, Field(min_length=1)]
@@ -71,17 +82,16 @@ class SiteConfig(StrictModel):
     agent: AgentSection
     links: list[IcmpLinkConfig] = Field(default_factory=list)
     snmp_devices: list[SnmpDeviceConfig] = Field(default_factory=list)
+    services: list[ServiceEntry] = Field(default_factory=list)  # DNS, HTTP(S) and TCP checks
     host: HostConfig = Field(default_factory=HostConfig)
     hooks: HooksConfig | None = None
     alerting: SiteAlerting | None = None  # read by the collector's alert engine
 
     _reserved_site = field_validator("site")(_not_reserved)
 
-    @field_validator("links", "snmp_devices")
+    @field_validator("links", "snmp_devices", "services")
     @classmethod
-    def _unique_names(
-        cls, items: list[IcmpLinkConfig | SnmpDeviceConfig], info: ValidationInfo
-    ) -> list[IcmpLinkConfig | SnmpDeviceConfig]:
+    def _unique_names(cls, items: list[Named], info: ValidationInfo) -> list[Named]:
         first_index: dict[str, int] = {}
         for index, item in enumerate(items):
             if item.name in first_index:

@@ -98,10 +98,13 @@ def _plural(count: int, word: str) -> str:
 
 def summary(config: SiteConfig) -> str:
     """One line that tells the engineer what the file describes."""
-    return (
+    text = (
         f"site {config.site} (agent {config.agent.id}), {_plural(len(config.links), 'link')}, "
         f"{_plural(len(config.snmp_devices), 'SNMP device')}"
     )
+    if config.services:
+        text += f", {_plural(len(config.services), 'service')}"
+    return text
 
 
 def validate_site_files(paths: list[Path], out: TextIO, err: TextIO) -> int:
