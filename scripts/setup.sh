@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   prometheus-alertmanager              # the recommended notification route
   prometheus prometheus-blackbox-exporter  # the usual alternative, beside fieldmon in bench/alert_latency
   strace                               # bench/outbox counts the outbox's fsyncs
+  dnsmasq-base nginx                   # a DNS server and HTTPS servers for the service probes' tests
   chromium fonts-dejavu-core           # headless browser test of the collector's status page
 )
 
