@@ -19,7 +19,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -603,13 +604,58 @@ def udp_bound_by(pid: int, port: int, host: str = LOOPBACK) -> bool:
         return False
 
 
-class SnmpdServer(_ServerProcess):
-    """net-snmp `snmpd -f -C` on a UDP port of 127.0.0.1; config and state in `directory`.
+# net-snmp's names for the protocols a site file names (fieldmon.core.site.snmp).
+_NET_SNMP_AUTH = {
+    "md5": "MD5",
+    "sha": "SHA",
+    "sha224": "SHA-224",
+    "sha256": "SHA-256",
+    "sha384": "SHA-384",
+    "sha512": "SHA-512",
+}
+_NET_SNMP_PRIV = {"des": "DES", "aes": "AES", "aes192": "AES-192", "aes256": "AES-256"}
 
-    `-C` ignores the system's snmpd.conf; SNMP_PERSISTENT_DIR keeps the engine ID and the
-    USM users made by `createUser` in our directory, never in /var/lib/snmp. A v2c community
-    and a v3 authPriv (SHA/AES) user are configured; `extra_config` adds lines such as
-    `pass_persist` or `override`.
+
+@dataclass(frozen=True)
+class SnmpV3User:
+    """An SNMPv3 user for SnmpdServer, with the protocols named as in a site file.
+
+    `aes_key_extension` "reeder" makes aes192/aes256 net-snmp's AES-192-C / AES-256-C (Cisco's
+    key extension); "blumenthal" is net-snmp's plain AES-192 / AES-256. `access` is what the
+    user's `rouser` line demands (noauth, auth, priv); by default the level the user has.
+    """
+
+    name: str
+    auth: str | None = None
+    auth_key: str = "auth-secret-1"
+    priv: str | None = None
+    priv_key: str = "priv-secret-1"
+    aes_key_extension: str = "blumenthal"
+    access: str | None = None
+
+    def config_lines(self) -> list[str]:
+        """Its `createUser` and `rouser` lines for snmpd.conf."""
+        create = f"createUser {self.name}"
+        if self.auth is not None:
+            create += f' {_NET_SNMP_AUTH[self.auth]} "{self.auth_key}"'
+            if self.priv is not None:
+                priv = _NET_SNMP_PRIV[self.priv]
+                if self.aes_key_extension == "reeder":
+                    priv += "-C"
+                create += f' {priv} "{self.priv_key}"'
+        level = "priv" if self.priv else "auth" if self.auth else "noauth"
+        return [create, f"rouser {self.name} {self.access or level}"]
+
+
+class SnmpdServer(_ServerProcess):
+    """net-snmp `snmpd -f` on a UDP port of 127.0.0.1; config and state in `directory`.
+
+    SNMPCONFPATH makes it read only our snmpd.conf (`-c`) and its persistent file, never the
+    system's; SNMP_PERSISTENT_DIR keeps its state in our directory, never in /var/lib/snmp.
+    So a restart keeps the engine ID and counts engineBoots up, as a real device's does (with
+    `-C` snmpd skipped the persistent file and came back as a new engine). A v2c community
+    and a v3 authPriv (SHA/AES) user are configured, `v3_users` adds more (other protocols,
+    levels and access rules), and `extra_config` adds lines such as `pass_persist`.
 
     `namespace` runs it inside that network namespace (`ip netns exec`, which keeps the PID),
     so its IF-MIB shows that namespace's interfaces; `listen` are the addresses it serves on
@@ -627,6 +673,7 @@ class SnmpdServer(_ServerProcess):
         v3_user: str = "fieldmon",
         v3_auth_key: str = "auth-secret-1",
         v3_priv_key: str = "priv-secret-1",
+        v3_users: Sequence[SnmpV3User] = (),
         extra_config: str = "",
         startup_timeout: float = 15.0,
         namespace: str | None = None,
@@ -646,6 +693,7 @@ class SnmpdServer(_ServerProcess):
         self.v3_user = v3_user
         self.v3_auth_key = v3_auth_key
         self.v3_priv_key = v3_priv_key
+        self.v3_users = tuple(v3_users)
         self.extra_config = extra_config
 
     @property
@@ -672,6 +720,8 @@ class SnmpdServer(_ServerProcess):
             "sysLocation fieldmon test",
             "sysContact nobody",
         ]
+        for user in self.v3_users:
+            lines.extend(user.config_lines())
         if self.extra_config:
             lines.append(self.extra_config.strip())
         return "\n".join(lines) + "\n"
@@ -682,18 +732,24 @@ class SnmpdServer(_ServerProcess):
         pidfile = self.directory / "snmpd.pid"
         # `env` (and `ip netns exec`) exec snmpd, so the PID we hold is snmpd's own.
         inside = ["ip", "netns", "exec", self.namespace] if self.namespace else []
+        if ":" in str(self.directory):
+            raise ValueError(
+                f"snmpd's directory may not contain ':' (SNMPCONFPATH): {self.directory}"
+            )
         return [
             *inside,
             "env",
+            # Replaces the default search path (the persistent directory included): snmpd reads
+            # its persistent file and, with -c, our config; /etc/snmp never.
+            f"SNMPCONFPATH={self.persistent_dir}",
             f"SNMP_PERSISTENT_DIR={self.persistent_dir}",
             "snmpd",
             "-f",
             "-Lo",
-            "-C",
             "-m",
             "",  # load no MIB files: numeric OIDs only, and no parse noise in the log
             "-c",
-            str(self.config_path),
+            str(self.config_path),  # also the lab's marker for this process (stop by PID)
             "-p",
             str(pidfile),
             ",".join(f"udp:{address}:{self.port}" for address in self.listen),
