@@ -7,6 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto.api import v2c
+from pysnmp.proto.mpmod.rfc3412 import SNMPv3Message
+from pysnmp.proto.secmod.rfc3414.service import UsmSecurityParameters
 
 from fieldmon.agent.snmp import ber
 
@@ -167,3 +169,28 @@ def test_garbage_raises_only_ber_error(data: bytes) -> None:
         # Garbage that happens to decode: what came out was in the bytes.
         assert response.community in data
         assert all(name in data for name, _tag, _value in response.varbinds)
+
+
+@given(st.integers(0, 2**31 - 1))
+def test_v3_discovery_request_is_what_pysnmp_reads_as_one(message_id: int) -> None:
+    message = ber.encode_v3_discovery(message_id)
+    decoded, rest = decoder.decode(message, asn1Spec=SNMPv3Message())
+    assert rest == b""
+    header = decoded["msgGlobalData"]
+    assert (int(decoded["msgVersion"]), int(header["msgID"])) == (3, message_id)
+    assert (bytes(header["msgFlags"]), int(header["msgSecurityModel"])) == (b"\x04", 3)
+    security, _ = decoder.decode(
+        bytes(decoded["msgSecurityParameters"]), asn1Spec=UsmSecurityParameters()
+    )
+    assert bytes(security["msgAuthoritativeEngineId"]) == b""
+    assert bytes(security["msgUserName"]) == b""
+    pdu = decoded["msgData"]["plaintext"]["data"]["get-request"]
+    assert int(pdu["request-id"]) == message_id
+    assert len(pdu["variable-bindings"]) == 0
+    assert ber.v3_message_id(message) == message_id
+
+
+def test_v3_message_id_refuses_a_v2c_message() -> None:
+    request = ber.encode_request(b"c", 1, ber.Pdu(ber.GET_REQUEST, 0, 0, [ber.encode_oid("1.3")]))
+    with pytest.raises(ber.BerError, match="not v3"):
+        ber.v3_message_id(request)

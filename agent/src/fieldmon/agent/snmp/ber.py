@@ -1,5 +1,8 @@
 """Just enough BER (X.690) for SNMPv2c messages (RFC 3416): requests out, responses in.
 
+Also the one SNMPv3 message we send ourselves: the engine-discovery request (RFC 3414 4),
+with which the SNMPv3 path tells a device that ignores its requests from one that is down.
+
 pysnmp decodes every answer through pyasn1's generic codec, building several Python objects
 per var-bind; on a Raspberry Pi that was most of the agent's SNMP CPU. SNMPv2c messages are
 small and fixed in shape, so the v2c path encodes and decodes them here directly: an OID stays
@@ -33,6 +36,9 @@ GET_REQUEST = 0xA0
 RESPONSE = 0xA2
 GET_BULK_REQUEST = 0xA5
 SNMP_V2C = 1  # the version field's value for SNMPv2c
+SNMP_V3 = 3
+_USM = 3  # msgSecurityModel: the User-based Security Model
+_REPORTABLE = b"\x04"  # msgFlags: noAuthNoPriv, reportable
 
 _SIGNED = frozenset({INTEGER})
 _UNSIGNED = frozenset({COUNTER32, GAUGE32, TIME_TICKS, COUNTER64})
@@ -156,6 +162,21 @@ def encode_request(community: bytes, request_id: int, pdu: Pdu) -> bytes:
     return _tlv(SEQUENCE, _V2C_VERSION + _tlv(OCTET_STRING, community) + _tlv(pdu.kind, body))
 
 
+def encode_v3_discovery(message_id: int) -> bytes:
+    """An SNMPv3 engine-discovery request (RFC 3414 4): no user, no engine ID, no keys.
+
+    An SNMPv3 agent answers it with a REPORT (usmStatsUnknownEngineIDs) carrying the same
+    msgID, whatever users it has, so an answer proves only that it is up and speaks SNMPv3.
+    """
+    flags = _tlv(OCTET_STRING, _REPORTABLE)
+    header = _tlv(SEQUENCE, _integer(message_id) + _integer(65507) + flags + _integer(_USM))
+    empty = _tlv(OCTET_STRING, b"")
+    security = _tlv(SEQUENCE, empty + _integer(0) + _integer(0) + empty + empty + empty)
+    pdu = _tlv(GET_REQUEST, _integer(message_id) + _integer(0) + _integer(0) + _tlv(SEQUENCE, b""))
+    scoped = _tlv(SEQUENCE, empty + empty + pdu)
+    return _tlv(SEQUENCE, _integer(SNMP_V3) + header + _tlv(OCTET_STRING, security) + scoped)
+
+
 # -- decoding ---------------------------------------------------------------------------------
 
 
@@ -239,3 +260,14 @@ def decode_response(data: bytes) -> Response:
         tag, value_start, value_end = _header(data, name_end, position)
         varbinds.append((data[name_start:name_end], tag, _value(tag, data[value_start:value_end])))
     return Response(community, request_id, error_status, error_index, varbinds)
+
+
+def v3_message_id(data: bytes) -> int:
+    """The msgID of an SNMPv3 message (only its header is read); BerError for anything else."""
+    start, stop = _expect(data, 0, len(data), SEQUENCE, "SNMP message")
+    version, position = _int_at(data, start, stop, "msgVersion")
+    if version != SNMP_V3:
+        raise BerError(f"SNMP version field {version}, not v3")
+    start, header_end = _expect(data, position, stop, SEQUENCE, "msgGlobalData")
+    message_id, _ = _int_at(data, start, header_end, "msgID")
+    return message_id
