@@ -396,6 +396,60 @@ def test_snmp_devices_answering_and_not(tmp_path: Path) -> None:
     )
 
 
+def _snmpv3_device(
+    directory: Path, name: str, server: SnmpdServer, auth_key: str, priv_key: str
+) -> dict[str, Any]:
+    keys = {}
+    for kind, text in (("auth", auth_key), ("priv", priv_key)):
+        keys[kind] = directory / f"{name}.{kind}.key"
+        keys[kind].write_text(text + "\n", encoding="utf-8")
+    return {
+        "name": name,
+        "address": "127.0.0.1",
+        "profile": "if-mib",
+        "interfaces": ["lo"],
+        "snmp": {
+            "version": 3,
+            "user": server.v3_user,
+            "auth": "sha",
+            "auth_key_file": str(keys["auth"]),
+            "priv": "aes",
+            "priv_key_file": str(keys["priv"]),
+            "port": server.port,
+            "timeout": "500ms",
+            "retries": 0,
+        },
+    }
+
+
+def test_snmpv3_refusals_are_fail_rows_in_words_not_timeouts(tmp_path: Path) -> None:
+    with SnmpdServer(tmp_path / "snmpd") as snmpd:
+        auth, priv = snmpd.v3_auth_key, snmpd.v3_priv_key
+        devices = [
+            _snmpv3_device(tmp_path, "core-router", snmpd, auth, priv),
+            _snmpv3_device(tmp_path, "uplink-router", snmpd, "not-the-auth-key", priv),
+            _snmpv3_device(tmp_path, "lte-router", snmpd, auth, "not-the-priv-key"),
+        ]
+        config = _write_site(tmp_path, port=free_port(), links=[], snmp_devices=devices)
+        completed = _check(config, "--json")
+    rows = _rows(completed)
+    assert completed.returncode == 1
+    assert (rows["core-router"]["status"], rows["core-router"]["reason"]) == (
+        "OK",
+        "1 interfaces polled",
+    )
+    assert (rows["uplink-router"]["status"], rows["uplink-router"]["reason"]) == (
+        "FAIL",
+        "SNMPv3 authentication failed for uplink-router: wrong auth key or auth protocol "
+        "(usmStatsWrongDigests)",
+    )
+    assert (rows["lte-router"]["status"], rows["lte-router"]["reason"]) == (
+        "FAIL",
+        "SNMPv3 privacy failed for lte-router: the device answers SNMPv3 but not our encrypted "
+        "requests: wrong priv key or priv protocol (no answer)",
+    )
+
+
 def test_unknown_profile_is_a_fail_row_not_a_traceback(tmp_path: Path) -> None:
     device = {**_snmp_device(tmp_path, "ap-hall-a", free_port(), "public"), "profile": "nope"}
     config = _write_site(tmp_path, port=free_port(), links=[], snmp_devices=[device])

@@ -17,7 +17,7 @@ from fieldmon.agent.snmp.errors import ProfileError
 from fieldmon.agent.snmp.profiles import PROFILES_DIR, available_profiles, load_profile
 from fieldmon.core.site.snmp import SnmpDeviceConfig
 from fieldmon.core.wire.models import Sample
-from fieldmon.lab.servers import SnmpdServer
+from fieldmon.lab.servers import SnmpdServer, SnmpV3User
 from fieldmon.lab.simap import recorded_walk, walk_server
 
 EXPECTED = {
@@ -101,6 +101,62 @@ def test_profile_rows_from_recorded_walk(ap_device: ApDevice, tmp_path: Path) ->
     assert {sample.measurement for sample in samples} == {"ap"}
     assert all(sample.tags.keys() == {"site", "agent", "device", "radio"} for sample in samples)
     assert _by_radio(samples) == EXPECTED[name]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("profile", ["unifi", "generic-ap"])
+def test_profile_over_snmpv3_auth_priv_gives_the_same_rows_as_v2c(
+    tmp_path: Path, profile: str
+) -> None:
+    user = SnmpV3User(
+        "ap-monitor",
+        auth="sha512",
+        auth_key="ap-auth-passphrase",
+        priv="aes256",
+        priv_key="ap-priv-passphrase",
+    )
+    walk = tmp_path / "device.walk"
+    shutil.copy(recorded_walk(profile), walk)
+    server = walk_server(tmp_path / "snmpd", walk, v3_users=[user]).start()
+    keys = {}
+    for kind in ("auth", "priv"):
+        keys[kind] = tmp_path / f"{kind}.key"
+        keys[kind].write_text(getattr(user, f"{kind}_key"), encoding="utf-8")
+    v3 = SnmpDeviceConfig.model_validate(
+        {
+            "name": "ap-hall",
+            "address": "127.0.0.1",
+            "profile": profile,
+            "snmp": {
+                "version": 3,
+                "user": user.name,
+                "auth": user.auth,
+                "auth_key_file": str(keys["auth"]),
+                "priv": user.priv,
+                "priv_key_file": str(keys["priv"]),
+                "port": server.port,
+            },
+        }
+    )
+    v2c = _config(server, tmp_path, profile)
+
+    async def scenario() -> tuple[list[Sample], list[Sample], str]:
+        client = SnmpClient()
+        try:
+            over_v3 = SnmpProbe(v3, site="field-1", agent="pi-1", client=client)
+            over_v2c = SnmpProbe(v2c, site="field-1", agent="pi-1", client=client)
+            target = await client.target(v3)
+            return await over_v3.collect(), await over_v2c.collect(), type(target).__name__
+        finally:
+            client.close()
+
+    try:
+        rows_v3, rows_v2c, v3_target = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert v3_target == "PysnmpTarget"  # v3 really went through pysnmp's USM path
+    assert _by_radio(rows_v3) == _by_radio(rows_v2c) == EXPECTED[profile]
+    assert [sample.tags for sample in rows_v3] == [sample.tags for sample in rows_v2c]
 
 
 @pytest.mark.integration

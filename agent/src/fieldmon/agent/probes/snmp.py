@@ -18,6 +18,7 @@ from fieldmon.agent.snmp.errors import (
     CryptoBackendMissingError,
     ProfileError,
     SnmpError,
+    SnmpSecurityError,
     SnmpTimeoutError,
 )
 from fieldmon.agent.snmp.ifmib import IfMibPoller
@@ -32,9 +33,11 @@ logger = logging.getLogger(__name__)
 class SnmpProbe:
     """Polls one device with its profile: `if-mib` -> `snmp_if` rows, AP profiles -> `ap` rows.
 
-    A device that does not answer (timeout, auth failure, error status) gives no rows and a
-    warning naming it; `last_error` keeps the reason for its verdict. Credentials and the
-    profile file are read here, at start-up, so mistakes fail before the first poll.
+    A device that does not answer (timeout, refused SNMPv3 user or keys, error status) gives no
+    rows; `last_error` keeps the reason for its verdict. The warning is logged once per episode:
+    when polls start failing and when the reason changes, not at every poll, and one line says
+    when the device answers again. Credentials and the profile file are read here, at
+    start-up, so mistakes fail before the first poll.
     """
 
     def __init__(
@@ -52,6 +55,9 @@ class SnmpProbe:
         self.client = client
         self.last_error: str | None = None
         self.last_timed_out = False  # the last poll failed because the device did not answer
+        self.last_refused = False  # the last poll failed on SNMPv3 security: last_error says why
+        self._episode: str | None = None  # what the current run of failed polls is about
+        self._failed_polls = 0
         self._auth = auth_data(config)  # raises CryptoBackendMissingError for v3 priv without it
         self._profile: ApProfile | None = None
         if config.profile != "if-mib":
@@ -75,12 +81,19 @@ class SnmpProbe:
             poller = await self._ready_poller()
             rows = await poller.poll()
         except SnmpError as exc:
-            self.last_error = str(exc)
-            self.last_timed_out = isinstance(exc, SnmpTimeoutError)
-            logger.warning("SNMP poll failed: %s", exc, extra={"target": self.name})
+            self._failed(exc)
             return []
+        if self._episode is not None:
+            logger.info(
+                "SNMP device %s answers again after %d failed polls",
+                self.name,
+                self._failed_polls,
+                extra={"target": self.name},
+            )
+        self._episode = None
+        self._failed_polls = 0
         self.last_error = None
-        self.last_timed_out = False
+        self.last_timed_out = self.last_refused = False
         seconds = (time.time_ns() - started_ns) / 1e9
         if seconds > self.interval / 2:
             logger.warning(
@@ -110,9 +123,24 @@ class SnmpProbe:
             for row in rows
         ]
 
+    def _failed(self, exc: SnmpError) -> None:
+        self.last_error = str(exc)
+        self.last_timed_out = isinstance(exc, SnmpTimeoutError)
+        self.last_refused = isinstance(exc, SnmpSecurityError)
+        self._failed_polls += 1
+        # A timeout's text names the request that went unanswered, which may differ from poll
+        # to poll; the episode is "no answer" all the same.
+        episode = "timeout" if self.last_timed_out else self.last_error
+        if episode == self._episode:
+            return
+        self._episode = episode
+        logger.warning("SNMP poll failed: %s", exc, extra={"target": self.name})
+
     def verdict(self, run: Run) -> Verdict:
         """FAIL when the device does not answer or answers with an error, WARN on no rows."""
         device = self.config
+        if not run.timed_out and self.last_refused and self.last_error is not None:
+            return Verdict(Status.FAIL, self.last_error)  # already in words, naming the device
         if run.timed_out or self.last_timed_out:
             return Verdict(Status.FAIL, _timeout_reason(device))
         if self.last_error is not None:

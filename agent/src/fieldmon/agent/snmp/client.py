@@ -70,7 +70,14 @@ def auth_data(config: SnmpDeviceConfig) -> Credentials:
         require_crypto_backend(device)
     from fieldmon.agent.snmp import usm
 
-    key = _digest(credentials.user, credentials.auth, auth_key, credentials.priv, priv_key)
+    key = _digest(
+        credentials.user,
+        credentials.auth,
+        auth_key,
+        credentials.priv,
+        credentials.aes_key_extension,
+        priv_key,
+    )
     return Credentials(f"v3-{key}", user=usm.usm_user(credentials, auth_key, priv_key))
 
 

@@ -29,6 +29,10 @@ class SnmpV3Credentials(StrictModel):
     auth_key_file: SecretFile | None = None
     priv: Literal["des", "aes", "aes192", "aes256"] | None = None
     priv_key_file: SecretFile | None = None
+    # How aes192/aes256 stretch a localized key shorter than the AES key (md5, sha; sha224 with
+    # aes256): blumenthal (None, the default: draft-blumenthal-aes-usm-04, net-snmp's AES-192 /
+    # AES-256) or reeder (Cisco IOS, net-snmp's AES-192-C / AES-256-C).
+    aes_key_extension: Literal["blumenthal", "reeder"] | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 161
     timeout: Annotated[Duration, Field(gt=0)] = 2.0
     retries: Annotated[int, Field(ge=0, le=10)] = 1
@@ -41,6 +45,11 @@ class SnmpV3Credentials(StrictModel):
             raise ValueError("priv and priv_key_file go together: give both or neither")
         if self.priv is not None and self.auth is None:
             raise ValueError("priv needs auth: SNMPv3 has no privacy without authentication")
+        if self.aes_key_extension is not None and self.priv not in ("aes192", "aes256"):
+            raise ValueError(
+                "aes_key_extension applies only to priv aes192 or aes256 "
+                f"(priv is {self.priv or 'not set'})"
+            )
         return self
 
 
