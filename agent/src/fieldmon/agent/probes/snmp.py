@@ -151,8 +151,9 @@ class SnmpProbe:
                 f"{device.name} answers SNMP but reports nothing for profile {device.profile!r} - "
                 "is that the right profile (or interfaces filter) for this device?",
             )
-        what = "interfaces" if device.profile == "if-mib" else "radios"
-        return Verdict(Status.OK, f"{len(run.samples)} {what} polled")
+        count = len(run.samples)
+        what = "interface" if device.profile == "if-mib" else "radio"
+        return Verdict(Status.OK, f"{count} {what}{'' if count == 1 else 's'} polled")
 
 
 def _timeout_reason(device: SnmpDeviceConfig) -> str:
