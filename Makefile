@@ -1,5 +1,5 @@
 # Shortcuts for developers who have make; the README's commands need only bash.
-.PHONY: test demo lint format bench
+.PHONY: test demo lint format bench bundle
 
 test:
 	bash scripts/test.sh
@@ -15,3 +15,6 @@ format:
 
 bench:
 	.venv/bin/python -m bench.ingest
+
+bundle:
+	bash deploy/bundle/build.sh $(ARGS)

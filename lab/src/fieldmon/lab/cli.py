@@ -6,6 +6,7 @@ fieldmon-lab impair SITE/LINK --loss 30 --delay 50ms --jitter 10ms --rate 1mbit
                     [--cut | --restore] [--for 30s]
 fieldmon-lab down [NAME]                  stop its processes, delete its namespaces
 fieldmon-lab demo [--duration 90]         the whole pipeline, two sites, one degraded
+fieldmon-lab bundle [--platform NAME]     the agent's offline install bundle (dist/bundle/)
 """
 
 from __future__ import annotations
@@ -93,6 +94,12 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the whole pipeline on this machine")
     demo.add_argument("--duration", type=float, default=90.0, help="seconds (default 90)")
     demo.add_argument("--data-dir", type=Path, help="where servers keep data (default: new temp)")
+
+    from fieldmon.lab import bundle
+
+    bundle.add_arguments(
+        commands.add_parser("bundle", help="build the agent's offline install bundle")
+    )
     return parser
 
 
@@ -100,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fieldmon-lab` console script."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.command == "bundle":  # builds files only: no root needed
+        from fieldmon.lab import bundle
+
+        return bundle.run(args)
     if os.geteuid() != 0:
         print("fieldmon-lab needs root: it creates network namespaces and raw ICMP sockets.")
         return 2
