@@ -262,6 +262,7 @@ data_dir: ./collector-data
         assert int(_status_field(agent.pid, "CapBnd"), 16) == 1 << 13
         assert _status_field(agent.pid, "NoNewPrivs") == "1"
         assert pi.host_path("/var/lib/fieldmon/outbox.db").stat().st_uid == uid
+        assert pi.host_path("/run/fieldmon").stat().st_uid == uid  # RuntimeDirectory=, for hooks
 
         # 7. The handover report, as the README says (root, on the Pi's network).
         report = _run(

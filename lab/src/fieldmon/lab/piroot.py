@@ -14,7 +14,8 @@ never writable through the root), and with no network, or only a test's network 
 `service_command()` is the unit's ExecStart as systemd would run it (there is no systemd as
 PID 1 here): chrooted, as the unit's User= and Group= with their supplementary groups, with its
 AmbientCapabilities=, CapabilityBoundingSet=, NoNewPrivileges= and Environment=, in a clean
-environment, with LoadCredential= files copied where systemd puts them.
+environment, with its RuntimeDirectory= made and LoadCredential= files copied where systemd
+puts them.
 """
 
 from __future__ import annotations
@@ -160,7 +161,32 @@ class PiRoot:
         state = unit.state_directory()
         if state:
             environment.append(f"STATE_DIRECTORY={state}")
+        runtime = self._runtime_directories(unit.values("Service", "RuntimeDirectory"), user, group)
+        if runtime:
+            environment.append(f"RUNTIME_DIRECTORY={':'.join(runtime)}")
         return self.chroot([*options, "env", *environment, *unit.exec_start()])
+
+    def _runtime_directories(self, entries: list[str], user: str, group: str) -> list[str]:
+        """Make RuntimeDirectory= folders under /run, owned by the unit's user, as systemd does."""
+        made = []
+        owner = self.user(user)
+        assert owner is not None
+        gid = self._group_id(group)
+        for name in " ".join(entries).split():
+            inner = f"/run/{name}"
+            folder = self.host_path(inner)
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chown(folder, owner[0], owner[1] if gid is None else gid)
+            folder.chmod(0o755)
+            made.append(inner)
+        return made
+
+    def _group_id(self, name: str) -> int | None:
+        for line in self.host_path("/etc/group").read_text(encoding="utf-8").splitlines():
+            fields = line.split(":")
+            if fields[0] == name:
+                return int(fields[2])
+        return None
 
     def _load_credentials(self, unit_name: str, entries: list[str], user: str) -> str | None:
         """Copy LoadCredential= files to /run/credentials/UNIT/, readable by `user` alone."""
