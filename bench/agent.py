@@ -411,7 +411,10 @@ class Lab:
     def site_file(self) -> Path:
         secrets = self.workdir / "secrets"
         secrets.mkdir(exist_ok=True)
-        (secrets / "community").write_text(COMMUNITY + "\n", encoding="utf-8")
+        from fieldmon.lab.secretfiles import write_secret
+
+        # Private, as the agent requires of a secret file.
+        write_secret(secrets / "community", COMMUNITY, remember=False)
         links = [
             f"  - {{name: link-{n:03d}, address: {address}, role: ap, interval: "
             f"{ICMP_INTERVAL:g}s, count: {ECHOES}, spacing: {SPACING * 1000:g}ms, timeout: 1s}}"

@@ -40,6 +40,7 @@ from fieldmon.core.site.snmp import SnmpDeviceConfig
 from fieldmon.core.wire.models import Sample
 from fieldmon.lab.netns import Namespace, silent_host, unique_name, veth
 from fieldmon.lab.process import script
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import MosquittoServer, SnmpdServer, free_port
 
 AGENT = script("fieldmon-agent")
@@ -236,7 +237,7 @@ def test_wrong_password_is_named(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    (tmp_path / "mqtt.pass").write_text("wrong\n", encoding="utf-8")
+    write_secret(tmp_path / "mqtt.pass", "wrong-password")
     with MosquittoServer(
         tmp_path / "broker", allow_anonymous=False, password_file=passwords
     ) as server:
@@ -363,7 +364,7 @@ def test_invalid_site_file_exits_two_with_line(tmp_path: Path) -> None:
 
 def _snmp_device(directory: Path, name: str, port: int, community: str) -> dict[str, Any]:
     secret = directory / f"{name}.community"
-    secret.write_text(community + "\n", encoding="utf-8")
+    write_secret(secret, community)
     return {
         "name": name,
         "address": "127.0.0.1",
@@ -468,7 +469,7 @@ def test_snmpv3_privacy_without_crypto_backend_is_a_fail_row(
     keys = []
     for name in ("auth", "priv"):
         keys.append(tmp_path / f"{name}.key")
-        keys[-1].write_text("a-long-enough-key\n", encoding="utf-8")
+        write_secret(keys[-1], "a-long-enough-key")
     device = {
         "name": "uplink-router",
         "address": "127.0.0.1",

@@ -17,6 +17,7 @@ from fieldmon.agent.snmp.errors import ProfileError
 from fieldmon.agent.snmp.profiles import PROFILES_DIR, available_profiles, load_profile
 from fieldmon.core.site.snmp import SnmpDeviceConfig
 from fieldmon.core.wire.models import Sample
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import SnmpdServer, SnmpV3User
 from fieldmon.lab.simap import recorded_walk, walk_server
 
@@ -68,7 +69,7 @@ def ap_device(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ApDevi
 
 def _config(server: SnmpdServer, tmp_path: Path, profile: str) -> SnmpDeviceConfig:
     community = tmp_path / "community"
-    community.write_text(server.community, encoding="utf-8")
+    write_secret(community, server.community)
     return SnmpDeviceConfig.model_validate(
         {
             "name": "ap-hall",

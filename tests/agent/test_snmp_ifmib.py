@@ -23,6 +23,7 @@ from fieldmon.agent.snmp.ifmib import IfMibPoller
 from fieldmon.core.site.snmp import SnmpDeviceConfig
 from fieldmon.core.wire.models import Sample
 from fieldmon.lab.netns import Namespace, unique_name, veth
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import SnmpdServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,7 @@ def snmpd(tmp_path: Path) -> Iterator[SnmpdServer]:
 
 def _v2c(server: SnmpdServer, tmp_path: Path, **extra: Any) -> SnmpDeviceConfig:
     community = tmp_path / "community"
-    community.write_text(server.community + "\n", encoding="utf-8")
+    write_secret(community, server.community)
     snmp = {"version": "2c", "community_file": str(community), "port": server.port}
     snmp.update(extra.pop("snmp", {}))
     return SnmpDeviceConfig.model_validate(
@@ -53,8 +54,8 @@ def _v2c(server: SnmpdServer, tmp_path: Path, **extra: Any) -> SnmpDeviceConfig:
 
 def _v3(server: SnmpdServer, tmp_path: Path, priv_key: str | None = None) -> SnmpDeviceConfig:
     auth, priv = tmp_path / "auth", tmp_path / "priv"
-    auth.write_text(server.v3_auth_key, encoding="utf-8")
-    priv.write_text(priv_key or server.v3_priv_key, encoding="utf-8")
+    write_secret(auth, server.v3_auth_key)
+    write_secret(priv, priv_key or server.v3_priv_key)
     snmp = {
         "version": 3,
         "user": server.v3_user,
@@ -408,7 +409,7 @@ def test_v2c_silent_device_is_asked_retries_plus_one_times_then_times_out(
 
 def _v2c_to(port: int, tmp_path: Path, **snmp: Any) -> SnmpDeviceConfig:
     community = tmp_path / "community"
-    community.write_text("fieldmon-test\n", encoding="utf-8")
+    write_secret(community, "fieldmon-test")
     return SnmpDeviceConfig.model_validate(
         {
             "name": "router-a",

@@ -20,6 +20,7 @@ from fieldmon.agent.snmp.client import SnmpClient
 from fieldmon.core.site.snmp import SnmpDeviceConfig
 from fieldmon.core.wire.models import Sample
 from fieldmon.lab.netns import Namespace, VethPair, unique_name, veth
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import SnmpdServer
 
 pytestmark = [
@@ -50,7 +51,7 @@ def _push(source: Namespace, address: str, count: int, size: int) -> int:
 
 def _device(tmp_path: Path, snmpd: SnmpdServer, management: VethPair) -> SnmpDeviceConfig:
     community = tmp_path / "community"
-    community.write_text(snmpd.community, encoding="utf-8")
+    write_secret(community, snmpd.community)
     return SnmpDeviceConfig.model_validate(
         {
             "name": "edge-router",

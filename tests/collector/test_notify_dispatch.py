@@ -24,6 +24,7 @@ from fieldmon.collector.notify import (
     build_notifiers,
 )
 from fieldmon.collector.notify.base import Refreshing, headline
+from fieldmon.lab.secretfiles import write_secret
 
 WAIT = 20.0
 
@@ -184,7 +185,7 @@ def test_refresh_runs_at_start_with_the_paged_active_set() -> None:
 
 def test_registry_builds_every_configured_notifier(tmp_path: Path) -> None:
     secret = tmp_path / "hook.secret"
-    secret.write_text("x\n", encoding="utf-8")
+    write_secret(secret)
     config = NotifyConfig.model_validate(
         {
             "alertmanager": {"url": "http://127.0.0.1:9093"},

@@ -14,6 +14,7 @@ from conftest import FakeInflux
 from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError, RetryCause
 from fieldmon.collector.storage.config import InfluxV1Config
 from fieldmon.collector.storage.registry import make_writer
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import InfluxdServer, free_port
 
 
@@ -108,7 +109,7 @@ def test_a_missing_database_is_retryable_not_dropped(influxd: InfluxdServer) -> 
 
 def test_request_shape(fake_influx: FakeInflux, tmp_path: Path) -> None:
     password = tmp_path / "influx.pass"
-    password.write_text("s3cret\n")
+    write_secret(password, "s3cret")
     config = v1_config(
         fake_influx.url,
         "field mon",

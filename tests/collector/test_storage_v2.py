@@ -10,6 +10,7 @@ from conftest import FakeInflux
 
 from fieldmon.collector.storage.config import InfluxV2Config
 from fieldmon.collector.storage.registry import make_writer
+from fieldmon.lab.secretfiles import write_secret
 
 
 def v2_config(url: str, **extra: object) -> InfluxV2Config:
@@ -27,7 +28,7 @@ async def _write(config: InfluxV2Config, body: bytes, points: int) -> None:
 
 def test_request_shape(fake_influx: FakeInflux, tmp_path: Path) -> None:
     token = tmp_path / "token"
-    token.write_text("t0ken-value\n")
+    write_secret(token, "t0ken-value")
     asyncio.run(_write(v2_config(fake_influx.url, token_file=token), b"m f=1 1\nm f=2 2", 2))
     [seen] = fake_influx.requests
     assert (seen.method, seen.path) == ("POST", "/api/v2/write")

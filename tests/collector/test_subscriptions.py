@@ -23,6 +23,7 @@ from fieldmon.lab.process import (
     wait_for,
     wait_subscribed,
 )
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, dynamic_security, free_port
 
 SAMPLES, STATUS = "fieldmon/v1/+/+/samples", "fieldmon/v1/+/+/status"
@@ -41,7 +42,7 @@ def _collector(
 ) -> tuple[Daemon, int]:
     """The collector (ingest and alerts: every subscription) and its HTTP port."""
     (tmp / "site_configs").mkdir(exist_ok=True)
-    (tmp / "collector.pass").write_text(PASSWORD + "\n", encoding="utf-8")
+    write_secret(tmp / "collector.pass", PASSWORD)
     port = free_port()
     config = tmp / "collector.yaml"
     config.write_text(

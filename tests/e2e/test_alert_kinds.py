@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fieldmon.lab.process import Daemon, script, start, wait_for, wait_subscribed
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import AlertmanagerServer, InfluxdServer, MosquittoServer, free_port
 from fieldmon.lab.simap import recorded_walk, walk_server
 
@@ -40,7 +41,7 @@ def _write_configs(
     tmp: Path, *, mosquitto: int, snmp_port: int, community: str, influx: str, db: str, am: str
 ) -> tuple[Path, Path, int]:
     """The site file, the collector file and the collector's HTTP port."""
-    (tmp / "community").write_text(community, encoding="utf-8")
+    write_secret(tmp / "community", community)
     sites = tmp / "site_configs"
     sites.mkdir()
     site_file = sites / f"{SITE}.yaml"

@@ -21,6 +21,7 @@ from fieldmon.lab.process import (
     wait_for,
     wait_subscribed,
 )
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, SnmpdServer, free_port
 
 pytestmark = [
@@ -53,7 +54,7 @@ def test_agent_to_influxdb_through_mosquitto(
     sites.mkdir()
     outbox = tmp_path / "agent" / "outbox.db"
     snmpd = SnmpdServer(tmp_path / "snmpd").start()
-    (sites / "community").write_text(snmpd.community, encoding="utf-8")
+    write_secret(sites / "community", snmpd.community)
     site_file = _write(
         sites / "e2e-site.yaml",
         f"""

@@ -15,6 +15,7 @@ from fieldmon.core.config.errors import ConfigError, ConfigIssue, FieldValueErro
 from fieldmon.core.config.loader import load_model, validate_document
 from fieldmon.core.config.types import SecretFile, StrictModel
 from fieldmon.core.site.config import SiteConfig
+from fieldmon.lab.secretfiles import write_secret
 
 
 class _Leaf(StrictModel):
@@ -152,7 +153,7 @@ def test_relative_secret_is_resolved_against_the_file(
 ) -> None:
     folder = tmp_path / "site"
     (folder / "keys").mkdir(parents=True)
-    (folder / "keys" / "token").write_text("example\n", encoding="utf-8")
+    write_secret(folder / "keys" / "token", "example-token")
     (folder / "case.yaml").write_text("name: x\nsecret: keys/token\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     loaded = load_model(Path("site/case.yaml"), _Root)

@@ -26,6 +26,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fieldmon.lab.process import script, start, wait_subscribed
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import AlertmanagerServer, InfluxdServer, MosquittoServer, free_port
 from fieldmon.lab.topology import (
     COMMUNITY,
@@ -293,9 +294,8 @@ def write_secrets(folder: Path) -> None:
     """The SNMP community the site files refer to (secrets/snmp-community.txt)."""
     secrets = folder / "secrets"
     secrets.mkdir(exist_ok=True)
-    community = secrets / "snmp-community.txt"
-    community.write_text(COMMUNITY + "\n", encoding="utf-8")
-    community.chmod(0o600)
+    # The lab's community is well known in the lab; private all the same, as the agent requires.
+    write_secret(secrets / "snmp-community.txt", COMMUNITY, remember=False)
 
 
 def run_demo(duration: float, workdir: Path, console: Console) -> int:
