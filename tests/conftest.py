@@ -27,6 +27,11 @@ from fieldmon.lab.servers import (
     VictoriaMetricsServer,
 )
 
+# The tests' own secret files, kept in git, which keeps no modes but the executable bit: made
+# private here, as the daemons require of a secret file (fieldmon.core.config.secrets).
+for _secret in (Path(__file__).parent / "data" / "config" / "secrets").glob("*"):
+    _secret.chmod(0o600)
+
 # A test that uses any of these starts a real server, so it is an integration test.
 _SERVER_FIXTURES = frozenset(
     {"mosquitto", "influxd", "influx_db", "victoria_metrics", "storage_backend"}

@@ -99,7 +99,8 @@ def test_none_of_the_collectors_libraries_can_be_imported_on_the_pi(agent_venv: 
 
 def test_installed_validate_accepts_the_example_sites(agent_venv: Path) -> None:
     examples = sorted((REPO / "site_configs").glob("*.yaml"))
-    output = _run(agent_venv / "bin" / "fieldmon-agent", "validate", *examples)
+    # In shape: their secrets are placeholders, which validate refuses without --shape-only.
+    output = _run(agent_venv / "bin" / "fieldmon-agent", "validate", "--shape-only", *examples)
     assert output.count("OK  ") == len(examples)
 
 

@@ -26,6 +26,7 @@ from fieldmon.collector.notify.webhook import (
     WebhookNotifier,
     verify,
 )
+from fieldmon.lab.secretfiles import write_secret
 
 SECRET = "s3cret-for-tests"
 WAIT = 30.0
@@ -96,7 +97,7 @@ async def _until(condition, what: str) -> None:
 
 def _secret(tmp_path: Path) -> Path:
     path = tmp_path / "webhook.secret"
-    path.write_text(SECRET + "\n", encoding="utf-8")
+    write_secret(path, SECRET)
     return path
 
 

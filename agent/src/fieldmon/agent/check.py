@@ -15,7 +15,6 @@ import concurrent.futures
 import json
 import logging
 import secrets
-import socket
 import ssl
 import sys
 import threading
@@ -39,13 +38,29 @@ from fieldmon.agent.probes.icmp_socket import IcmpPinger
 from fieldmon.agent.probes.registry import Planned, plan_probes
 from fieldmon.agent.snmp.client import SnmpClient
 from fieldmon.core.config.errors import ConfigError
+from fieldmon.core.mqtt.failures import (
+    AGENT,
+    closed_reason,
+    connect_failure_reason,
+    peer_alert_reason,
+    timeout_reason,
+)
 from fieldmon.core.mqtt.link import new_client
 from fieldmon.core.mqtt.settings import BrokerConfig
 from fieldmon.core.site.config import SiteConfig, load_site_config
 from fieldmon.core.site.hooks import HooksConfig
+from fieldmon.core.site.security import security_warnings
 from fieldmon.firmware_hooks.hooks import candidates, check_directory, check_hook
 
-__all__ = ["CheckReport", "CheckRow", "Status", "check_probe", "check_site", "run_check"]
+__all__ = [
+    "CheckReport",
+    "CheckRow",
+    "Status",
+    "check_probe",
+    "check_site",
+    "run_check",
+    "security_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +159,12 @@ async def check_site(config: SiteConfig) -> CheckReport:
         started=started.isoformat(timespec="seconds"),
         duration_s=round(time.perf_counter() - clock, 3),
         icmp_mode=mode if config.links else None,
-        rows=[*probe_rows, broker, *([check_hooks(config.hooks)] if config.hooks else [])],
+        rows=[
+            *probe_rows,
+            broker,
+            *([check_hooks(config.hooks)] if config.hooks else []),
+            *security_rows(config),
+        ],
     )
 
 
@@ -166,6 +186,16 @@ def check_hooks(hooks: HooksConfig) -> CheckRow:
     return CheckRow(
         "hooks", "hooks", str(directory), Status.OK, f"{len(found)} run per event: {names}"
     )
+
+
+def security_rows(config: SiteConfig) -> list[CheckRow]:
+    """A WARN row per setting that works but exposes the site (plain MQTT beyond this machine,
+    SNMPv3 without privacy, MD5 or DES): NAME is the key to change (unique, unlike the broker's
+    or a device's own row), TARGET what it concerns."""
+    return [
+        CheckRow("security", warning.path, warning.target, Status.WARN, warning.message)
+        for warning in security_warnings(config)
+    ]
 
 
 # -- probes ------------------------------------------------------------------------------------
@@ -218,7 +248,7 @@ async def check_broker(config: BrokerConfig, agent_id: str) -> CheckRow:
         # Margin over connect_timeout: paho's own socket timeout should fire first.
         await asyncio.wait_for(asyncio.wrap_future(done), config.connect_timeout + 1.0)
     except TimeoutError:
-        reason = _timeout_reason(config)
+        reason = timeout_reason(config, AGENT)
         return CheckRow("broker", "broker", target, Status.FAIL, reason)
     except _BrokerError as exc:
         return CheckRow("broker", "broker", target, Status.FAIL, str(exc))
@@ -237,7 +267,6 @@ def _connect_into(
 
 
 def _connect(config: BrokerConfig, agent_id: str) -> None:
-    where = f"{config.host}:{config.port}"
     # A client id of its own: reusing the agent's would disconnect the running agent.
     client_id = f"{agent_id}-check-{secrets.token_hex(3)}"
     try:
@@ -252,18 +281,28 @@ def _connect(config: BrokerConfig, agent_id: str) -> None:
     client.connect_timeout = config.connect_timeout
     answer: list[ReasonCode] = []
     client.on_connect = lambda _c, _u, _f, reason_code, _p: answer.append(reason_code)
+    # paho turns a socket error in its loop into "connection lost" and only logs the error; with
+    # TLS 1.3 that is where the broker's refusal of our client certificate shows.
+    errors: list[str] = []
+
+    def keep_errors(_client: mqtt.Client, _userdata: object, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            errors.append(text)
+
+    client.on_log = keep_errors
     deadline = time.monotonic() + config.connect_timeout
     try:
         client.connect(config.host, config.port, keepalive=max(5, int(config.keepalive)))
         while not answer and time.monotonic() < deadline:
             # A refused CONNACK arrives and closes the connection in the same loop call.
             if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS and not answer:
-                raise _BrokerError(_closed_reason(config))
+                alerts = (peer_alert_reason(text, AGENT) for text in reversed(errors))
+                raise _BrokerError(next(filter(None, alerts), closed_reason(config, AGENT)))
         if not answer:
-            raise _BrokerError(_timeout_reason(config))
+            raise _BrokerError(timeout_reason(config, AGENT))
         _judge_connack(answer[0], config)
     except OSError as exc:
-        raise _BrokerError(_socket_reason(exc, config, where)) from exc
+        raise _BrokerError(connect_failure_reason(exc, config, AGENT)) from exc
     finally:
         if answer and not answer[0].is_failure:
             client.disconnect()
@@ -279,61 +318,6 @@ def _judge_connack(reason: ReasonCode, config: BrokerConfig) -> None:
     if reason.value == _CLIENT_ID_REFUSED:
         raise _BrokerError(f"broker refused the client id ({reason}) - check the broker ACL")
     raise _BrokerError(f"broker refused the connection: {reason}")
-
-
-def _socket_reason(exc: OSError, config: BrokerConfig, where: str) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return _tls_reason(exc, config, where)
-    if isinstance(exc, ConnectionRefusedError):
-        return f"nothing listens on {where} - is the broker running / the port right?"
-    if isinstance(exc, socket.gaierror):
-        return (
-            f"cannot resolve broker name {config.host!r} ({exc.strerror}) - check "
-            "agent.broker.host and this Pi's DNS"
-        )
-    if isinstance(exc, TimeoutError):
-        return _timeout_reason(config)
-    if isinstance(exc, ConnectionResetError | BrokenPipeError):
-        return _closed_reason(config)
-    return f"cannot connect to {where}: {exc.strerror or exc}"
-
-
-def _tls_reason(exc: ssl.SSLError, config: BrokerConfig, where: str) -> str:
-    if not isinstance(exc, ssl.SSLCertVerificationError):
-        return (
-            f"broker TLS handshake failed ({exc.reason or exc}) - is {where} the broker's "
-            "TLS port? Plain MQTT is usually 1883, MQTT over TLS 8883"
-        )
-    message = exc.verify_message or str(exc)
-    if "not yet valid" in message:
-        return "broker TLS: certificate not yet valid - is the Pi's clock set?"
-    if "expired" in message:
-        return (
-            "broker TLS: certificate has expired - is the Pi's clock set? "
-            "If it is, the NOC must renew the broker certificate"
-        )
-    if "mismatch" in message.lower():
-        return (
-            f"broker TLS: the certificate is not for {config.host!r} - check agent.broker.host "
-            "(use the name the certificate was issued to)"
-        )
-    return f"broker TLS verify failed ({message}) - check agent.broker.tls.ca_file"
-
-
-def _timeout_reason(config: BrokerConfig) -> str:
-    return (
-        f"no answer from {config.host}:{config.port} within {config.connect_timeout:g}s - "
-        "a firewall dropping the connection, or the wrong address?"
-    )
-
-
-def _closed_reason(config: BrokerConfig) -> str:
-    hint = (
-        "is this port the broker's TLS listener?"
-        if config.tls is not None
-        else "is this a TLS-only port? Then configure agent.broker.tls"
-    )
-    return f"broker at {config.host}:{config.port} closed the connection before answering - {hint}"
 
 
 # -- output ------------------------------------------------------------------------------------

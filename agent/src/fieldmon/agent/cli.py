@@ -25,6 +25,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="validate site files, nothing else")
     validate.add_argument("files", nargs="+", type=Path)
+    validate.add_argument(
+        "--shape-only",
+        action="store_true",
+        help="secret files must exist, but their content and modes are not checked "
+        "(example files, a config repository's CI)",
+    )
     return parser
 
 
@@ -34,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         from fieldmon.core.site.validate import validate_site_files
 
-        return validate_site_files(args.files, sys.stdout, sys.stderr)
+        return validate_site_files(args.files, sys.stdout, sys.stderr, shape_only=args.shape_only)
     configure_logging(args.log_format, args.log_level)
     if args.command == "run":
         # scapy first, its MAC-vendor table emptied before anything else loads: the memory it

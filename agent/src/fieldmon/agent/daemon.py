@@ -27,6 +27,7 @@ from fieldmon.agent.sender import Sender
 from fieldmon.agent.snmp.client import SnmpClient
 from fieldmon.agent.watch import BrokerWatch, Seen
 from fieldmon.core.config.errors import ConfigError
+from fieldmon.core.mqtt.failures import AGENT
 from fieldmon.core.mqtt.link import MqttLink, new_client
 from fieldmon.core.site.config import SiteConfig, load_site_config
 from fieldmon.core.version import part_version
@@ -101,7 +102,7 @@ def _connect_link(config: SiteConfig, loop: asyncio.AbstractEventLoop) -> MqttLi
     status_topic = topics.status_topic(config.site, config.agent.id)
     # The broker publishes this retained "offline" if we vanish without a clean disconnect.
     client.will_set(status_topic, _status(config, "offline", "connection lost"), qos=1, retain=True)
-    link = MqttLink(client, config.agent.broker, loop)
+    link = MqttLink(client, config.agent.broker, loop, phrasing=AGENT)
 
     def birth(_session_present: bool) -> None:
         client.publish(status_topic, _status(config, "online"), qos=1, retain=True)

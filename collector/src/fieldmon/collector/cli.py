@@ -17,6 +17,11 @@ def _build_parser() -> argparse.ArgumentParser:
     add_logging_arguments(run)
     validate = commands.add_parser("validate", help="validate the collector file and its inventory")
     validate.add_argument("--config", required=True, type=Path)
+    validate.add_argument(
+        "--shape-only",
+        action="store_true",
+        help="secret files must exist, but their content and modes are not checked",
+    )
     return parser
 
 
@@ -29,9 +34,16 @@ def main(argv: list[str] | None = None) -> int:
         from fieldmon.core.config.errors import ConfigError
 
         try:
-            config = load_collector_config(args.config)
+            config = load_collector_config(args.config, shape_only=args.shape_only)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
+            if all(issue.kind == "secret" for issue in exc.issues):
+                print(
+                    "only secret files not ready (everything else is valid) - put the real "
+                    "secrets in place, private to the service's user; --shape-only checks the "
+                    "rest",
+                    file=sys.stderr,
+                )
             return 1
         inventory = load_inventory(config.site_configs)
         for problem in inventory.problems:

@@ -6,11 +6,22 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, HttpUrl, StringConstraints, field_validator
+from pydantic import (
+    Field,
+    HttpUrl,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from fieldmon.collector.storage.config import InfluxConfig
+from fieldmon.core.config.errors import FieldValueError
+from fieldmon.core.config.hosts import is_loopback_host
 from fieldmon.core.config.loader import load_model
-from fieldmon.core.config.types import Duration, SecretFile, StrictModel
+from fieldmon.core.config.types import Duration, SecretFile, StrictModel, read_secret
 from fieldmon.core.linkstate import DEFAULT_RULES, DEFAULT_THRESHOLDS
 from fieldmon.core.mqtt.settings import BrokerConfig
 from fieldmon.core.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES
@@ -91,12 +102,60 @@ class AlertmanagerConfig(StrictModel):
     timeout: Annotated[Duration, Field(gt=0)] = 10.0  # per HTTP request
 
 
-class WebhookConfig(StrictModel):
-    """A generic JSON webhook, HMAC-SHA256 signed with a secret from a file."""
+_HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
 
-    url: HttpUrl
+
+def read_url_file(path: Path) -> str:
+    """The URL held by a secret file (`url_file`); ValueError, never quoting it, when it is not
+    an http(s) URL."""
+    text = read_secret(path).strip()
+    try:
+        return str(_HTTP_URL.validate_python(text))
+    except ValidationError:
+        # The content is a secret: say what is wrong without repeating it.
+        raise ValueError(
+            f"{str(path)!r} does not hold an http:// or https:// URL on its first line"
+        ) from None
+
+
+class WebhookConfig(StrictModel):
+    """A generic JSON webhook, HMAC-SHA256 signed with secrets from files."""
+
+    # Where to POST: `url`, or `url_file` when the URL carries a token (most do: keep it out of
+    # the config file, which is not secret).
+    url: HttpUrl | None = None
+    url_file: SecretFile | None = None
+    # The signing secret; `secret_files` adds more, for rotation: every request is signed with
+    # each (X-Fieldmon-Signatures), so receivers move to the new one at their own pace.
     secret_file: SecretFile | None = None
+    secret_files: list[SecretFile] = Field(default_factory=list)
     timeout: Annotated[Duration, Field(gt=0)] = 10.0  # per HTTP request
+
+    @model_validator(mode="after")
+    def _one_url(self, info: ValidationInfo) -> WebhookConfig:
+        if (self.url is None) == (self.url_file is None):
+            raise FieldValueError(
+                ("url",), "give url or url_file (a secret file holding the URL), not both"
+            )
+        context = info.context or {}
+        checked = context.get("check_files") is not False and not context.get("shape_only")
+        if self.url_file is not None and checked:
+            try:
+                read_url_file(self.url_file)
+            except (OSError, ValueError) as exc:
+                raise FieldValueError(("url_file",), str(exc)) from exc
+        return self
+
+    @property
+    def secrets(self) -> list[Path]:
+        """Every signing secret file: secret_file first, then secret_files."""
+        return [*([self.secret_file] if self.secret_file else []), *self.secret_files]
+
+    def target(self) -> str:
+        """The URL to POST to, read from url_file when given (a secret: never log it whole)."""
+        if self.url_file is not None:
+            return read_url_file(self.url_file)
+        return str(self.url)
 
 
 class EmailConfig(StrictModel):
@@ -135,10 +194,28 @@ class NotifyConfig(StrictModel):
     backoff_max: Annotated[Duration, Field(gt=0)] = 60.0  # cap of the jittered retry backoff
 
 
+class HttpAuthConfig(StrictModel):
+    """Who may read the status page, the API and /metrics; /healthz stays open (it carries no
+    address and no credential)."""
+
+    token_file: SecretFile | None = None  # `Authorization: Bearer <token>`: Prometheus, scripts
+    username: Annotated[str, Field(min_length=1, pattern=r"^[^:]+$")] | None = None  # basic auth
+    password_file: SecretFile | None = None  # basic auth, for a browser on the status page
+
+    @model_validator(mode="after")
+    def _a_method(self) -> HttpAuthConfig:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together (basic authentication)")
+        if self.token_file is None and self.username is None:
+            raise ValueError("give token_file, or username and password_file, or both")
+        return self
+
+
 class HttpConfig(StrictModel):
     """The collector's HTTP endpoint: status page, health, metrics, API."""
 
     listen: str = "127.0.0.1:8480"
+    auth: HttpAuthConfig | None = None  # required when listen is beyond loopback
 
     @field_validator("listen")
     @classmethod
@@ -147,6 +224,18 @@ class HttpConfig(StrictModel):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"{value!r} is not HOST:PORT (for example 127.0.0.1:8480)")
         return value
+
+    @model_validator(mode="after")
+    def _auth_beyond_loopback(self) -> HttpConfig:
+        if self.auth is None and not is_loopback_host(self.host):
+            raise FieldValueError(
+                ("listen",),
+                f"{self.listen!r} is reachable from other machines, and the status page, the "
+                "API and /metrics show every site and alert: add http.auth (token_file, or "
+                "username and password_file), or listen on 127.0.0.1 behind a reverse proxy "
+                "that authenticates",
+            )
+        return self
 
     @property
     def host(self) -> str:
@@ -195,10 +284,14 @@ class CollectorConfig(StrictModel):
         return self.spool.dir if self.spool.dir is not None else self.data_dir / "spool"
 
 
-def load_collector_config(path: Path | str) -> CollectorConfig:
-    """Load and validate the collector file; site_configs is relative to the file."""
+def load_collector_config(path: Path | str, *, shape_only: bool = False) -> CollectorConfig:
+    """Load and validate the collector file; site_configs is relative to the file.
+
+    `shape_only=True` checks that secret files exist, not what they hold or their modes: for the
+    example in deploy/, whose secrets are placeholders.
+    """
     path = Path(path)
-    config = load_model(path, CollectorConfig)
+    config = load_model(path, CollectorConfig, shape_only=shape_only)
     if not config.site_configs.is_absolute():
         config.site_configs = (path.parent / config.site_configs).resolve()
     if not config.data_dir.is_absolute():

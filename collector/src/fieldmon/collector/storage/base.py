@@ -13,6 +13,8 @@ from types import TracebackType
 
 import aiohttp
 
+from fieldmon.core.redact import redact_text
+
 # Server messages can be long (a partial write quotes the line); keep logs and exceptions readable.
 _MAX_DETAIL_CHARS = 1000
 
@@ -144,7 +146,8 @@ def transport_error(exc: BaseException, what: str) -> RetryableWriteError:
     """The error for a request that got no HTTP answer: timeout, refused, reset."""
     if isinstance(exc, TimeoutError):
         return RetryableWriteError(f"{what}: timed out", cause=RetryCause.TIMEOUT)
-    reason = str(exc) or type(exc).__name__
+    # aiohttp's errors may quote the request URL, which may carry credentials.
+    reason = redact_text(str(exc)) or type(exc).__name__
     return RetryableWriteError(f"{what}: {reason}", cause=RetryCause.UNREACHABLE)
 
 

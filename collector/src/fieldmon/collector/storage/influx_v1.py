@@ -20,6 +20,7 @@ from fieldmon.collector.storage.base import (
 )
 from fieldmon.collector.storage.config import InfluxV1Config
 from fieldmon.core.config.types import read_secret
+from fieldmon.core.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class InfluxV1Writer(Writer):
     def __init__(self, config: InfluxV1Config) -> None:
         self._config = config
         self._base_url = str(config.url).rstrip("/")
+        # For messages, which are logged: the URL may carry user:password@ or a token.
+        self._shown_url = redact_url(self._base_url)
         # The secret is read once here, at start-up, not from the event loop on every request.
         password = read_secret(config.password_file) if config.password_file else None
         self._headers: dict[str, str] = {}
@@ -56,7 +59,7 @@ class InfluxV1Writer(Writer):
 
     async def prepare(self) -> None:
         """CREATE DATABASE (idempotent in 1.x); without admin rights, assume it exists."""
-        what = f"creating database {self._config.database!r} at {self._base_url}"
+        what = f"creating database {self._config.database!r} at {self._shown_url}"
         query = f'CREATE DATABASE "{_quote_identifier(self._config.database)}"'
         try:
             async with self._client().post(
@@ -83,7 +86,7 @@ class InfluxV1Writer(Writer):
         """POST one batch; raises RetryableWriteError or RejectedWriteError."""
         if not body.strip():
             return  # no points: nothing to send (see Writer.write)
-        what = f"writing {points} points to {self._config.database!r} at {self._base_url}"
+        what = f"writing {points} points to {self._config.database!r} at {self._shown_url}"
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         threshold = self._config.gzip_min_bytes
         if threshold is not None and len(body) >= threshold:
@@ -103,7 +106,7 @@ class InfluxV1Writer(Writer):
 
     async def ping(self) -> None:
         """GET /ping must answer 204."""
-        what = f"pinging {self._base_url}"
+        what = f"pinging {self._shown_url}"
         try:
             async with self._client().get(f"{self._base_url}/ping") as response:
                 body = await response.read()

@@ -18,6 +18,7 @@ from fieldmon.collector.storage.base import (
 )
 from fieldmon.collector.storage.config import InfluxV2Config
 from fieldmon.core.config.types import read_secret
+from fieldmon.core.redact import redact_text, redact_url
 
 
 class InfluxV2Writer(Writer):
@@ -26,6 +27,8 @@ class InfluxV2Writer(Writer):
     def __init__(self, config: InfluxV2Config) -> None:
         self._config = config
         self._url = str(config.url).rstrip("/")
+        # For messages, which are logged: the URL may carry user:password@ or a token.
+        self._shown_url = redact_url(self._url)
         # The secret is read once here, at start-up, not from the event loop on every request.
         self._token = read_secret(config.token_file) if config.token_file else None
         self._client: InfluxDBClientAsync | None = None
@@ -52,7 +55,7 @@ class InfluxV2Writer(Writer):
         """POST one batch; raises RetryableWriteError or RejectedWriteError."""
         if not body.strip():
             return  # no points: nothing to send (see Writer.write)
-        what = f"writing {points} points to bucket {self._config.bucket!r} at {self._url}"
+        what = f"writing {points} points to bucket {self._config.bucket!r} at {self._shown_url}"
         _, write_api = self._api()
         try:
             # The result is False for a 2xx other than 201/204; any 2xx means the server took it.
@@ -69,7 +72,7 @@ class InfluxV2Writer(Writer):
 
     async def ping(self) -> None:
         """GET /ping must answer 2xx."""
-        what = f"pinging {self._url}"
+        what = f"pinging {self._shown_url}"
         client, _ = self._api()
         try:
             # Not client.ping(): it swallows the reason and returns False.
@@ -91,5 +94,7 @@ def _http_error(exc: ApiException, what: str) -> WriteError:
     status = int(exc.status or 0)
     error = classify_status(status, exc.body, exc.headers, what)
     if error is None:  # a 2xx raised as an exception: nothing in influxdb-client does that today
-        return RetryableWriteError(f"{what}: unexpected answer {exc}", status=status)
+        return RetryableWriteError(
+            f"{what}: unexpected answer {redact_text(str(exc))}", status=status
+        )
     return error

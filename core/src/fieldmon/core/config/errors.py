@@ -14,6 +14,9 @@ class ConfigIssue:
     path: str
     message: str
     line: int | None = None
+    # "config": the file is wrong. "secret": the file is right but a secret or certificate file
+    # it names is not ready (readable by others, an example's placeholder); see config.secrets.
+    kind: str = "config"
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else f"{self.file}"

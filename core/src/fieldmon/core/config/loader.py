@@ -19,6 +19,7 @@ from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning, YAMLError
 from ruamel.yaml.reader import ReaderError
 
 from fieldmon.core.config.errors import ConfigError, ConfigIssue, FieldValueError
+from fieldmon.core.config.secrets import SecretFileError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Location = tuple[int | str, ...]
@@ -424,7 +425,8 @@ def _issue(
         message = error.message
     else:
         message = _plain_message(item)
-    return ConfigIssue(file, place.path, message, place.line)
+    kind = "secret" if isinstance(error, SecretFileError) else "config"
+    return ConfigIssue(file, place.path, message, place.line, kind)
 
 
 def issues_from_validation(
@@ -438,12 +440,19 @@ def issues_from_validation(
 
 
 def validate_document(
-    path: Path, document: Any, model: type[ModelT], *, check_files: bool = True
+    path: Path,
+    document: Any,
+    model: type[ModelT],
+    *,
+    check_files: bool = True,
+    shape_only: bool = False,
 ) -> ModelT:
     """Validate an already-parsed document from `path`; raise ConfigError naming every problem.
 
-    `check_files=False` skips the existence check of secret files, for a reader that only needs
-    the file's ids (the collector's inventory does not hold the agents' secrets).
+    `check_files=False` skips every check of secret files, for a reader that only needs the
+    file's ids (the collector's inventory does not hold the agents' secrets). `shape_only=True`
+    checks that they exist but not what they hold or who may read them: for the repository's
+    examples (placeholders, modes git does not keep) and `validate --shape-only`.
     """
     if document is None:
         raise ConfigError([ConfigIssue(path, "", "file is empty")])
@@ -453,7 +462,7 @@ def validate_document(
         )
         raise ConfigError([ConfigIssue(path, "", message, _node_line(document) or 1)])
     try:
-        context = {"config_dir": path.parent, "check_files": check_files}
+        context = {"config_dir": path.parent, "check_files": check_files, "shape_only": shape_only}
         return model.model_validate(document, context=context)
     except ValidationError as exc:
         raise ConfigError(issues_from_validation(path, document, exc, model)) from exc
@@ -462,7 +471,15 @@ def validate_document(
         raise ConfigError([ConfigIssue(path, "", message)]) from exc
 
 
-def load_model(path: Path | str, model: type[ModelT], *, check_files: bool = True) -> ModelT:
+def load_model(
+    path: Path | str,
+    model: type[ModelT],
+    *,
+    check_files: bool = True,
+    shape_only: bool = False,
+) -> ModelT:
     """Load and validate one config file; raise ConfigError naming every problem."""
     path = Path(path)
-    return validate_document(path, load_yaml(path), model, check_files=check_files)
+    return validate_document(
+        path, load_yaml(path), model, check_files=check_files, shape_only=shape_only
+    )

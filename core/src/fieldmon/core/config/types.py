@@ -1,15 +1,16 @@
-"""Value types shared by every config model: durations and secrets read from files."""
+"""Value types shared by every config model: durations, and secrets read from files."""
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from datetime import timedelta
-from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationInfo
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+
+# Secret and certificate files live in their own module; these names are where callers find them.
+from fieldmon.core.config.secrets import CertFile, SecretFile, read_secret
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -57,38 +58,15 @@ def format_duration(seconds: float) -> str:
 Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
 
 
-def _existing_file(value: object, info: ValidationInfo) -> Path:
-    if not isinstance(value, str | os.PathLike):
-        raise ValueError(f"expected the path of a file, got {type(value).__name__}")
-    try:
-        path = Path(value).expanduser()
-    except RuntimeError as exc:  # "~nobody/x" when that user has no home directory
-        raise ValueError(f"cannot expand {str(value)!r}: {exc}") from exc
-    # Relative paths are relative to the config file, so a site folder can be moved as a whole.
-    config_dir = (info.context or {}).get("config_dir")
-    if not path.is_absolute() and config_dir is not None:
-        # absolute(), so a daemon that later changes directory still finds the file.
-        path = (Path(config_dir) / path).absolute()
-    if (info.context or {}).get("check_files") is False:
-        return path
-    try:
-        is_file = path.is_file()
-    except (OSError, ValueError) as exc:  # name too long, embedded NUL byte, no permission
-        raise ValueError(f"secret file {str(path)!r} cannot be checked: {exc}") from exc
-    if not is_file:
-        raise ValueError(f"secret file {str(path)!r} does not exist or is not a file")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"secret file {str(path)!r} is not readable by this user")
-    return path
-
-
-# A path to a file holding a secret; the config never carries the secret itself.
-SecretFile = Annotated[Path, BeforeValidator(_existing_file)]
-
-
-def read_secret(path: Path) -> str:
-    """The secret in `path`, without the trailing newline editors add."""
-    return path.read_text(encoding="utf-8").strip("\r\n")
+__all__ = [
+    "CertFile",
+    "Duration",
+    "SecretFile",
+    "StrictModel",
+    "format_duration",
+    "parse_duration",
+    "read_secret",
+]
 
 
 class StrictModel(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fieldmon.core.config.types import read_secret
+from fieldmon.core.mqtt.failures import (
+    COLLECTOR,
+    Phrasing,
+    closed_reason,
+    connect_failure_reason,
+    peer_alert_reason,
+)
 from fieldmon.core.mqtt.settings import BrokerConfig
 
 logger = logging.getLogger(__name__)
@@ -119,6 +127,17 @@ def new_client(config: BrokerConfig, client_id: str, *, manual_ack: bool = False
     return client
 
 
+class _LastError(logging.Handler):
+    """Keeps the text of the last error paho logged (a socket error in its network loop)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.text: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text = record.getMessage()
+
+
 class MqttLink:
     """A paho client on its own network thread whose events arrive on an asyncio loop.
 
@@ -140,8 +159,12 @@ class MqttLink:
         clean_start: bool = True,
         session_expiry: float = 0.0,
         receive_maximum: int | None = None,
+        phrasing: Phrasing = COLLECTOR,
     ) -> None:
         self.client = client
+        # How failures are worded: the settings' path in this daemon's file, whose clock. Never
+        # the address: last_error is shown by /healthz, the log line carries the address apart.
+        self._phrasing = Phrasing(phrasing.section, phrasing.machine, name_address=False)
         self._receive_maximum = receive_maximum
         self._config = config
         self._loop = loop
@@ -153,7 +176,16 @@ class MqttLink:
         self.on_published: Callable[[int], None] | None = None
         # Called on the loop with each answer to a subscription (granted or refused).
         self.on_subscription: list[Callable[[SubscriptionStatus], None]] = []
+        # Why the broker is not connected, in words (expired certificate, nothing listening...).
         self.last_error: str | None = None
+        # paho's last socket error from its loop (it only logs them): a broker's TLS alert
+        # refusing our client certificate shows there, and nowhere else, with TLS 1.3. A logger
+        # of its own at ERROR, not on_log: with on_log set paho formats a line for every packet.
+        self._socket_errors = _LastError()
+        paho_logger = logging.Logger(f"{__name__}.paho", logging.ERROR)
+        paho_logger.propagate = False
+        paho_logger.addHandler(self._socket_errors)
+        client.enable_logger(paho_logger)
         # Bumped on every connect: an earlier connection's packet ids must not be acked on this one.
         self.generation = 0
         self._inbox: deque[mqtt.MQTTMessage] = deque()
@@ -340,7 +372,15 @@ class MqttLink:
         self.last_error = message
 
     def _handle_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
-        self._call(self._set_error, "cannot reach the broker; retrying")
+        # paho calls this inside its `except OSError:` around connecting (TCP, then the TLS
+        # handshake), so the exception in flight is the reason: an expired certificate is not
+        # "cannot reach the broker".
+        exc = sys.exception()
+        if exc is not None:
+            reason = connect_failure_reason(exc, self._config, self._phrasing)
+        else:
+            reason = "cannot reach the broker"
+        self._call(self._set_error, f"cannot connect to the broker: {reason}; retrying")
 
     def _handle_disconnect(
         self,
@@ -353,7 +393,17 @@ class MqttLink:
         self._call(self._lost, str(reason_code))
 
     def _lost(self, reason: str) -> None:
-        if self.connected.is_set():
+        socket_error, self._socket_errors.text = self._socket_errors.text, None
+        alert = peer_alert_reason(socket_error, self._phrasing) if socket_error else None
+        if alert is not None:
+            # The TLS handshake "succeeded" (TLS 1.3), then the broker refused our certificate.
+            self._set_error(f"cannot connect to the broker: {alert}; retrying")
+        elif socket_error and not self.connected.is_set():
+            # Closed before its CONNACK: a TLS-only port, or a refused client certificate whose
+            # alert was lost.
+            closed = closed_reason(self._config, self._phrasing)
+            self._set_error(f"cannot connect to the broker: {closed}; retrying")
+        elif self.connected.is_set():
             logger.warning("disconnected from broker", extra={"reason": reason})
         self.connected.clear()
         # Unanswered SUBSCRIBEs died with the connection; the next connect sends them all again.

@@ -105,9 +105,12 @@ class SiteConfig(StrictModel):
         return items
 
 
-def load_site_config(path: Path | str, *, check_files: bool = True) -> SiteConfig:
+def load_site_config(
+    path: Path | str, *, check_files: bool = True, shape_only: bool = False
+) -> SiteConfig:
     """Load and validate a site file; raises ConfigError naming file, field and line.
 
-    `check_files=False` is for the collector's inventory, which does not hold agents' secrets.
+    `check_files=False` is for the collector's inventory, which does not hold agents' secrets;
+    `shape_only=True` for the repository's examples, whose secrets are placeholders.
     """
-    return load_model(path, SiteConfig, check_files=check_files)
+    return load_model(path, SiteConfig, check_files=check_files, shape_only=shape_only)

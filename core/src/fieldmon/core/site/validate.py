@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from fieldmon.core.config.errors import ConfigError, ConfigIssue
 from fieldmon.core.config.loader import load_yaml, place_of, validate_document
 from fieldmon.core.site.config import SiteConfig
+from fieldmon.core.site.security import SecurityWarning, security_warnings
 
 
 @dataclass
@@ -20,21 +21,42 @@ class SiteFileResult:
     config: SiteConfig | None = None
     issues: list[ConfigIssue] = field(default_factory=list)
     document: Any = None  # the parsed YAML, kept to name lines in cross-file issues
+    # The config as far as its shape goes, when only its secret files are not ready: for the
+    # summary line, cross-file checks and security warnings of a file otherwise valid.
+    shape: SiteConfig | None = None
+    warnings: list[SecurityWarning] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """True when the file is usable and clashes with no other file."""
         return self.config is not None and not self.issues
 
+    @property
+    def secrets_only(self) -> bool:
+        """True when every problem is a secret file not ready (the file itself is valid)."""
+        return bool(self.issues) and all(issue.kind == "secret" for issue in self.issues)
 
-def check_site_file(path: Path) -> SiteFileResult:
-    """Parse and validate one site file; never raises for a bad file."""
+
+def check_site_file(path: Path, *, shape_only: bool = False) -> SiteFileResult:
+    """Parse and validate one site file; never raises for a bad file.
+
+    `shape_only` checks that secret files exist, not their content or modes (see
+    `fieldmon.core.config.secrets`).
+    """
     result = SiteFileResult(path)
     try:
         result.document = load_yaml(path)
-        result.config = validate_document(path, result.document, SiteConfig)
+        result.config = validate_document(path, result.document, SiteConfig, shape_only=shape_only)
     except ConfigError as exc:
         result.issues.extend(exc.issues)
+        if result.secrets_only:
+            try:
+                result.shape = validate_document(path, result.document, SiteConfig, shape_only=True)
+            except ConfigError:
+                result.shape = None
+    valid = result.config or result.shape
+    if valid is not None:
+        result.warnings = security_warnings(valid)
     return result
 
 
@@ -49,7 +71,7 @@ def cross_file_issues(results: list[SiteFileResult]) -> list[ConfigIssue]:
     site_owner: dict[str, SiteFileResult] = {}
     agent_owner: dict[str, SiteFileResult] = {}
     for result in results:
-        config = result.config
+        config = result.config or result.shape
         if config is None:
             continue
         if config.site in site_owner:
@@ -63,9 +85,10 @@ def cross_file_issues(results: list[SiteFileResult]) -> list[ConfigIssue]:
         else:
             site_owner[config.site] = result
         owner = agent_owner.get(config.agent.id)
-        if owner is not None and owner.config is not None and owner.config.site != config.site:
+        owner_config = owner.config or owner.shape if owner is not None else None
+        if owner is not None and owner_config is not None and owner_config.site != config.site:
             message = (
-                f"agent id {config.agent.id!r} is also used at site {owner.config.site!r} "
+                f"agent id {config.agent.id!r} is also used at site {owner_config.site!r} "
                 f"({_where(owner, ('agent', 'id'))}); an agent id is its MQTT username and "
                 "belongs to one site"
             )
@@ -76,7 +99,7 @@ def cross_file_issues(results: list[SiteFileResult]) -> list[ConfigIssue]:
     return issues
 
 
-def check_site_files(paths: Iterable[Path]) -> list[SiteFileResult]:
+def check_site_files(paths: Iterable[Path], *, shape_only: bool = False) -> list[SiteFileResult]:
     """Check each file once (a path given twice is one file), then the files against each other."""
     results: list[SiteFileResult] = []
     seen: set[Path] = set()
@@ -85,7 +108,7 @@ def check_site_files(paths: Iterable[Path]) -> list[SiteFileResult]:
         if key in seen:
             continue
         seen.add(key)
-        results.append(check_site_file(Path(path)))
+        results.append(check_site_file(Path(path), shape_only=shape_only))
     by_path = {result.path: result for result in results}
     for issue in cross_file_issues(results):
         by_path[issue.file].issues.append(issue)
@@ -107,20 +130,43 @@ def summary(config: SiteConfig) -> str:
     return text
 
 
-def validate_site_files(paths: list[Path], out: TextIO, err: TextIO) -> int:
-    """Print `OK  FILE: summary` per good file and `FILE:LINE: FIELD: message` per issue.
+def _warning_line(result: SiteFileResult, warning: SecurityWarning) -> str:
+    line = place_of(result.document, warning.at).line
+    where = f"{result.path}:{line}" if line else str(result.path)
+    return f"WARN  {where}: {warning.path}: {warning.message}"
+
+
+def validate_site_files(
+    paths: list[Path], out: TextIO, err: TextIO, *, shape_only: bool = False
+) -> int:
+    """Print `OK  FILE: summary` per good file and `FILE:LINE: FIELD: message` per issue, and
+    `WARN  FILE:LINE: FIELD: message` per exposing setting (warnings never fail a file).
+
+    A secret file that is not ready (readable by others, still an example's placeholder) is an
+    issue like any other; when such issues are all a file has, the summary says so. With
+    `shape_only` secret files must exist but their content and modes are not checked: the
+    repository's examples, a config repository's CI.
 
     Returns the exit status: 0 when every file is valid, 1 otherwise.
     """
-    results = check_site_files(paths)
+    results = check_site_files(paths, shape_only=shape_only)
     for result in results:
         if result.ok and result.config is not None:
-            print(f"OK  {result.path}: {summary(result.config)}", file=out)
+            shape = " (shape only: secrets not checked)" if shape_only else ""
+            print(f"OK  {result.path}: {summary(result.config)}{shape}", file=out)
+        for warning in result.warnings:
+            print(_warning_line(result, warning), file=out)
         for issue in result.issues:
             print(issue, file=err)
-    failed = sum(not result.ok for result in results)
+    failed = [result for result in results if not result.ok]
     if failed:
-        verb = "has" if failed == 1 else "have"
-        print(f"{failed} of {_plural(len(results), 'file')} {verb} problems", file=err)
+        verb = "has" if len(failed) == 1 else "have"
+        line = f"{len(failed)} of {_plural(len(results), 'file')} {verb} problems"
+        if all(result.secrets_only for result in failed):
+            line += (
+                ": only secret files not ready (everything else is valid) - put the real "
+                "secrets in place, private to the service's user; --shape-only checks the rest"
+            )
+        print(line, file=err)
         return 1
     return 0
