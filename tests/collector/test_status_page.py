@@ -1,11 +1,16 @@
-"""The status page in a real headless Chromium: every site shown, a degraded site turns amber."""
+"""The status page in a real headless Chromium: every site shown, a degraded site turns amber,
+behind basic authentication, with the Content-Security-Policy enforced and nothing refused."""
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import shutil
 import subprocess
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -14,7 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldmon.core.wire.codec import encode
 from fieldmon.core.wire.models import Envelope, Sample
-from fieldmon.lab.process import http_get, script, start, wait_for, wait_subscribed
+from fieldmon.lab.process import script, start, wait_for, wait_subscribed
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -30,6 +36,11 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--virtual-time-budget=6000",
+    # The page's console on stderr: a script or style the Content-Security-Policy blocked is
+    # reported there ("Executing inline script violates the following Content Security Policy
+    # directive ... The action has been blocked.").
+    "--enable-logging=stderr",
+    "--v=0",
 ]
 
 
@@ -54,12 +65,16 @@ def _round(site: str, seq: int, loss: float, at_ns: int) -> bytes:
     return encode(Envelope(site=site, agent=f"{site}-pi", seq=seq, sent_at=at_ns, samples=[sample]))
 
 
-def _sites(http_port: int) -> dict[str, dict[str, object]]:
-    _status, body = http_get(f"http://127.0.0.1:{http_port}/api/v1/sites")
+def _sites(http_port: int, password: str) -> dict[str, dict[str, object]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/api/v1/sites")
+    credentials = base64.b64encode(f"noc:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {credentials}")
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        body = reply.read()
     return {site["site"]: site for site in json.loads(body)["sites"]}
 
 
-def _chromium(*args: str, profile: Path) -> str:
+def _chromium(*args: str, profile: Path) -> tuple[str, str]:
     binary = shutil.which("chromium")
     assert binary, "chromium is installed by scripts/setup.sh"
     result = subprocess.run(
@@ -69,7 +84,7 @@ def _chromium(*args: str, profile: Path) -> str:
         timeout=90,
         check=True,
     )
-    return result.stdout
+    return result.stdout, result.stderr
 
 
 def test_status_page_shows_every_site_and_the_degraded_one(
@@ -80,11 +95,13 @@ def test_status_page_shows_every_site_and_the_degraded_one(
     for site in ("hall-a", "hall-b"):
         _site_file(sites, site, mosquitto.port)
     http_port = free_port()
+    password = write_secret(tmp_path / "http.pass")
     config = tmp_path / "collector.yaml"
     config.write_text(
         f"broker: {{host: 127.0.0.1, port: {mosquitto.port}, client_id: page-collector}}\n"
         f'influxdb: {{api: v1, url: "{influxd.url}", database: {influx_db}}}\n'
-        f"site_configs: ./site_configs\nhttp: {{listen: '127.0.0.1:{http_port}'}}\n"
+        f"site_configs: ./site_configs\nhttp: {{listen: '127.0.0.1:{http_port}', "
+        "auth: {username: noc, password_file: http.pass}}\n"
         "data_dir: ./data\n",
         encoding="utf-8",
     )
@@ -106,14 +123,16 @@ def test_status_page_shows_every_site_and_the_degraded_one(
         client.loop_stop()
         client.disconnect()
         wait_for(
-            lambda: _sites(http_port)["hall-b"]["state"] == "degraded",
+            lambda: _sites(http_port, password)["hall-b"]["state"] == "degraded",
             "hall-b judged degraded",
             20,
             daemons=collector,
         )
 
-        url = f"http://127.0.0.1:{http_port}/"
-        dom = _chromium("--dump-dom", url, profile=tmp_path / "chromium-dom")
+        # The page's own fetches carry the credentials the browser was given for the page.
+        url = f"http://noc:{password}@127.0.0.1:{http_port}/"
+        dom, console = _chromium("--dump-dom", url, profile=tmp_path / "chromium-dom")
+        assert "Content Security Policy" not in console, console
         assert 'data-site="hall-a" data-state="ok"' in dom
         assert 'data-site="hall-b" data-state="degraded"' in dom
         assert "LinkDegraded" in dom
@@ -129,3 +148,41 @@ def test_status_page_shows_every_site_and_the_degraded_one(
         assert screenshot.stat().st_size > 10_000
     finally:
         collector.stop()
+
+
+class _StrictPage(http.server.BaseHTTPRequestHandler):
+    """A page whose inline script its policy does not allow (the hash is of something else)."""
+
+    body = (
+        b"<!doctype html><html><body><div id='x'>before</div>"
+        b"<script>document.getElementById('x').textContent = 'ran';</script></body></html>"
+    )
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='",
+        )
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *_args: object) -> None:
+        pass  # quiet: the test reads Chromium's console, not the server's
+
+
+def test_the_console_check_sees_what_a_policy_refuses(tmp_path: Path) -> None:
+    # The status page test above asserts that Chromium reports no refusal; this shows it would.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StrictPage)
+    thread = threading.Thread(target=server.serve_forever, name="strict-page", daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        dom, console = _chromium("--dump-dom", url, profile=tmp_path / "chromium-strict")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert ">before<" in dom  # the script did not run
+    assert "Executing inline script violates the following Content Security Policy" in console

@@ -137,6 +137,7 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
         board=board,
         active_alerts=alerts.active_alerts if alerts else list,
         store=store,
+        auth=config.http.auth,
     )
     runner = await _start_http(config, build_app(http_state))
 
