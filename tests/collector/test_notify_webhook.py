@@ -1,13 +1,18 @@
-"""Webhook notifier against real aiohttp receivers: signature, retry after a 500, slow receiver."""
+"""Webhook notifier against real aiohttp receivers: signatures and rotation, delivery ids across
+retries, url_file, slow receivers, and the receiver's check in docs/contract.md run as written."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiohttp import web
 
 from fieldmon.collector.alerts.model import (
@@ -21,12 +26,18 @@ from fieldmon.collector.alerts.model import (
 from fieldmon.collector.config import WebhookConfig
 from fieldmon.collector.notify import Dispatcher, PermanentNotifyError, RetryableNotifyError
 from fieldmon.collector.notify.webhook import (
+    DELIVERY_HEADER,
+    REPLAY_WINDOW_S,
     SIGNATURE_HEADER,
+    SIGNATURES_HEADER,
     TIMESTAMP_HEADER,
     WebhookNotifier,
     verify,
+    verify_signatures,
 )
-from fieldmon.lab.secretfiles import write_secret
+from fieldmon.core.config.errors import ConfigError
+from fieldmon.core.config.loader import load_model
+from fieldmon.lab.secretfiles import new_secret, write_secret
 
 SECRET = "s3cret-for-tests"
 WAIT = 30.0
@@ -144,8 +155,117 @@ def test_a_500_is_retried_until_the_200() -> None:
     receiver, dispatcher = asyncio.run(run())
     assert len(receiver.bodies) == 3
     assert dispatcher.stats()["webhook"].failed_attempts == 2
-    # Every attempt carries the same alerts.
+    # Every attempt carries the same alerts, under the same delivery id.
     assert len({json.dumps(json.loads(b)["alerts"]) for _, b in receiver.bodies}) == 1
+    ids = {headers[DELIVERY_HEADER] for headers, _ in receiver.bodies}
+    assert len(ids) == 1 and len(next(iter(ids))) == 32
+    assert {json.loads(body)["delivery"] for _, body in receiver.bodies} == ids
+
+
+def test_another_notification_has_another_delivery_id(tmp_path: Path) -> None:
+    async def run() -> Receiver:
+        async with Receiver() as receiver:
+            notifier = WebhookNotifier(WebhookConfig(url=receiver.url))
+            try:
+                await notifier.send([_transition()])
+                await notifier.send([_transition(AlertState.RESOLVED)])
+            finally:
+                await notifier.close()
+            return receiver
+
+    first, second = asyncio.run(run()).bodies
+    assert first[0][DELIVERY_HEADER] != second[0][DELIVERY_HEADER]
+
+
+def test_each_secret_signs_so_receivers_rotate_at_their_own_pace(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.secret", tmp_path / "new.secret"
+    old_value, new_value = write_secret(old).encode(), write_secret(new).encode()
+
+    async def run() -> Receiver:
+        async with Receiver() as receiver:
+            config = WebhookConfig(url=receiver.url, secret_file=old, secret_files=[new])
+            notifier = WebhookNotifier(config)
+            try:
+                await notifier.send([_transition()])
+            finally:
+                await notifier.close()
+            return receiver
+
+    ((headers, body),) = asyncio.run(run()).bodies
+    header = headers[SIGNATURES_HEADER]
+    assert header.startswith(f"t={headers[TIMESTAMP_HEADER]}, v1=")
+    assert header.count("v1=") == 2
+    assert verify_signatures([old_value], header, body)
+    assert verify_signatures([new_value], header, body)
+    assert not verify_signatures([b"another-secret"], header, body)
+    assert not verify_signatures([new_value], header, body + b" ")
+    # The header from before rotation existed: the first secret's signature.
+    assert verify(old_value, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+    # Outside the replay window the same signature is refused.
+    signed_at = int(headers[TIMESTAMP_HEADER])
+    assert verify_signatures([old_value], header, body, now=signed_at + REPLAY_WINDOW_S)
+    assert not verify_signatures([old_value], header, body, now=signed_at + REPLAY_WINDOW_S + 1)
+
+
+def test_the_url_may_come_from_a_secret_file_and_is_logged_redacted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = new_secret("hook-token")
+
+    async def run() -> tuple[Receiver, Dispatcher]:
+        async with Receiver() as receiver:
+            url_file = tmp_path / "webhook.url"
+            write_secret(url_file, f"{receiver.url}?token={token}")
+            config = WebhookConfig(url_file=url_file)
+            delivered = WebhookNotifier(config)
+            try:
+                await delivered.send([_transition()])
+            finally:
+                await delivered.close()
+        # The receiver is gone: delivery fails, and the failure is logged.
+        failing = Dispatcher([WebhookNotifier(config)], max_attempts=1)
+        failing.start()
+        failing.submit([_transition()])
+        await _until(lambda: failing.stats()["webhook"].dropped_failed == 1, "the failure")
+        await failing.close()
+        return receiver, failing
+
+    with caplog.at_level(logging.WARNING, logger="fieldmon.collector.notify.dispatch"):
+        receiver, failing = asyncio.run(run())
+    assert len(receiver.bodies) == 1
+    error = failing.stats()["webhook"].last_error or ""
+    assert error.startswith(f"webhook: POST {receiver.url}?***: ")
+    errors = [str(getattr(record, "error", "")) for record in caplog.records]
+    assert errors and all(f"POST {receiver.url}?***: " in text for text in errors)
+    assert token not in error and not any(token in text for text in errors)
+
+
+def _webhook_config(folder: Path, entry: str) -> Path:
+    path = folder / "hook.yaml"
+    path.write_text(entry, encoding="utf-8")
+    return path
+
+
+def test_url_and_url_file_are_one_or_the_other(tmp_path: Path) -> None:
+    write_secret(tmp_path / "webhook.url", "https://hooks.example.org/abc123def456")
+    for text in ("timeout: 5s\n", "url: https://a.example/h\nurl_file: webhook.url\n"):
+        with pytest.raises(ConfigError) as raised:
+            load_model(_webhook_config(tmp_path, text), WebhookConfig)
+        (issue,) = raised.value.issues
+        assert issue.path == "url"
+        assert issue.message == "give url or url_file (a secret file holding the URL), not both"
+    config = load_model(_webhook_config(tmp_path, "url_file: webhook.url\n"), WebhookConfig)
+    assert config.target() == "https://hooks.example.org/abc123def456"
+
+
+def test_a_url_file_without_a_url_says_so_without_quoting_it(tmp_path: Path) -> None:
+    content = write_secret(tmp_path / "webhook.url")  # a token, but no URL
+    with pytest.raises(ConfigError) as raised:
+        load_model(_webhook_config(tmp_path, "url_file: webhook.url\n"), WebhookConfig)
+    (issue,) = raised.value.issues
+    assert issue.path == "url_file"
+    assert issue.message.endswith("does not hold an http:// or https:// URL on its first line")
+    assert content not in str(raised.value)
 
 
 def test_a_4xx_is_permanent_and_a_closed_port_retryable() -> None:
@@ -201,3 +321,62 @@ def test_a_slow_receiver_times_out_without_blocking_the_others() -> None:
     assert dispatcher.stats()["slow"].sent == 0
     assert "no answer within 0.3 s" in (dispatcher.stats()["slow"].last_error or "")
     assert len(slow.bodies) >= 2
+
+
+# -- the receiver's check in docs/contract.md, run as written against real deliveries -----------
+
+CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract.md"
+SNIPPET = re.compile(r"<!-- webhook-receiver -->\n```python\n(.*?)```", re.DOTALL)
+
+
+def _receiver_check() -> dict[str, Any]:
+    (code,) = SNIPPET.findall(CONTRACT.read_text(encoding="utf-8"))
+    namespace: dict[str, Any] = {}
+    exec(compile(code, f"{CONTRACT}:webhook-receiver", "exec"), namespace)
+    return namespace
+
+
+def _deliver(config: WebhookConfig) -> tuple[dict[str, str], bytes]:
+    async def run() -> Receiver:
+        async with Receiver() as receiver:
+            notifier = WebhookNotifier(config.model_copy(update={"url": receiver.url}))
+            try:
+                await notifier.send([_transition()])
+            finally:
+                await notifier.close()
+            return receiver
+
+    ((headers, body),) = asyncio.run(run()).bodies
+    return headers, body
+
+
+def test_the_documented_check_accepts_a_delivery_and_refuses_the_rest(tmp_path: Path) -> None:
+    check = _receiver_check()
+    verify = check["verify_fieldmon_webhook"]
+    assert check["REPLAY_WINDOW_S"] == REPLAY_WINDOW_S
+    old = write_secret(tmp_path / "old.secret").encode()
+    new = write_secret(tmp_path / "new.secret").encode()
+    config = WebhookConfig(
+        url="http://127.0.0.1:1/hook",
+        secret_file=tmp_path / "old.secret",
+        secret_files=[tmp_path / "new.secret"],
+    )
+    headers, body = _deliver(config)
+    assert verify(headers, body, [old])
+    assert verify(headers, body, [new])  # a receiver already moved to the new secret
+    assert verify({k.lower(): v for k, v in headers.items()}, body, [new])  # any header case
+    assert not verify(headers, body, [b"not-the-secret"])
+    assert not verify(headers, body.replace(b"pavilion-2", b"pavilion-3"), [old])
+    assert not verify({}, body, [old])
+    signed_at = int(headers[TIMESTAMP_HEADER])
+    assert verify(headers, body, [old], now=signed_at + REPLAY_WINDOW_S)
+    assert not verify(headers, body, [old], now=signed_at + REPLAY_WINDOW_S + 1)  # a replay
+    assert not verify(headers, body, [old], now=signed_at - REPLAY_WINDOW_S - 1)
+    assert abs(time.time() - signed_at) < 60
+
+
+def test_without_secrets_nothing_verifies(tmp_path: Path) -> None:
+    verify = _receiver_check()["verify_fieldmon_webhook"]
+    headers, body = _deliver(WebhookConfig(url="http://127.0.0.1:1/hook"))
+    assert "X-Fieldmon-Signatures" not in headers
+    assert not verify(headers, body, [b"anything"])
