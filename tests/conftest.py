@@ -1,5 +1,6 @@
 """Shared fixtures: real Mosquitto, influxd and VictoriaMetrics on ephemeral loopback ports;
-seeded randomness (FIELDMON_TEST_SEED) and the Hypothesis profiles."""
+seeded randomness (FIELDMON_TEST_SEED) and the Hypothesis profiles; no secret in any log
+(leakcheck.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ from fieldmon.lab.servers import (
     ServerQueryError,
     VictoriaMetricsServer,
 )
+
+# leakcheck: a test (or the session) whose logs carry a secret fails. pytester runs it on planted
+# leaks in tests/test_leakcheck.py.
+pytest_plugins = ["leakcheck", "pytester"]
 
 # The tests' own secret files, kept in git, which keeps no modes but the executable bit: made
 # private here, as the daemons require of a secret file (fieldmon.core.config.secrets).
