@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import os
-from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fieldmon.core.config.errors import FieldValueError
-from fieldmon.core.config.types import Duration, StrictModel
+from fieldmon.core.config.types import CertFile, Duration, StrictModel
 from fieldmon.core.wire.models import Identifier
 
 IFNAME_MAX = 15  # Linux IFNAMSIZ - 1
@@ -48,29 +46,9 @@ def host_name(value: str) -> str:
     return name
 
 
-def _readable_file(value: object, info: ValidationInfo) -> Path:
-    if not isinstance(value, str | os.PathLike):
-        raise ValueError(f"expected the path of a file, got {type(value).__name__}")
-    path = Path(value).expanduser()
-    # Relative to the site file, like secret files, so a site folder moves as a whole.
-    config_dir = (info.context or {}).get("config_dir")
-    if not path.is_absolute() and config_dir is not None:
-        path = (Path(config_dir) / path).absolute()
-    if (info.context or {}).get("check_files") is False:
-        return path
-    try:
-        is_file = path.is_file()
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"file {str(path)!r} cannot be checked: {exc}") from exc
-    if not is_file:
-        raise ValueError(f"file {str(path)!r} does not exist or is not a file")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"file {str(path)!r} is not readable by this user")
-    return path
-
-
-# A file the agent reads that is not a secret (a CA bundle): it must exist and be readable.
-ReadableFile = Annotated[Path, BeforeValidator(_readable_file)]
+# A file the agent reads that is not a secret (a CA bundle): it must exist and be readable, and
+# not be an example's placeholder; `credential:NAME` works as for secrets (config.secrets).
+ReadableFile = CertFile
 
 
 class ServiceConfig(StrictModel):
