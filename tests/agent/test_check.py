@@ -403,7 +403,7 @@ def _snmpv3_device(
     keys = {}
     for kind, text in (("auth", auth_key), ("priv", priv_key)):
         keys[kind] = directory / f"{name}.{kind}.key"
-        keys[kind].write_text(text + "\n", encoding="utf-8")
+        write_secret(keys[kind], text)
     return {
         "name": name,
         "address": "127.0.0.1",

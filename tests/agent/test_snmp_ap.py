@@ -122,7 +122,7 @@ def test_profile_over_snmpv3_auth_priv_gives_the_same_rows_as_v2c(
     keys = {}
     for kind in ("auth", "priv"):
         keys[kind] = tmp_path / f"{kind}.key"
-        keys[kind].write_text(getattr(user, f"{kind}_key"), encoding="utf-8")
+        write_secret(keys[kind], getattr(user, f"{kind}_key"))
     v3 = SnmpDeviceConfig.model_validate(
         {
             "name": "ap-hall",

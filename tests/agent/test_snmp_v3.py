@@ -19,6 +19,7 @@ from fieldmon.agent.snmp.client import SnmpClient
 from fieldmon.agent.snmp.errors import SnmpError, SnmpSecurityError, SnmpTimeoutError
 from fieldmon.core.site.snmp import SnmpDeviceConfig, SnmpV3Credentials
 from fieldmon.core.wire.models import Sample
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import SnmpdServer, SnmpV3User
 
 pytestmark = pytest.mark.integration
@@ -82,7 +83,7 @@ def _config(
     for kind in ("auth", "priv"):
         if snmp.get(kind) is not None:
             path = directory / f"{account.name}.{kind}.key"
-            path.write_text(keys[f"{kind}_key"] + "\n", encoding="utf-8")
+            write_secret(path, keys[f"{kind}_key"])
             snmp[f"{kind}_key_file"] = str(path)
     snmp = {key: value for key, value in snmp.items() if value is not None}
     return SnmpDeviceConfig.model_validate(
@@ -291,7 +292,7 @@ def test_polls_go_on_across_a_device_restart_and_log_the_episode(
 
 
 def _v3_settings(**snmp: Any) -> SnmpDeviceConfig:
-    secret = Path(__file__)  # any readable file: these settings are never sent anywhere
+    secret = Path(__file__)  # never read: these settings are never sent anywhere
     return SnmpDeviceConfig.model_validate(
         {
             "name": "uplink-router",
@@ -304,7 +305,8 @@ def _v3_settings(**snmp: Any) -> SnmpDeviceConfig:
                 "priv_key_file": str(secret),
                 **snmp,
             },
-        }
+        },
+        context={"check_files": False},  # paths only, as the collector's inventory reads them
     )
 
 
