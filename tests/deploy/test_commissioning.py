@@ -29,6 +29,7 @@ from fieldmon.lab.bundle import Bundle
 from fieldmon.lab.netns import Namespace, VethPair, run, unique_name, veth
 from fieldmon.lab.piroot import PiRoot
 from fieldmon.lab.process import Daemon, script, start, wait_for, wait_subscribed
+from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port, listens_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns, pytest.mark.bundle]
@@ -158,7 +159,7 @@ def test_a_blank_pi_reports_to_the_noc_within_three_minutes_of_the_bundle(
         )
         site_text = _site_file(noc_address, site_port)
         _write(noc / "site_configs" / f"{SITE}.yaml", site_text)
-        _write(noc / "collector.mqtt.pass", collector_password + "\n")
+        write_secret(noc / "collector.mqtt.pass", collector_password)  # 0600, as required
         http_port = free_port()
         collector_file = _write(
             noc / "collector.yaml",
@@ -178,7 +179,8 @@ data_dir: ./collector-data
         # The handover folder the NOC hands the engineer with the bundle.
         handover = tmp_path / "usb" / "handover-SITE"
         _write(handover / "site.yaml", site_text)
-        _write(handover / "secrets" / f"{AGENT}.mqtt.pass", pi_password + "\n")
+        (handover / "secrets").mkdir(parents=True, exist_ok=True)
+        write_secret(handover / "secrets" / f"{AGENT}.mqtt.pass", pi_password)
 
         timings: dict[str, float] = {}
         started = mark = time.monotonic()

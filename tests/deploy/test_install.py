@@ -19,6 +19,7 @@ import pytest
 
 from fieldmon.lab.bundle import host_platform
 from fieldmon.lab.piroot import PiRoot
+from fieldmon.lab.secretfiles import write_secret
 
 pytestmark = pytest.mark.bundle
 
@@ -58,8 +59,8 @@ host: {disk_path: /var/lib/fieldmon}
 """,
         encoding="utf-8",
     )
-    (folder / "secrets" / "lifecycle-pi1.mqtt.pass").write_text("pi-secret\n", encoding="utf-8")
-    (folder / "credentials" / "uplink.key").write_text("cred-secret\n", encoding="utf-8")
+    write_secret(folder / "secrets" / "lifecycle-pi1.mqtt.pass", "pi-secret-lifecycle")
+    write_secret(folder / "credentials" / "uplink.key", "cred-secret-uplink")
     hook = folder / "hooks" / "link-down"
     hook.write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
     hook.chmod(0o700)
