@@ -733,6 +733,7 @@ class Lab:
                     "delay_ms": link.delay_ms,
                     "jitter_ms": link.jitter_ms,
                     "cut": link.cut,
+                    "icmp_limit_pct": link.icmp_limit_pct,
                     "echo_pid": link.echo_pid,
                     "echo_running": link.echo_pid is not None
                     and process_alive(link.echo_pid, EchoResponder.MARKER),
