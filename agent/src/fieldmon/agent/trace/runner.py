@@ -102,9 +102,12 @@ async def run_trace_process(
         raise TraceFailedError(
             f"trace of {link.name} exited {process.returncode} without a trace: {words}"
         ) from exc
-    if "error" in data:
+    if isinstance(data, dict) and "error" in data:
         raise TraceFailedError(f"trace of {link.name}: {data['error']}")
-    return Trace.from_json(data)
+    try:
+        return Trace.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TraceFailedError(f"trace of {link.name}: not a trace ({exc!r})") from exc
 
 
 def path_rows(site: str, agent: str, link: str, trace: Trace, trace_id: str) -> list[Sample]:
