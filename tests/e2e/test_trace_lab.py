@@ -20,11 +20,17 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fieldmon.agent.trace.analysis import Trace, summarize
+from fieldmon.lab.process import http_get, script, start, wait_for, wait_subscribed
+from fieldmon.lab.servers import AlertmanagerServer, InfluxdServer, MosquittoServer, free_port
 from fieldmon.lab.topology import Lab, SiteSpec
 
 pytestmark = [
@@ -36,6 +42,7 @@ CYCLES = 300
 INTERVAL_S = 0.05
 LOSS_PCT = 20
 TOLERANCE_PCT = 12
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +158,145 @@ def test_the_lab_shows_its_transit_links_and_icmp_limit(lab: Lab) -> None:
     assert list(status) == ["hq/lan", "hq/transit1", "hq/transit2", "hq/parent", "hq/internet"]
     assert status["hq/transit1"]["icmp_limit_pct"] == 25
     assert lab.link("hq/transit1").icmp_limit_pct == 0
+
+
+# --- the page names the hop --------------------------------------------------------------
+
+
+class Receiver:
+    """Webhook deliveries: Alertmanager's receivers (/am-page, /am-chat) and fieldmon's (/fm)."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[str, dict[str, Any]]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.deliveries.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alerts(self, prefix: str, name: str) -> list[dict[str, Any]]:
+        """Every firing `name` alert delivered to a path starting with `prefix`, in order."""
+        return [
+            alert
+            for path, body in list(self.deliveries)
+            if path.startswith(prefix)
+            for alert in body["alerts"]
+            if alert["labels"]["alertname"] == name
+            and alert.get("status", alert.get("state")) == "firing"
+        ]
+
+
+def _shipped_alertmanager(port: int) -> str:
+    """deploy/alertmanager.yml as shipped (group_wait 10 s for a degraded parent link), its
+    receivers pointed at the test's."""
+    text = (REPO / "deploy" / "alertmanager.yml").read_text(encoding="utf-8")
+    text = text.replace("http://127.0.0.1:9099/page", f"http://127.0.0.1:{port}/am-page")
+    return text.replace("http://127.0.0.1:9098/chat", f"http://127.0.0.1:{port}/am-chat")
+
+
+def _board_path(http_port: int, link: str) -> str | None:
+    sites = json.loads(http_get(f"http://127.0.0.1:{http_port}/api/v1/sites")[1])["sites"]
+    [view] = [view for view in sites if view["site"] == "hq"]
+    return next(entry["path"] for entry in view["links"] if entry["name"] == link)
+
+
+def test_the_degradation_page_names_the_hop(
+    lab: Lab,
+    tmp_path: Path,
+    mosquitto: MosquittoServer,
+    influxd: InfluxdServer,
+    influx_db: str,
+) -> None:
+    path = _addresses(lab)
+    receiver = Receiver()
+    alertmanager = AlertmanagerServer(tmp_path / "am", _shipped_alertmanager(receiver.port))
+    alertmanager.start()
+    sites = tmp_path / "site_configs"
+    sites.mkdir()
+    site_file = sites / "hq.yaml"
+    site_file.write_text(
+        f"""site: hq
+name: "Field hospital behind a carrier"
+parent_hospital: central
+agent:
+  id: hq-pi
+  broker: {{host: 127.0.0.1, port: {mosquitto.port}}}
+  outbox: {{path: {tmp_path / "outbox.db"}}}
+  linger: 50ms
+links:
+  - {{name: wan, address: {path[-1]}, role: parent, interval: 1s, count: 10, spacing: 20ms,
+     timeout: 300ms, thresholds: {{loss_pct: 5}},
+     trace: {{protocol: icmp, cycles: 20, interval: 100ms, timeout: 500ms, max_hops: 8}}}}
+""",
+        encoding="utf-8",
+    )
+    http_port = free_port()
+    collector_file = tmp_path / "collector.yaml"
+    collector_file.write_text(
+        f"""broker: {{host: 127.0.0.1, port: {mosquitto.port}, client_id: trace-collector}}
+influxdb: {{api: v1, url: "{influxd.url}", database: {influx_db}, flush_interval: 200ms}}
+site_configs: ./site_configs
+http: {{listen: "127.0.0.1:{http_port}"}}
+data_dir: ./data
+alerting: {{for_rounds: 3, clear_rounds: 3}}
+notify:
+  alertmanager: {{url: "{alertmanager.url}"}}
+  webhook: [{{url: "http://127.0.0.1:{receiver.port}/fm"}}]
+""",
+        encoding="utf-8",
+    )
+    logs = tmp_path / "daemons.log"
+    collector = start([script("fieldmon-collector"), "run", "--config", collector_file], logs)
+    agent = None
+    try:
+        wait_subscribed(http_port, daemons=collector)
+        agent = start([script("fieldmon-agent"), "run", "--config", site_file], logs)
+        daemons = [collector, agent]
+        # Once the agent judges the link up it traces it: the route later traces compare with.
+        wait_for(lambda: _board_path(http_port, "wan"), "the first trace", 60, daemons=daemons)
+        assert _board_path(http_port, "wan") == "no loss on the path (20 cycles, 4 hops)"
+        lab.impair("hq/transit2", loss_pct=30)
+        wait_for(
+            lambda: receiver.alerts("/am-", "LinkDegraded"),
+            "Alertmanager's LinkDegraded notification",
+            60,
+            daemons=daemons,
+        )
+        # fieldmon's own webhook: the page, then the same alert again with the path.
+        wait_for(
+            lambda: any("path" in a["annotations"] for a in receiver.alerts("/fm", "LinkDegraded")),
+            "the page with its path",
+            30,
+            daemons=daemons,
+        )
+    finally:
+        lab.restore("hq/transit2")
+        if agent is not None:
+            agent.stop()
+        collector.stop()
+        alertmanager.stop()
+        receiver.server.shutdown()
+    # Alertmanager's first notification of the degradation (group_wait 10 s) names the hop.
+    first = receiver.alerts("/am-", "LinkDegraded")[0]
+    print(f"\npage: {first['annotations']['summary']}\npath: {first['annotations'].get('path')}")
+    assert first["annotations"]["path"].startswith(f"loss starts at hop 3, {path[2]}: ")
+    direct = receiver.alerts("/fm", "LinkDegraded")
+    assert "path" not in direct[0]["annotations"]  # paged as soon as judged, before the trace
+    assert direct[-1]["annotations"]["path"] == first["annotations"]["path"]
+    assert direct[-1]["summary"] == direct[0]["summary"]
+    # The hops and the summary are in InfluxDB.
+    hops = influxd.query("SELECT * FROM \"path\" WHERE target = 'wan' GROUP BY *", db=influx_db)
+    assert {row["hop"] for row in hops} == {"1", "2", "3", "4"}
+    assert {row["address"] for row in hops if row["hop"] == "3"} == {path[2]}
+    events = influxd.query("SELECT * FROM \"event\" WHERE kind = 'path' GROUP BY *", db=influx_db)
+    assert {row["trigger"] for row in events} >= {"link_up", "link_degraded"}
