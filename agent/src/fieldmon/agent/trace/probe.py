@@ -52,7 +52,7 @@ _TIME_EXCEEDED = {socket.AF_INET: 11, socket.AF_INET6: 3}
 _UNREACHABLE = {socket.AF_INET: 3, socket.AF_INET6: 1}
 _PORT_UNREACHABLE = {socket.AF_INET: 3, socket.AF_INET6: 4}  # the code within _UNREACHABLE
 
-SEQ_PER_CYCLE = 64  # sequence = cycle * 64 + ttl: unique per probe for up to 1000 cycles
+SEQ_PER_CYCLE = 64  # sequence = cycle * 64 + ttl (TTL 1-64): unique for up to 1000 cycles
 
 
 class TraceError(Exception):
@@ -352,8 +352,8 @@ def run_trace(
         destination = str(ipaddress.ip_address(destination.split("%", 1)[0]))
     except ValueError as exc:
         raise TraceError(f"{destination!r} is not an IP address") from exc
-    if not 1 <= cycles <= 1000 or not 1 <= max_hops < SEQ_PER_CYCLE:
-        raise TraceError("cycles must be 1 to 1000 and max_hops 1 to 63")
+    if not 1 <= cycles <= 1000 or not 1 <= max_hops <= SEQ_PER_CYCLE:
+        raise TraceError("cycles must be 1 to 1000 and max_hops 1 to 64")
     family = _family(destination)
     if protocol == "icmp":
         tracer: _Tracer = _IcmpTracer(destination, family, interface)
