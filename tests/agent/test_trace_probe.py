@@ -3,6 +3,7 @@ end filters ICMP echo (the automatic fallback to TCP), and the subprocess's JSON
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -29,6 +30,16 @@ def test_loopback_is_one_hop_answering_every_probe(protocol: str, address: str) 
     ]
     assert trace.port == {"icmp": None, "udp": 33434, "tcp": 443}[protocol]
     assert trace.errors == {}
+
+
+@pytest.mark.parametrize("protocol", ["icmp", "udp", "tcp"])
+def test_probes_leave_from_the_links_interface(protocol: str) -> None:
+    bound = run_trace("127.0.0.1", protocol, cycles=2, interval=0.02, interface="lo")
+    assert bound.reached and bound.interface == "lo"
+    with pytest.raises(TraceError) if protocol == "icmp" else _no_error():
+        elsewhere = run_trace("127.0.0.1", protocol, cycles=2, interval=0.02, timeout=0.3,
+                              max_hops=2, interface="fm-no-such0")  # fmt: skip
+        assert not elsewhere.reached and sum(elsewhere.errors.values()) == 4
 
 
 def test_a_bad_address_or_protocol_is_a_trace_error() -> None:
@@ -83,3 +94,8 @@ def test_auto_falls_back_to_tcp_where_icmp_echo_is_filtered(echo_filtered: str) 
     assert [hop.address for hop in trace.hops] == [echo_filtered]
     icmp = run_trace(echo_filtered, "icmp", cycles=2, interval=0.02, timeout=0.3, max_hops=4)
     assert not icmp.reached and all(not hop.answered for hop in icmp.hops)
+
+
+@contextlib.contextmanager
+def _no_error() -> Iterator[None]:
+    yield

@@ -234,8 +234,8 @@ agent:
   outbox: {{path: {tmp_path / "outbox.db"}}}
   linger: 50ms
 links:
-  - {{name: wan, address: {path[-1]}, role: parent, interval: 1s, count: 10, spacing: 20ms,
-     timeout: 300ms, thresholds: {{loss_pct: 5}},
+  - {{name: wan, address: {path[-1]}, role: parent, interface: {lab.link("hq/lan").near_dev},
+     interval: 1s, count: 10, spacing: 20ms, timeout: 300ms, thresholds: {{loss_pct: 5}},
      trace: {{protocol: icmp, cycles: 20, interval: 100ms, timeout: 500ms, max_hops: 8}}}}
 """,
         encoding="utf-8",

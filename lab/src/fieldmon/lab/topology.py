@@ -206,7 +206,6 @@ class LinkState:
             "jitter_ms": self.jitter_ms,
             "rate": self.rate,
             "cut": self.cut,
-            "icmp_limit_pct": self.icmp_limit_pct,
         }
 
 
