@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
   victoria-metrics                     # a real /api/v2/write server for the v2 writer's test
   snmpd snmp                           # SNMP agents for the probes' tests, snmpbulkwalk for benches
   fping iproute2 iptables procps kmod  # ICMP reference, namespaces, loss injection, sysctl
+  mtr-tiny traceroute                  # path-trace references beside fieldmon's own traces
   prometheus-alertmanager              # the recommended notification route
   prometheus prometheus-blackbox-exporter  # the usual alternative, beside fieldmon in bench/alert_latency
   strace                               # bench/outbox counts the outbox's fsyncs

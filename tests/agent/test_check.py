@@ -230,6 +230,34 @@ def test_report_writes_markdown(tmp_path: Path) -> None:
     assert f"- **FAIL** broker `broker`: nothing listens on 127.0.0.1:{port}" in text
 
 
+def test_trace_prints_a_path_table_per_parent_and_internet_link(tmp_path: Path) -> None:
+    trace = {"cycles": 3, "interval": "20ms", "protocol": "icmp"}
+    links = [
+        {**LOOPBACK_LINK, "name": "wan", "role": "parent", "trace": trace},
+        {**LOOPBACK_LINK, "name": "inet", "address": "::1", "role": "internet", "trace": trace},
+        {**LOOPBACK_LINK, "name": "untraced", "role": "parent", "trace": {"enabled": False}},
+    ]
+    config = _write_site(tmp_path, port=free_port(), links=links)
+    report = tmp_path / "handover.md"
+    completed = _check(config, "--trace", "--report", str(report))
+    assert completed.returncode == 1, completed.stderr  # the broker, not the traces
+    text = completed.stdout
+    table_end = text.index("\npath to ")
+    assert "FAIL    broker" in text[:table_end]
+    assert "path to wan (127.0.0.1), icmp, 3 cycles:" in text
+    assert "path to inet (::1), icmp, 3 cycles:" in text
+    assert "untraced (" not in text
+    lines = text[table_end:].splitlines()
+    assert lines[2].split()[:4] == ["HOP", "ADDRESS", "LOSS%", "SNT"]
+    assert lines[3].split()[:4] == ["1.", "127.0.0.1", "0.0%", "3"]
+    assert "  no loss on the path (3 cycles, 1 hops)" in lines
+    assert "## Paths" in report.read_text(encoding="utf-8")
+    as_json = json.loads(_check(config, "--trace", "--json").stdout)
+    [wan] = [path for path in as_json["traces"] if path["link"] == "wan"]
+    assert wan["hops"][0]["address"] == "127.0.0.1" and wan["hops"][0]["sent"] == 3
+    assert wan["summary"] == "no loss on the path (3 cycles, 1 hops)"
+
+
 def test_wrong_password_is_named(tmp_path: Path) -> None:
     passwords = tmp_path / "passwd"
     subprocess.run(

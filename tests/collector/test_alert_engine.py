@@ -17,7 +17,9 @@ from fieldmon.collector.alerts import (
     Severity,
     Transition,
 )
+from fieldmon.collector.board import StatusBoard
 from fieldmon.collector.config import AlertingConfig
+from fieldmon.collector.inventory import Inventory
 from fieldmon.core.mqtt.settings import BrokerConfig
 from fieldmon.core.site.config import AgentSection, SiteConfig
 from fieldmon.core.site.links import IcmpLinkConfig, LinkRole, LinkThresholds
@@ -438,3 +440,82 @@ def test_store_replaces_the_file_whole(tmp_path: Path) -> None:
     store.save({"version": 1, "n": 2})
     assert store.load() == {"version": 1, "n": 2}
     assert [p.name for p in store.path.parent.iterdir()] == ["alerts.json"]
+
+
+# --- the agent's path trace reaches the link's page as the annotation `path` ---
+
+SUMMARY = "loss starts at hop 3, 10.20.0.1: 25 % there, 20 % at the far end; hops 1-2 clean"
+
+
+def _path(at_s: float, summary: str = SUMMARY, target: str = "parent-gw") -> Sample:
+    return Sample(
+        measurement="event",
+        tags={"site": SITE, "agent": "pavilion-2-pi1", "kind": "path"},
+        fields={"message": f"path to {target}: {summary}", "summary": summary, "target": target},
+        time=int(at_s * NS),
+    )
+
+
+def _firing(transitions: list[Transition], name: str = "LinkDegraded") -> list[Transition]:
+    return [t for t in transitions if t.alertname.value == name and t.state.value == "firing"]
+
+
+def test_a_trace_after_the_page_sends_it_again_naming_the_hop() -> None:
+    clock = Clock(T0)
+    engine = _engine(clock)
+    [page] = _firing(_live(engine, clock, "GG BBB"))
+    assert "path" not in page.annotations
+    clock.now = T0 + 10 * 4 + 8  # the agent traced for a few seconds after the deciding round
+    [again] = engine.observe(_path(clock.now))
+    assert again.page and again.labels == page.labels and again.starts_at == page.starts_at
+    assert again.annotations["path"] == SUMMARY
+    assert again.annotations["summary"] == page.annotations["summary"]
+    # What Alertmanager is re-sent from now on carries it too.
+    [active] = engine.active_alerts()
+    assert active.annotations["path"] == SUMMARY
+
+
+def test_a_trace_before_the_page_rides_on_it_and_on_its_successor() -> None:
+    clock = Clock(T0)
+    engine = _engine(clock)
+    _live(engine, clock, "GG B")
+    clock.now = T0 + 10 * 2 + 5  # the agent (stricter thresholds) traced at the first bad round
+    assert engine.observe(_path(clock.now)) == []  # nothing firing yet: kept
+    out = _live(engine, clock, "BB LL", start=3)
+    [degraded] = _firing(out)
+    [down] = _firing(out, "LinkDown")
+    assert degraded.annotations["path"] == SUMMARY
+    assert down.annotations["path"] == SUMMARY  # the same episode, handed over
+
+
+def test_a_trace_of_an_earlier_episode_is_not_attached() -> None:
+    clock = Clock(T0)
+    engine = _engine(clock)
+    _live(engine, clock, "GG")
+    engine.observe(_path(T0 + 15, "no loss on the path (10 cycles, 4 hops)"))
+    out = _live(engine, clock, "GGG GGG BBB", start=2)
+    [page] = _firing(out)
+    assert "path" not in page.annotations
+
+
+def test_the_path_survives_a_restart() -> None:
+    clock = Clock(T0)
+    engine = _engine(clock)
+    _live(engine, clock, "GG BBB")
+    engine.observe(_path(T0 + 48))
+    restored = AlertEngine({SITE: _site()}, engine._config, clock)
+    restored.restore(engine.snapshot())
+    out = _live(restored, clock, "LL", start=5)
+    [down] = _firing(out, "LinkDown")
+    assert down.annotations["path"] == SUMMARY
+
+
+def test_the_status_board_shows_the_latest_path_of_each_link() -> None:
+    board = StatusBoard(Inventory({SITE: _site()}))
+    older, newer = _path(T0 + 10, "no loss on the path (10 cycles, 4 hops)"), _path(T0 + 20)
+    envelope = Envelope(site=SITE, agent="pavilion-2-pi1", seq=1, sent_at=1, samples=[newer])
+    board.observe(envelope)
+    board.observe(envelope.model_copy(update={"seq": 2, "samples": [older]}))
+    link = board.sites[SITE].links["parent-gw"]
+    assert (link.path, link.path_at) == (SUMMARY, newer.time)
+    assert board.sites[SITE].links["internet"].path is None

@@ -6,6 +6,11 @@ runner gives each one `collect()` within its interval, times it, and asks the pr
 verdict. Everything runs at once, so the command takes about as long as the slowest check (an
 ICMP round, an SNMP timeout or the broker's connect_timeout). Exit status: 0 when nothing
 failed (warnings allowed), 1 on any FAIL, 2 when the site file itself is invalid.
+
+`--trace` then traces the path of every parent and internet link (the daemon's trace
+subprocess, fieldmon.agent.trace, all links at once) and prints an mtr-like table per link
+under the check's table, with the one-line summary the NOC would see. Traces inform; they
+never change the exit status.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from fieldmon.agent.probes.base import (
 from fieldmon.agent.probes.icmp_socket import IcmpPinger
 from fieldmon.agent.probes.registry import Planned, plan_probes
 from fieldmon.agent.snmp.client import SnmpClient
+from fieldmon.agent.trace.analysis import render_table, summarize
+from fieldmon.agent.trace.runner import TraceFailedError, run_trace_process
 from fieldmon.core.config.errors import ConfigError
 from fieldmon.core.mqtt.failures import (
     AGENT,
@@ -49,6 +56,7 @@ from fieldmon.core.mqtt.link import new_client
 from fieldmon.core.mqtt.settings import BrokerConfig
 from fieldmon.core.site.config import SiteConfig, load_site_config
 from fieldmon.core.site.hooks import HooksConfig
+from fieldmon.core.site.links import IcmpLinkConfig
 from fieldmon.core.site.security import security_warnings
 from fieldmon.firmware_hooks.hooks import candidates, check_directory, check_hook
 
@@ -86,6 +94,20 @@ class CheckRow:
 
 
 @dataclass
+class PathReport:
+    """`--trace`: one link's path, hop by hop, and what it means."""
+
+    link: str
+    target: str  # address, and interface when the link has one
+    protocol: str | None
+    cycles: int
+    summary: str  # the one line, or why no trace could run
+    hops: list[dict[str, Any]] = field(default_factory=list)  # ttl, address, mtr's figures
+    table: str = ""  # mtr-like, for the terminal and the Markdown report
+    error: str | None = None
+
+
+@dataclass
 class CheckReport:
     """Everything one `check` run found, for the table, JSON and the Markdown report."""
 
@@ -97,6 +119,7 @@ class CheckReport:
     duration_s: float
     icmp_mode: str | None
     rows: list[CheckRow]
+    traces: list[PathReport] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -114,7 +137,7 @@ class CheckReport:
 # -- entry point -------------------------------------------------------------------------------
 
 
-def run_check(config_path: Path, *, as_json: bool, report: Path | None) -> int:
+def run_check(config_path: Path, *, as_json: bool, report: Path | None, trace: bool = False) -> int:
     """Check the site described by `config_path`; print the result; return the exit status."""
     try:
         config = load_site_config(config_path)
@@ -125,6 +148,8 @@ def run_check(config_path: Path, *, as_json: bool, report: Path | None) -> int:
         print("Fix these, then run the check again.", file=sys.stderr)
         return EXIT_INVALID_CONFIG
     result = asyncio.run(check_site(config))
+    if trace:
+        result.traces = asyncio.run(trace_links(config))
     # The report first: it is the record, and a closed stdout pipe must not lose it.
     if report is not None:
         report.write_text(markdown_report(result), encoding="utf-8")
@@ -165,6 +190,39 @@ async def check_site(config: SiteConfig) -> CheckReport:
             *([check_hooks(config.hooks)] if config.hooks else []),
             *security_rows(config),
         ],
+    )
+
+
+async def trace_links(config: SiteConfig) -> list[PathReport]:
+    """A path trace of every parent and internet link, all at once."""
+    links = [link for link in config.links if link.traced]
+    return list(await asyncio.gather(*(trace_link(link) for link in links)))
+
+
+async def trace_link(link: IcmpLinkConfig) -> PathReport:
+    """One link's trace as the daemon would run it; a failed trace is a report that says why."""
+    target = link.address if link.interface is None else f"{link.address} via {link.interface}"
+    try:
+        trace = await run_trace_process(link)
+    except (TraceFailedError, TimeoutError, OSError) as exc:
+        reason = str(exc) or "the trace did not finish in time"
+        return PathReport(link.name, target, None, link.trace.cycles, reason, error=reason)
+    hops = [
+        {"ttl": hop.ttl, "address": hop.address, "sent": hop.sent, "loss_pct": hop.loss_pct}
+        | hop.figures()
+        for hop in trace.hops
+    ]
+    protocol = trace.protocol
+    if trace.fallback_from:
+        protocol += f" (after {trace.fallback_from} got no further)"
+    return PathReport(
+        link.name,
+        target,
+        protocol,
+        trace.cycles,
+        summarize(trace).text,
+        hops,
+        render_table(trace),
     )
 
 
@@ -358,6 +416,17 @@ def render(result: CheckReport, out: TextIO) -> None:
     title = f"fieldmon check: {result.site} ({result.site_name}), agent {result.agent}"
     table = plain_table(result.rows, colour=out.isatty())
     out.write(f"{title}\n\n{table}\n{_summary(result)}\n")
+    for path in result.traces:
+        out.write(f"\n{_path_title(path)}\n")
+        if path.table:
+            out.write(f"{path.table}\n")
+        out.write(f"  {path.summary}\n")
+
+
+def _path_title(path: PathReport) -> str:
+    if path.protocol is None:
+        return f"path to {path.link} ({path.target}): no trace"
+    return f"path to {path.link} ({path.target}), {path.protocol}, {path.cycles} cycles:"
 
 
 def plain_table(rows: list[CheckRow], *, colour: bool = False) -> str:
@@ -393,7 +462,13 @@ def markdown_report(result: CheckReport) -> str:
     if todo:
         lines += ["", "## To do", ""]
         lines += [f"- **{row.status.value}** {row.kind} `{row.name}`: {row.reason}" for row in todo]
-    return "\n".join(lines) + "\n"
+    if result.traces:
+        lines += ["", "## Paths", ""]
+    for path in result.traces:
+        lines += [f"{_path_title(path)} {path.summary}", ""]
+        if path.table:
+            lines += ["```", path.table, "```", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _md(cell: str) -> str:

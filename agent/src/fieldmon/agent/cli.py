@@ -21,6 +21,9 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", required=True, type=Path, help="site_configs/SITE.yaml")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("--report", type=Path, help="also write a Markdown handover report")
+    check.add_argument(
+        "--trace", action="store_true", help="also trace the path of every parent/internet link"
+    )
     add_logging_arguments(check, default_level="warning")
 
     validate = commands.add_parser("validate", help="validate site files, nothing else")
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_agent(args.config)
     from fieldmon.agent.check import run_check
 
-    return run_check(args.config, as_json=args.json, report=args.report)
+    return run_check(args.config, as_json=args.json, report=args.report, trace=args.trace)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """`fieldmon-agent run`: probes -> batcher -> outbox -> sender -> MQTT, until SIGTERM.
 
 Beside the batcher, `AgentEvents` judges the rounds as they complete and runs the site's hooks
-on what it finds, the broker link's state (debounced), a boot and the outbox's drop episodes.
+on what it finds, the broker link's state (debounced), a boot and the outbox's drop episodes;
+its link events also start path traces (fieldmon.agent.trace.runner) of parent and internet
+links, in subprocesses.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fieldmon.agent.probes.registry import build_probes, setup_errors
 from fieldmon.agent.scheduler import run_probe_forever
 from fieldmon.agent.sender import Sender
 from fieldmon.agent.snmp.client import SnmpClient
+from fieldmon.agent.trace.runner import PathTracer
 from fieldmon.agent.watch import BrokerWatch, Seen
 from fieldmon.core.config.errors import ConfigError
 from fieldmon.core.mqtt.failures import AGENT
@@ -153,6 +156,11 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
     )
     link = _connect_link(config, loop)
     sender, batcher, events = _wire_events(config, outbox, link, disk)
+    outbox_path = config.agent.outbox.path
+    tracer = PathTracer(
+        config, batcher.add, state_file=outbox_path.with_name(outbox_path.name + ".paths.json")
+    )
+    events.listeners.append(tracer.on_event)
     async with IcmpPinger() as pinger:
         probes = ProbeSet(events.sink)
         snmp = SnmpClient()
@@ -184,9 +192,11 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
             if reload.is_set() and not stop.is_set():
                 reload.clear()
                 config = await _reloaded(config_path, config, probes, resources, events)
+                tracer.reconfigure(config)
         logger.info("stopping: flushing the outbox")
         await probes.stop()
         broker_watch.cancel()  # no new event from here on
+        await tracer.close()
         await _stop_hooks(events)  # their rows go into this last flush
         await batcher.flush()
         await _drain(sender)

@@ -111,6 +111,8 @@ class AgentEvents:
         self.services = ServiceWatch()
         self.power = PowerWatch()
         self.emitted: list[HookEvent] = []  # the latest events, newest last (for `check`, tests)
+        # Also told of every event, after its row and hooks (the path tracer).
+        self.listeners: list[Callable[[HookEvent], None]] = []
 
     def reconfigure(self, config: SiteConfig) -> None:
         """A reloaded site file: links judged afresh where they changed (same name: kept)."""
@@ -154,6 +156,8 @@ class AgentEvents:
             self._rows([row])
         if self.runner is not None:
             self.runner.dispatch(event)
+        for listener in self.listeners:
+            listener(event)
         return event
 
     def hook_ran(self, run: HookRun) -> None:

@@ -1,4 +1,5 @@
-"""What the status page shows: per site last seen, each link's latest round and recent history."""
+"""What the status page shows: per site last seen, each link's latest round and recent history,
+and the summary of the agent's latest path trace of it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from fieldmon.collector.inventory import Inventory
-from fieldmon.core.wire.models import Envelope
+from fieldmon.core.wire.models import Envelope, Sample
 
 # Points of parent-link history kept per link for the sparkline (an hour at 10 s rounds).
 HISTORY_POINTS = 360
@@ -23,6 +24,8 @@ class LinkView:
     history: deque[tuple[int, float, float | None]] = field(
         default_factory=lambda: deque(maxlen=HISTORY_POINTS)
     )
+    path: str | None = None  # the summary of the agent's latest path trace of the link
+    path_at: int = 0
 
 
 @dataclass
@@ -60,6 +63,8 @@ class StatusBoard:
         view.last_seen = time.time()
         for sample in envelope.samples:
             if sample.measurement != "link":
+                if sample.measurement == "event" and sample.tags.get("kind") == "path":
+                    self._path(view, sample)
                 continue
             target = sample.tags.get("target", "")
             link = view.links.get(target)
@@ -73,3 +78,11 @@ class StatusBoard:
             history.append((sample.time, fields.get("loss_pct", 0.0), fields.get("rtt_p95_ms")))  # type: ignore[arg-type]
             if len(history) > 1 and history[-2][0] > sample.time:
                 link.history = deque(sorted(history), maxlen=HISTORY_POINTS)
+
+    @staticmethod
+    def _path(view: SiteView, sample: Sample) -> None:
+        target = sample.fields.get("target")
+        summary = sample.fields.get("summary", sample.fields.get("message"))
+        link = view.links.get(target) if isinstance(target, str) else None
+        if link is not None and isinstance(summary, str) and sample.time >= link.path_at:
+            link.path, link.path_at = summary, sample.time

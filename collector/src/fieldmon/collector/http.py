@@ -189,6 +189,8 @@ def _site_json(site: str, view: SiteView, alerts: list[Transition]) -> dict[str,
                 "latest": link.latest,
                 "latest_at": link.latest_at,
                 "history": [[t, loss, rtt] for t, loss, rtt in link.history],
+                "path": link.path,
+                "path_at": link.path_at or None,
             }
         )
     for alert in mine:

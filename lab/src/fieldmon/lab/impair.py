@@ -269,6 +269,33 @@ def set_loss(ns: Namespace | None, dev: str, loss_pct: float) -> None:
             )  # fmt: skip
 
 
+ICMP_LIMIT_CHAIN = "FM-ICMPLIMIT"
+
+
+def set_icmp_limit(ns: Namespace | None, drop_pct: float) -> None:
+    """Drop `drop_pct` % of the time-exceeded messages this namespace sends (both families).
+
+    A router that rate-limits ICMP answers fewer probes addressed to itself (their TTL ends
+    there), while what it forwards is untouched: a trace sees loss at that hop only. The
+    rules sit in the filter table's OUTPUT, which only locally made packets pass.
+    """
+    if not 0 <= drop_pct <= 100:
+        raise ValueError(f"an ICMP limit is between 0 and 100 %, got {drop_pct}")
+    kinds = {"iptables": ("icmp", "--icmp-type"), "ip6tables": ("icmpv6", "--icmpv6-type")}
+    for tool, (protocol, option) in kinds.items():
+        run(ns, tool, "-N", ICMP_LIMIT_CHAIN, check=False)
+        if run(ns, tool, "-C", "OUTPUT", "-j", ICMP_LIMIT_CHAIN, check=False).returncode:
+            run(ns, tool, "-A", "OUTPUT", "-j", ICMP_LIMIT_CHAIN)
+        run(ns, tool, "-F", ICMP_LIMIT_CHAIN)
+        if drop_pct > 0:
+            run(
+                ns,
+                tool, "-A", ICMP_LIMIT_CHAIN, "-p", protocol, option, "time-exceeded",
+                "-m", "statistic", "--mode", "random", "--probability", f"{drop_pct / 100:.6f}",
+                "-j", "DROP",
+            )  # fmt: skip
+
+
 def loss_counters(
     ns: Namespace | None, dev: str, families: tuple[str, ...] = ("ipv4", "ipv6")
 ) -> tuple[int, int]:

@@ -50,6 +50,7 @@ from fieldmon.lab.impair import (
     EchoResponder,
     loss_counters,
     process_alive,
+    set_icmp_limit,
     set_link_state,
     set_loss,
     set_rate,
@@ -132,15 +133,23 @@ class SiteSpec:
     router: bool = True  # snmpd on the site router serving its real IF-MIB (`uplink-router`)
     lte_rate: str | None = None  # a second, LTE uplink to the parent hospital at this rate
     noc: bool = False  # the NOC behind the parent hospital (needs lte_rate: the core address)
+    transit: int = 0  # routers between the site router and the parent hospital (a carrier's)
+    transit_rate: str = "100mbit"
 
     def __post_init__(self) -> None:
         if self.noc and self.lte_rate is None:
             raise ValueError(f"site {self.name!r}: `noc` needs `lte_rate` (its core address)")
+        if not 0 <= self.transit <= 8:
+            raise ValueError(f"site {self.name!r}: `transit` is 0 to 8 routers")
+        if self.transit and self.lte_rate is not None:
+            raise ValueError(f"site {self.name!r}: `transit` and `lte_rate` do not mix (yet)")
 
     def rate(self, link: str) -> str:
         """The configured rate of `link` (lan, parent, internet, lte, noc)."""
         if link == "noc":
             return "100mbit"
+        if link.startswith("transit"):
+            return self.transit_rate
         return str(getattr(self, f"{link}_rate"))
 
 
@@ -172,6 +181,7 @@ class LinkState:
     jitter_ms: float = 0.0
     cut: bool = False
     echo_pid: int | None = None
+    icmp_limit_pct: float = 0.0  # of the far end's own time-exceeded answers, dropped
 
     @property
     def key(self) -> str:
@@ -311,6 +321,26 @@ def _rename(ns: Namespace, old: str, new: str) -> None:
     ns.ip("link", "set", new, "up")
 
 
+def _prepared(ns: Namespace) -> Namespace:
+    """Renaming and cutting take devices down: keep their IPv6 addresses meanwhile. No
+    duplicate address detection: a link-local address still tentative cannot receive the
+    neighbour advertisements a router needs to forward to the next hop. Every ICMP error
+    answered: a lab node never rate-limits its time-exceeded and unreachable messages unless
+    a test asks for it (`Lab.impair(..., icmp_limit_pct=...)`), so traces measure the links."""
+    for scope in ("all", "default"):
+        ns.sysctl(f"net.ipv6.conf.{scope}.keep_addr_on_down", "1")
+        ns.sysctl(f"net.ipv6.conf.{scope}.accept_dad", "0")
+    ns.sysctl("net.ipv4.icmp_ratelimit", "0")
+    ns.sysctl("net.ipv6.icmp.ratelimit", "0")
+    return ns
+
+
+def _router(ns: Namespace) -> None:
+    """Forwarding on, both families."""
+    ns.sysctl("net.ipv4.ip_forward", "1")
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1")
+
+
 def _interface(value: object) -> str:
     return str(value)
 
@@ -400,20 +430,15 @@ class Lab:
         for role in ("gw", "parent", "internet"):
             ns = Namespace(namespace_name(lab, site.name, role))
             self.state.namespaces.append(ns.name)  # recorded first: teardown finds it
-            spaces[role] = ns.create()
-            # Renaming and cutting take devices down: keep their IPv6 addresses meanwhile. No
-            # duplicate address detection: a link-local address still tentative cannot receive
-            # the neighbour advertisements a router needs to forward to the next hop.
-            for scope in ("all", "default"):
-                ns.sysctl(f"net.ipv6.conf.{scope}.keep_addr_on_down", "1")
-                ns.sysctl(f"net.ipv6.conf.{scope}.accept_dad", "0")
+            spaces[role] = _prepared(ns.create())
         gw = spaces["gw"]
-        gw.sysctl("net.ipv4.ip_forward", "1")
-        gw.sysctl("net.ipv6.conf.all.forwarding", "1")
+        _router(gw)
         lan = veth(None, gw)
         _rename(gw, lan.b_name, _GW_DEVICES["lan"])
         self._add_link(site, "lan", lan, lan.a_name, _GW_DEVICES["lan"], [])
-        for role in ("parent", "internet"):
+        if site.transit:
+            self._build_transit(site, spaces, lan)
+        for role in ("parent", "internet")[1 if site.transit else 0 :]:
             pair = veth(gw, spaces[role])
             _rename(gw, pair.a_name, _GW_DEVICES[role])
             _rename(spaces[role], pair.b_name, "eth0")
@@ -442,6 +467,46 @@ class Lab:
             self._start_device(site, "uplink-router", None, gw, lan)
         for ap, port in zip(site.aps, ports, strict=True):
             self._start_device(site, ap.name, ap, gw, port)
+
+    def _build_transit(self, site: SiteSpec, spaces: dict[str, Namespace], lan: VethPair) -> None:
+        """gw -> transit1 -> ... -> transitN -> parent: a carrier's routers on the wired uplink.
+
+        Link `transitK` ends in router K (its far end), link `parent` in the parent hospital.
+        Every node routes the networks further along via the next router, and everything else
+        back via the previous one, so traces from the agent see one hop per router.
+        """
+        nodes = [spaces["gw"]]
+        for number in range(1, site.transit + 1):
+            ns = Namespace(namespace_name(self.state.name, site.name, f"transit{number}"))
+            self.state.namespaces.append(ns.name)
+            _router(_prepared(ns.create()))
+            nodes.append(ns)
+        nodes.append(spaces["parent"])
+        pairs: list[VethPair] = []
+        for index in range(len(nodes) - 1):
+            near, far = nodes[index], nodes[index + 1]
+            pair = veth(near, far)
+            near_dev = _GW_DEVICES["parent"] if index == 0 else "eth1"
+            _rename(near, pair.a_name, near_dev)
+            _rename(far, pair.b_name, "eth0")
+            routes = [
+                ["route", "replace", "default", "via", str(pair.a_v4.ip)],
+                ["-6", "route", "replace", "default", "via", str(pair.a_v6.ip)],
+            ]
+            set_link_state(far, "eth0", True, routes)
+            name = "parent" if index == len(nodes) - 2 else f"transit{index + 1}"
+            self._add_link(site, name, pair, near_dev, "eth0", routes)
+            pairs.append(pair)
+        # Each segment's network: from the agent via the site router, from every node before
+        # its near end via the next node.
+        for index, pair in enumerate(pairs):
+            v4, v6 = str(pair.b_v4.network), str(pair.b_v6.network)
+            run(None, "ip", "route", "replace", v4, "via", str(lan.b_v4.ip))
+            run(None, "ip", "-6", "route", "replace", v6, "via", str(lan.b_v6.ip))
+            for before in range(index):
+                hop = pairs[before]
+                nodes[before].ip("route", "replace", v4, "via", str(hop.b_v4.ip))
+                nodes[before].ip("-6", "route", "replace", v6, "via", str(hop.b_v6.ip))
 
     def _build_lte(self, site: SiteSpec, spaces: dict[str, Namespace], lan: VethPair) -> None:
         """The LTE uplink, the parent hospital's core address and the routes that use them."""
@@ -580,8 +645,14 @@ class Lab:
         jitter_ms: float | None = None,
         rate: str | None = None,
         cut: bool | None = None,
+        icmp_limit_pct: float | None = None,
     ) -> LinkState:
-        """Change link `key`; what is None stays as it is. Returns the link as it is now."""
+        """Change link `key`; what is None stays as it is. Returns the link as it is now.
+
+        `icmp_limit_pct` makes the link's far end (a router) drop that share of the
+        time-exceeded messages it sends itself, as a router rate-limiting ICMP does: traffic
+        through it is untouched, only traces that stop there see loss.
+        """
         with self._lock:
             link = self.link(key)
             far = Namespace(link.far_ns)
@@ -596,6 +667,9 @@ class Lab:
                     link.delay_ms if delay_ms is None else float(delay_ms),
                     link.jitter_ms if jitter_ms is None else float(jitter_ms),
                 )
+            if icmp_limit_pct is not None:
+                set_icmp_limit(far, float(icmp_limit_pct))
+                link.icmp_limit_pct = float(icmp_limit_pct)
             if cut is not None and cut != link.cut:
                 set_link_state(far, link.far_dev, not cut, link.far_routes)
                 link.cut = cut
@@ -605,7 +679,10 @@ class Lab:
     def restore(self, key: str) -> LinkState:
         """Undo every impairment of link `key`: no loss, no delay, its own rate, not cut."""
         link = self.link(key)
-        return self.impair(key, loss_pct=0, delay_ms=0, jitter_ms=0, rate=link.base_rate, cut=False)
+        return self.impair(
+            key, loss_pct=0, delay_ms=0, jitter_ms=0, rate=link.base_rate, cut=False,
+            icmp_limit_pct=0 if link.icmp_limit_pct else None,
+        )  # fmt: skip
 
     def _apply_rate(self, link: LinkState, rate: str) -> None:
         near = Namespace(link.near_ns) if link.near_ns else None
@@ -655,6 +732,7 @@ class Lab:
                     "delay_ms": link.delay_ms,
                     "jitter_ms": link.jitter_ms,
                     "cut": link.cut,
+                    "icmp_limit_pct": link.icmp_limit_pct,
                     "echo_pid": link.echo_pid,
                     "echo_running": link.echo_pid is not None
                     and process_alive(link.echo_pid, EchoResponder.MARKER),

@@ -13,6 +13,9 @@ Link rounds are judged by sample time (fieldmon.core.linkstate). Per (site, link
   after it look older than the newest, i.e. history that never pages.
 
 SiteUnreachable is time-based (fieldmon.collector.alerts.sitewatch), evaluated by `tick`.
+An `event` row of kind `path` (the agent's trace of a link) gives the link's alerts the
+annotation `path`; a paged alert of the episode it belongs to is sent again with it
+(fieldmon.collector.alerts.linktrack).
 `ap`, `snmp_if` and `host` rows feed the device and agent alerts (fieldmon.collector.alerts.kinds)
 by the same live / history rules; envelope seqs and outbox drops feed AgentDataLoss
 (fieldmon.collector.alerts.dataloss).
@@ -22,6 +25,7 @@ itself `dirty` whenever something worth persisting changed (see fieldmon.collect
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -29,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from fieldmon.collector.alerts.dataloss import DataLossWatch
 from fieldmon.collector.alerts.kinds import ConditionAlerts
-from fieldmon.collector.alerts.linktrack import LinkContext, LinkTrack
-from fieldmon.collector.alerts.model import AlertState, OutageReport, Transition
+from fieldmon.collector.alerts.linktrack import LinkContext, LinkTrack, PathNote
+from fieldmon.collector.alerts.model import AlertName, AlertState, OutageReport, Transition
 from fieldmon.collector.alerts.sitewatch import SiteContext, SiteWatch
 from fieldmon.collector.config import DEFAULT_MAX_TIME_AHEAD_S, AlertingConfig
 from fieldmon.core.linkstate import Round, Rules, Thresholds, link_thresholds
@@ -45,6 +49,9 @@ NS = 10**9
 SNAPSHOT_VERSION = 1
 RECENT_ROUNDS = 512  # per link: how far back an exact resend is recognised
 DEFAULT_INTERVAL = 10.0  # seconds, for a link the site file does not list
+_LINK_ALERTS = frozenset(
+    {AlertName.LINK_DEGRADED.value, AlertName.LINK_DOWN.value, AlertName.LINK_FLAPPING.value}
+)
 
 
 class RecentTimes:
@@ -218,10 +225,7 @@ class AlertEngine:
             self.ignored_ahead += 1
             return []
         if sample.measurement != "link":
-            out = self._conditions.judge(site, sample, self._late)
-            if sample.measurement == "host":
-                out.extend(self._data_loss.observe_host(site, sample, self._clock()))
-            return out
+            return self._judge_other(site, sample)
         link = sample.tags.get("target")
         round_ = Round.from_sample(sample)
         if link is None or round_ is None:
@@ -239,6 +243,35 @@ class AlertEngine:
             self._reports.append(report)
             self.dirty = True
         return transitions
+
+    def _judge_other(self, site: str, sample: Sample) -> list[Transition]:
+        """Device and agent rows, and the agent's path traces."""
+        if sample.measurement == "event":
+            return self._path(site, sample) if sample.tags.get("kind") == "path" else []
+        out = self._conditions.judge(site, sample, self._late)
+        if sample.measurement == "host":
+            out.extend(self._data_loss.observe_host(site, sample, self._clock()))
+        return out
+
+    def _path(self, site: str, sample: Sample) -> list[Transition]:
+        """A path trace of a link: kept, and the link's paged alert notified again with it."""
+        link = sample.fields.get("target")
+        summary = sample.fields.get("summary", sample.fields.get("message"))
+        if not isinstance(link, str) or not isinstance(summary, str):
+            return []
+        track = self._live.setdefault((site, link), LinkTrack())
+        self.dirty = True
+        if not track.path_found(PathNote(sample.time, summary)) or track.firing is None:
+            return []
+        if not track.firing.paged:
+            return []  # history: its page (if it ever comes live) will carry the path
+        updated = []
+        for key, transition in list(self._active.items()):
+            labels = transition.labels
+            if labels["site"] == site and labels["target"] == link and key[0] in _LINK_ALERTS:
+                notes = {**transition.annotations, "path": summary}
+                updated.append(dataclasses.replace(transition, annotations=notes))
+        return updated
 
     def _backfill(
         self, key: tuple[str, str], round_: Round, ctx: LinkContext

@@ -11,6 +11,11 @@ paged completes as an `OutageReport`.
 
 Severity: a parent link down is critical, degraded or flapping warning; links of other roles
 (internet, gateway, ap) are one level lower: down warning, degraded or flapping info.
+
+A path trace the agent made of the link (an `event` row of kind `path`) is kept as the link's
+`path`; every notification of the episode it belongs to (traced at or after the bad streak
+began) carries its summary as the annotation `path`, and one already paged is sent again with
+it (`path_found`).
 """
 
 from __future__ import annotations
@@ -102,6 +107,14 @@ class Episode:
 
 
 @dataclass
+class PathNote:
+    """The agent's latest path trace of a link: its one-line summary, and when it ended."""
+
+    at: int  # ns, the `path` event row's time
+    summary: str
+
+
+@dataclass
 class LinkTrack:
     """One link's machine, visible alert and open episode."""
 
@@ -110,6 +123,24 @@ class LinkTrack:
     episode: Episode | None = None
     # The bad streak before an alert fires, so a report counts the rounds that led up to it.
     lead: Episode | None = None
+    path: PathNote | None = None
+
+    def path_found(self, note: PathNote) -> bool:
+        """Keep a newer trace; True when it belongs to the firing alert's episode (which the
+        caller then notifies again, with the annotation)."""
+        if self.path is not None and note.at <= self.path.at:
+            return False
+        self.path = note
+        return self.firing is not None and self._current_path() is note
+
+    def _current_path(self) -> PathNote | None:
+        """The trace that belongs to the episode under way, if any."""
+        if self.path is None:
+            return None
+        began = [e.start for e in (self.episode, self.lead) if e is not None]
+        if self.firing is not None:
+            began.append(self.firing.starts_at)
+        return self.path if began and self.path.at >= min(began) else None
 
     def judge(
         self, round_: Round, ctx: LinkContext, *, late: bool
@@ -124,11 +155,11 @@ class LinkTrack:
             self.firing = None
         if wanted is not None and self.firing is None:
             self.firing = self._new_firing(wanted, round_, ctx, late)
-            out.append(self._fire(ctx, self.firing, round_, late))
+            out.append(self._fire(ctx, self.firing, round_, late, self._current_path()))
         elif self.firing is not None and not self.firing.paged and not late:
             # The episode began in history and is still on now: on-call must hear of it.
             self.firing.paged = True
-            out.append(self._fire(ctx, self.firing, round_, late=False))
+            out.append(self._fire(ctx, self.firing, round_, False, self._current_path()))
         return out, self._track_episode(round_, ctx, late, out, at)
 
     def _wanted(self) -> AlertName | None:
@@ -151,11 +182,16 @@ class LinkTrack:
         return Firing(alertname, machine.since or round_.time, metric, value, paged=not late)
 
     @staticmethod
-    def _fire(ctx: LinkContext, firing: Firing, round_: Round, late: bool) -> Transition:
+    def _fire(
+        ctx: LinkContext, firing: Firing, round_: Round, late: bool, path: PathNote | None
+    ) -> Transition:
+        annotations = link_annotations(ctx, firing, round_, late=late)
+        if path is not None:
+            annotations["path"] = path.summary
         return Transition(
             alertname=firing.alertname,
             labels=_labels(ctx, firing.alertname),
-            annotations=link_annotations(ctx, firing, round_, late=late),
+            annotations=annotations,
             state=AlertState.FIRING,
             starts_at=firing.starts_at,
             ends_at=None,
@@ -170,12 +206,16 @@ class LinkTrack:
             value = float(self.machine.changes_in_window(round_.time, ctx.rules))
         else:
             value = round_.metrics().get(firing.metric) or 0.0
+        annotations = link_annotations(
+            ctx, firing, round_, late=not firing.paged, ended=Ending(at, successor)
+        )
+        path = self._current_path()
+        if path is not None:
+            annotations["path"] = path.summary
         return Transition(
             alertname=firing.alertname,
             labels=_labels(ctx, firing.alertname),
-            annotations=link_annotations(
-                ctx, firing, round_, late=not firing.paged, ended=Ending(at, successor)
-            ),
+            annotations=annotations,
             state=AlertState.RESOLVED,
             starts_at=firing.starts_at,
             ends_at=max(at, firing.starts_at),
@@ -232,6 +272,7 @@ class LinkTrack:
             "firing": asdict(self.firing) if self.firing else None,
             "episode": asdict(self.episode) if self.episode else None,
             "lead": asdict(self.lead) if self.lead else None,
+            "path": asdict(self.path) if self.path else None,
         }
 
     @classmethod
@@ -242,7 +283,8 @@ class LinkTrack:
             firing = Firing(**{**firing, "alertname": AlertName(firing["alertname"])})
         episode = Episode(**data["episode"]) if data["episode"] else None
         lead = Episode(**data["lead"]) if data.get("lead") else None
-        return cls(LinkMachine.from_dict(data["machine"]), firing, episode, lead)
+        path = PathNote(**data["path"]) if data.get("path") else None
+        return cls(LinkMachine.from_dict(data["machine"]), firing, episode, lead, path)
 
 
 def _labels(ctx: LinkContext, alertname: AlertName) -> dict[str, str]:

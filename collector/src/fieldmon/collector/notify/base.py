@@ -27,6 +27,7 @@ _TEXT_ANNOTATIONS = frozenset(
         "history",
         "cause",
         "superseded_by",
+        "path",
     }
 )
 

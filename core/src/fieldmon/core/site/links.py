@@ -29,6 +29,40 @@ class LinkThresholds(StrictModel):
     jitter_ms: Annotated[float, Field(gt=0)] | None = None
 
 
+class TraceProtocol(StrEnum):
+    """What a path trace sends with a limited TTL; `auto` is ICMP, then TCP where ICMP stops."""
+
+    AUTO = "auto"
+    ICMP = "icmp"
+    UDP = "udp"
+    TCP = "tcp"
+
+
+class TraceConfig(StrictModel):
+    """Path traces of a parent or internet link: mtr-like cycles of TTL-limited probes.
+
+    The agent traces when its own judgement of the link turns degraded or down (and once it is
+    up, for the route to compare later traces with), one trace at a time, at most one trace of
+    a bad state every `min_interval`; `fieldmon-agent check --trace` traces on demand.
+    """
+
+    enabled: bool = True  # parent and internet links only; other roles are never traced
+    protocol: TraceProtocol = TraceProtocol.AUTO
+    # The destination port of TCP SYNs (default 443) and UDP datagrams (default 33434, as
+    # traceroute's: a closed port, so the far end answers "port unreachable").
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    cycles: Annotated[int, Field(ge=1, le=1000)] = 10  # probes per hop, as mtr's report cycles
+    interval: Annotated[Duration, Field(gt=0)] = 0.5  # between cycles (mtr: 1s)
+    timeout: Annotated[Duration, Field(gt=0)] = 1.0  # per probe: later answers count as lost
+    max_hops: Annotated[int, Field(ge=1, le=64)] = 30
+    min_interval: Annotated[Duration, Field(ge=0)] = 300.0  # between traces of a bad state
+
+    @property
+    def duration(self) -> float:
+        """How long one trace of one protocol takes at most, in seconds."""
+        return (self.cycles - 1) * self.interval + self.timeout
+
+
 class IcmpLinkConfig(StrictModel):
     """One link probed by ICMP: a round of `count` echoes `spacing` apart every `interval`."""
 
@@ -44,6 +78,12 @@ class IcmpLinkConfig(StrictModel):
     ttl: Annotated[int, Field(ge=1, le=255)] = 64
     interface: str | None = None  # bind to this device (SO_BINDTODEVICE) to measure its own path
     thresholds: LinkThresholds = Field(default_factory=LinkThresholds)
+    trace: TraceConfig = Field(default_factory=TraceConfig)  # path traces (parent, internet)
+
+    @property
+    def traced(self) -> bool:
+        """True when the agent traces this link's path (a parent or internet link)."""
+        return self.trace.enabled and self.role in (LinkRole.PARENT, LinkRole.INTERNET)
 
     @field_validator("address")
     @classmethod
