@@ -17,7 +17,6 @@ each child).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -65,7 +64,9 @@ def keep_capabilities_to_ourselves() -> list[str]:
         return []  # no /proc: not Linux, nothing to hand on
     if not before.get("CapAmb") and not before.get("CapInh"):
         return []
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # The C library the interpreter already has loaded: ctypes.util.find_library would start a
+    # child process (ldconfig) to look for it, with the capabilities still to be dropped.
+    libc = ctypes.CDLL(None, use_errno=True)
     problems = []
     # EINVAL: a kernel before 4.3 has no ambient set.
     if libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
