@@ -734,3 +734,125 @@ def test_hooks_row_names_what_would_run_and_what_would_be_refused(tmp_path: Path
     directory.chmod(0o777)
     assert check_hooks(config).reason.endswith("no hook runs")
     assert check_hooks(HooksConfig(dir=tmp_path / "absent")).status is Status.FAIL
+
+
+# -- reasoning over the verdicts together ------------------------------------------------------
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A host in our own namespace that answers nothing at all (echo, TCP or UDP): what every
+    address looks like from a Pi whose cable is out, or beyond a dead uplink."""
+    with Namespace(unique_name("chkbh")) as far:
+        link = veth(None, far)
+        far.run("iptables", "-A", "INPUT", "-j", "DROP")
+        yield str(link.b_v4.ip)
+
+
+@pytest.mark.netns
+@needs_root
+def test_a_silent_site_network_is_said_first_and_explains_the_snmp_rows(
+    tmp_path: Path, black_hole: str
+) -> None:
+    dead_address = black_hole
+    # The Pi's cable is out, as far as it can tell: gateway, AP, uplink and broker all silent.
+    gateway = {**LOOPBACK_LINK, "address": dead_address}
+    parent = {**LOOPBACK_LINK, "name": "parent-wired", "address": dead_address, "role": "parent"}
+    device = {**_snmp_device(tmp_path, "ap-hall-a", 161, "public"), "address": dead_address}
+    config = _write_site(
+        tmp_path,
+        port=1883,
+        links=[gateway, parent],
+        snmp_devices=[device],
+        host=dead_address,
+        connect_timeout="1s",
+    )
+    completed = _check(config, "--json")
+    assert completed.returncode == 1, completed.stderr
+    data = json.loads(completed.stdout)
+    assert data["findings"] == [
+        "nothing on the site network answers - is the Pi's cable or Wi-Fi connected?"
+    ]
+    rows = _rows(completed)
+    see_above = "not reached: the site network does not answer (see above)"
+    # The gateway's own verdict is the evidence; the rest no longer blame their own target.
+    assert rows["site-gateway"]["reason"] == (
+        f"no reply to 3 echoes from {dead_address} - "
+        "check the cable to the site router and that it is powered"
+    )
+    assert rows["ap-hall-a"]["reason"] == see_above
+    assert rows["parent-wired"]["reason"] == see_above
+    assert rows["broker"]["reason"] == see_above
+    assert rows["host"]["status"] in {"OK", "WARN"}
+    # The table says it before the rows.
+    text = _check(config).stdout
+    finding = text.index("!! nothing on the site network answers")
+    assert finding < text.index("STATUS")
+
+
+@pytest.mark.netns
+@needs_root
+def test_a_silent_uplink_behind_an_answering_gateway_is_named(
+    tmp_path: Path, black_hole: str
+) -> None:
+    dead_address = black_hole
+    parent = {**LOOPBACK_LINK, "name": "parent-wired", "address": dead_address, "role": "parent"}
+    internet = {**parent, "name": "internet", "role": "internet"}
+    config = _write_site(
+        tmp_path,
+        port=1883,
+        links=[LOOPBACK_LINK, parent, internet],
+        host=dead_address,
+        connect_timeout="1s",
+    )
+    completed = _check(config, "--json")
+    assert completed.returncode == 1, completed.stderr
+    data = json.loads(completed.stdout)
+    assert len(data["findings"]) == 1
+    assert data["findings"][0].startswith(
+        "the site network answers but nothing beyond it does: the uplink is down"
+    )
+    rows = _rows(completed)
+    assert rows["site-gateway"]["status"] == "OK"
+    for name in ("parent-wired", "internet", "broker"):
+        assert rows[name]["reason"] == "not reached: the uplink does not answer (see above)"
+
+
+def _on_a_terminal(*args: str) -> str:
+    """What `fieldmon-agent check ARGS` shows on a terminal (stdout and stderr on one pty)."""
+    primary, secondary = os.openpty()
+    try:
+        process = subprocess.Popen(
+            [str(AGENT), "check", *args], stdout=secondary, stderr=secondary, close_fds=True
+        )
+    finally:
+        os.close(secondary)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(primary)
+        process.wait(timeout=60)
+    return b"".join(chunks).decode()
+
+
+def test_on_a_terminal_only_the_table_unless_asked_for_logs(tmp_path: Path) -> None:
+    # An SNMP device on a closed port: its probe logs a warning as it fails.
+    device = _snmp_device(tmp_path, "ap-hall-a", free_port(), "public")
+    config = _write_site(tmp_path, port=free_port(), links=[LOOPBACK_LINK], snmp_devices=[device])
+    shown = _on_a_terminal("--config", str(config))
+    lines = shown.splitlines()
+    assert lines[0].startswith("fieldmon check: pavilion-2")
+    assert not any(line.lstrip().startswith("{") for line in lines), shown
+    assert "SNMP poll failed" not in shown
+    assert "FAIL" in shown and "OK, 0 WARN" in shown
+    verbose = _on_a_terminal("--config", str(config), "--verbose")
+    assert "WARNING fieldmon.agent.probes.snmp: SNMP poll failed: ap-hall-a" in verbose
+    assert verbose.index("SNMP poll failed") < verbose.index("fieldmon check:")

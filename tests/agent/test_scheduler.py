@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from fieldmon.agent.scheduler import run_probe_forever
 from fieldmon.core.wire.models import Sample
 
@@ -71,3 +73,60 @@ def test_a_hanging_probe_does_not_delay_another() -> None:
     delivered = asyncio.run(both())
     assert len(delivered) >= 5
     assert all(batch[0].tags["target"] == "healthy" for batch in delivered)
+
+
+class _NoPhase(random.Random):
+    """The first run starts at once."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+class _Gate:
+    """A probe whose run waits for the test to open a gate; `inner_wait_for` waits through
+    asyncio.wait_for, as the ICMP round does."""
+
+    def __init__(self, *, inner_wait_for: bool) -> None:
+        self.name = "gate"
+        self.interval = 60.0
+        self.inner_wait_for = inner_wait_for
+        self.entered = asyncio.Event()
+        self.gate: asyncio.Future[None] | None = None
+
+    async def collect(self) -> list[Sample]:
+        self.gate = asyncio.get_running_loop().create_future()
+        self.entered.set()
+        if self.inner_wait_for:
+            await asyncio.wait_for(self.gate, timeout=30)
+        else:
+            await self.gate
+        return [Sample(measurement="link", tags={"target": "gate"}, fields={"x": 1}, time=1)]
+
+
+@pytest.mark.parametrize("inner_wait_for", [False, True], ids=["plain-run", "run-with-wait_for"])
+def test_a_cancel_that_arrives_as_a_run_completes_stops_the_scheduler(
+    inner_wait_for: bool,
+) -> None:
+    """The agent once hung after "stopping: flushing the outbox": Python 3.11's wait_for
+    returns the result when its task is cancelled in the loop turn the awaited run completes,
+    so the scheduler carried on and the stop waited for it forever."""
+    probe = _Gate(inner_wait_for=inner_wait_for)
+
+    async def main() -> tuple[bool, int]:
+        delivered: list[list[Sample]] = []
+        task = asyncio.create_task(run_probe_forever(probe, delivered.append, rng=_NoPhase()))
+        await asyncio.wait_for(probe.entered.wait(), 5)
+        assert probe.gate is not None
+        # The run completes and the stop's cancel arrive in the same turn of the loop.
+        probe.gate.set_result(None)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2)
+        stopped = task in done
+        if not stopped:
+            task.cancel()  # let the test end either way
+            await asyncio.gather(task, return_exceptions=True)
+        return stopped, len(delivered)
+
+    stopped, delivered = asyncio.run(main())
+    assert stopped, "the scheduler swallowed the cancellation and kept running"
+    assert delivered <= 1

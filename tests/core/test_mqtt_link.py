@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -199,3 +201,57 @@ def test_a_broker_acl_refuses_one_subscription_and_grants_the_other(tmp_path: Pa
         ("fieldmon/v1/+/+/status", SubscriptionState.REFUSED, None, "Not authorized"),
     ]
     assert identifiers == [5]  # the granted subscription's identifier came with its message
+
+
+# -- stop: bounded, whatever paho's thread is waiting for -------------------------------------
+
+
+class _MuteBroker:
+    """Accepts one client, answers its CONNECT with a CONNACK, then never reads again: the
+    client's unsent publishes fill the socket and its DISCONNECT waits behind them."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self.accepted: socket.socket | None = None
+        self._thread = threading.Thread(target=self._serve, name="mute-broker", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        connection, _ = self._server.accept()
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        connection.recv(4096)  # the CONNECT
+        connection.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK v5: no session, success, no props
+        self.accepted = connection
+
+    def close(self) -> None:
+        if self.accepted is not None:
+            self.accepted.close()
+        self._server.close()
+
+
+def test_stop_is_bounded_when_the_disconnect_is_stuck_behind_unsent_data() -> None:
+    broker = _MuteBroker()
+
+    async def scenario() -> tuple[bool, float]:
+        config = BrokerConfig(host="127.0.0.1", port=broker.port, keepalive=60)
+        link = MqttLink(new_client(config, "t"), config, asyncio.get_running_loop())
+        link.start()
+        await asyncio.wait_for(link.connected.wait(), 5)
+        # paho writes at most 20 QoS 1 publishes (its in-flight limit): 20 MB, far more than
+        # the two sockets' buffers hold.
+        payload = b"x" * 1_000_000
+        for _ in range(20):
+            link.client.publish("fieldmon/v1/s/a/samples", payload, qos=1)
+        await asyncio.sleep(0.5)  # paho's thread writes until the socket is full
+        started = time.monotonic()
+        stopped = link.stop(timeout=1.0)
+        return stopped, time.monotonic() - started
+
+    try:
+        stopped, took = asyncio.run(scenario())
+    finally:
+        broker.close()
+    # paho alone would wait for the keepalive (60 s here) to give up on the connection.
+    assert not stopped
+    assert took < 2.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,6 +39,9 @@ class EnvelopeBatcher:
         self._wake = asyncio.Event()
         self.committed_envelopes = 0
         self.committed_samples = 0
+        # When the outbox write under way began (monotonic), None between writes: the watchdog's
+        # sign of a disk that stopped answering.
+        self.writing_since: float | None = None
 
     def add(self, samples: list[Sample]) -> None:
         """Queue samples for the next envelope."""
@@ -55,6 +59,7 @@ class EnvelopeBatcher:
             taken = {id(sample) for sample in chunk}
             self._buffer = [s for s in self._buffer if id(s) not in taken]
             loop = asyncio.get_running_loop()
+            self.writing_since = time.monotonic()
             try:
                 await loop.run_in_executor(self._disk, self._outbox.append, chunk, priority)
             except (sqlite3.Error, OSError) as exc:
@@ -63,6 +68,8 @@ class EnvelopeBatcher:
                 self._buffer[:0] = chunk
                 logger.error("cannot write the outbox", extra={"error": str(exc)})
                 return
+            finally:
+                self.writing_since = None
             self.committed_envelopes += 1
             self.committed_samples += len(chunk)
             self._on_committed()

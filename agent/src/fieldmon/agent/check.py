@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import json
 import logging
 import secrets
+import socket
 import ssl
 import sys
 import threading
@@ -32,6 +34,7 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from fieldmon.agent.diagnose import Seen, diagnose, read_network_facts
 from fieldmon.agent.probes.base import (
     Judged,
     ProbeResources,
@@ -91,6 +94,8 @@ class CheckRow:
     status: Status
     reason: str
     baseline: dict[str, float | int] = field(default_factory=dict)  # e.g. links: loss and RTT
+    silent: bool = False  # nothing answered at all (the verdict's `silent`)
+    role: str | None = None  # a link's role (gateway, ap, parent, internet)
 
 
 @dataclass
@@ -120,6 +125,9 @@ class CheckReport:
     icmp_mode: str | None
     rows: list[CheckRow]
     traces: list[PathReport] = field(default_factory=list)
+    # What the rows mean together, said before them (fieldmon.agent.diagnose): "nothing on the
+    # site network answers - ...". The rows they explain say "not reached: ... (see above)".
+    findings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -176,6 +184,12 @@ async def check_site(config: SiteConfig) -> CheckReport:
         finally:
             snmp.close()
         mode = pinger.mode
+    extra = [check_hooks(config.hooks)] if config.hooks else []
+    extra += security_rows(config)
+    rows = [*probe_rows, broker, *extra]
+    interfaces = [getattr(plan.config, "interface", None) for plan in planned]
+    interfaces += [None] * (1 + len(extra))
+    findings = reason_together(rows, interfaces)
     return CheckReport(
         site=config.site,
         site_name=config.name,
@@ -184,12 +198,8 @@ async def check_site(config: SiteConfig) -> CheckReport:
         started=started.isoformat(timespec="seconds"),
         duration_s=round(time.perf_counter() - clock, 3),
         icmp_mode=mode if config.links else None,
-        rows=[
-            *probe_rows,
-            broker,
-            *([check_hooks(config.hooks)] if config.hooks else []),
-            *security_rows(config),
-        ],
+        rows=rows,
+        findings=findings,
     )
 
 
@@ -256,6 +266,23 @@ def security_rows(config: SiteConfig) -> list[CheckRow]:
     ]
 
 
+def reason_together(rows: list[CheckRow], interfaces: list[str | None]) -> list[str]:
+    """Apply fieldmon.agent.diagnose to the rows (their reasons are rewritten in place where a
+    finding explains them); returns the findings."""
+    try:
+        facts = read_network_facts()
+    except OSError:
+        facts = None  # no /proc: reason over the verdicts alone
+    seen = [
+        Seen(row.kind, row.status, row.silent, row.role, interface)
+        for row, interface in zip(rows, interfaces, strict=True)
+    ]
+    diagnosis = diagnose(seen, facts)
+    for index, reason in diagnosis.reasons.items():
+        rows[index].reason = reason
+    return diagnosis.findings
+
+
 # -- probes ------------------------------------------------------------------------------------
 
 
@@ -263,8 +290,10 @@ async def check_probe(plan: Planned) -> CheckRow:
     """One run of one probe within its interval, judged; a probe never built is a FAIL row."""
     kind, target = plan.kind, plan.kind.target(plan.config)
     probe = plan.probe
+    role = getattr(plan.config, "role", None)
+    role = None if role is None else str(role)
     if probe is None:
-        return CheckRow(kind.label, plan.name, target, Status.FAIL, str(plan.error))
+        return CheckRow(kind.label, plan.name, target, Status.FAIL, str(plan.error), role=role)
     budget = probe.interval  # as in the daemon: a run may take at most one interval
     clock = time.perf_counter()
     try:
@@ -276,12 +305,19 @@ async def check_probe(plan: Planned) -> CheckRow:
         # other rows. The row names the error; the traceback goes to the log.
         logger.exception("probe run failed", extra={"target": probe.name})
         reason = f"the probe failed: {type(exc).__name__}: {exc}"
-        return CheckRow(kind.label, probe.name, target, Status.FAIL, reason)
+        return CheckRow(kind.label, probe.name, target, Status.FAIL, reason, role=role)
     else:
         run = Run(samples, time.perf_counter() - clock)
     verdict = probe.verdict(run) if isinstance(probe, Judged) else plain_verdict(run, budget)
     return CheckRow(
-        kind.label, probe.name, target, verdict.status, verdict.reason, dict(verdict.baseline)
+        kind.label,
+        probe.name,
+        target,
+        verdict.status,
+        verdict.reason,
+        dict(verdict.baseline),
+        silent=verdict.silent,
+        role=role,
     )
 
 
@@ -290,6 +326,16 @@ async def check_probe(plan: Planned) -> CheckRow:
 
 class _BrokerError(Exception):
     """The broker check failed; the message is the plain-words reason."""
+
+
+class _NoAnswerError(_BrokerError):
+    """Nothing answered at all: a timeout, no route, a name the resolver could not reach."""
+
+
+def _no_answer(exc: OSError) -> bool:
+    if isinstance(exc, socket.gaierror):
+        return exc.errno == socket.EAI_AGAIN  # no DNS server answered
+    return isinstance(exc, TimeoutError) or exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)
 
 
 async def check_broker(config: BrokerConfig, agent_id: str) -> CheckRow:
@@ -307,9 +353,10 @@ async def check_broker(config: BrokerConfig, agent_id: str) -> CheckRow:
         await asyncio.wait_for(asyncio.wrap_future(done), config.connect_timeout + 1.0)
     except TimeoutError:
         reason = timeout_reason(config, AGENT)
-        return CheckRow("broker", "broker", target, Status.FAIL, reason)
+        return CheckRow("broker", "broker", target, Status.FAIL, reason, silent=True)
     except _BrokerError as exc:
-        return CheckRow("broker", "broker", target, Status.FAIL, str(exc))
+        silent = isinstance(exc, _NoAnswerError)
+        return CheckRow("broker", "broker", target, Status.FAIL, str(exc), silent=silent)
     return CheckRow("broker", "broker", target, Status.OK, "connected and logged in")
 
 
@@ -357,10 +404,11 @@ def _connect(config: BrokerConfig, agent_id: str) -> None:
                 alerts = (peer_alert_reason(text, AGENT) for text in reversed(errors))
                 raise _BrokerError(next(filter(None, alerts), closed_reason(config, AGENT)))
         if not answer:
-            raise _BrokerError(timeout_reason(config, AGENT))
+            raise _NoAnswerError(timeout_reason(config, AGENT))
         _judge_connack(answer[0], config)
     except OSError as exc:
-        raise _BrokerError(connect_failure_reason(exc, config, AGENT)) from exc
+        error = _NoAnswerError if _no_answer(exc) else _BrokerError
+        raise error(connect_failure_reason(exc, config, AGENT)) from exc
     finally:
         if answer and not answer[0].is_failure:
             client.disconnect()
@@ -412,10 +460,16 @@ def _summary(result: CheckReport) -> str:
 
 
 def render(result: CheckReport, out: TextIO) -> None:
-    """Aligned columns; on a terminal the status is coloured (the Pi has no table library)."""
+    """Aligned columns; on a terminal the status is coloured (the Pi has no table library).
+
+    What the rows mean together comes first, between the title and the table.
+    """
+    colour = out.isatty()
     title = f"fieldmon check: {result.site} ({result.site_name}), agent {result.agent}"
-    table = plain_table(result.rows, colour=out.isatty())
-    out.write(f"{title}\n\n{table}\n{_summary(result)}\n")
+    table = plain_table(result.rows, colour=colour)
+    mark = f"{_COLOUR[Status.FAIL]}!!{_RESET}" if colour else "!!"
+    findings = "".join(f"{mark} {finding}\n" for finding in result.findings)
+    out.write(f"{title}\n\n{findings}{chr(10) if findings else ''}{table}\n{_summary(result)}\n")
     for path in result.traces:
         out.write(f"\n{_path_title(path)}\n")
         if path.table:
@@ -454,6 +508,7 @@ def markdown_report(result: CheckReport) -> str:
         f"- Checked: {result.started}, took {result.duration_s:.2f}s",
         f"- Result: **{verdict}** - {_summary(result)}",
         "",
+        *(f"**{finding}**\n" for finding in result.findings),
         "| " + " | ".join(_COLUMNS) + " |",
         "|" + "---|" * len(_COLUMNS),
     ]

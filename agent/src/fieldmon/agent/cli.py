@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -24,7 +25,13 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--trace", action="store_true", help="also trace the path of every parent/internet link"
     )
-    add_logging_arguments(check, default_level="warning")
+    # Its own logging stays out of the engineer's way on a terminal: only the table. Asked for
+    # (--verbose, or a --log-format / --log-level), or captured by a tool, it goes to stderr.
+    check.add_argument(
+        "-v", "--verbose", action="store_true", help="log what the probes report (to stderr)"
+    )
+    check.add_argument("--log-format", choices=["json", "text"], default=None)
+    check.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
 
     validate = commands.add_parser("validate", help="validate site files, nothing else")
     validate.add_argument("files", nargs="+", type=Path)
@@ -37,6 +44,20 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_logging(verbose: bool, log_format: str | None, log_level: str | None) -> None:
+    """`check` logs only when asked to, or when stderr is not a terminal (a tool keeps it)."""
+    if verbose or log_format or log_level or not sys.stderr.isatty():
+        default_format = "text" if verbose else "json"
+        default_level = "info" if verbose else "warning"
+        configure_logging(log_format or default_format, log_level or default_level)
+        return
+    # Quiet: a handler that drops everything (without one, logging's last resort would print
+    # warnings to stderr all the same).
+    root = logging.getLogger()
+    root.handlers[:] = [logging.NullHandler()]
+    root.setLevel(logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fieldmon-agent` console script."""
     args = _build_parser().parse_args(argv)
@@ -44,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         from fieldmon.core.site.validate import validate_site_files
 
         return validate_site_files(args.files, sys.stdout, sys.stderr, shape_only=args.shape_only)
-    configure_logging(args.log_format, args.log_level)
+    if args.command == "check":
+        _check_logging(args.verbose, args.log_format, args.log_level)
+    else:
+        configure_logging(args.log_format, args.log_level)
     if args.command == "run":
         # scapy first, its MAC-vendor table emptied before anything else loads: the memory it
         # frees is reused by the imports that follow, so the agent's peak RSS is about 15 MB

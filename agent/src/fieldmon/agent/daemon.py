@@ -17,8 +17,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fieldmon.agent import health
 from fieldmon.agent.batcher import EnvelopeBatcher
+from fieldmon.agent.capabilities import keep_capabilities_to_ourselves
 from fieldmon.agent.events import AgentEvents, note_boot, read_boot_id
+from fieldmon.agent.health import RunClocks
 from fieldmon.agent.outbox import Outbox
 from fieldmon.agent.probes.base import Probe, ProbeResources
 from fieldmon.agent.probes.host import outbox_age_s
@@ -33,6 +36,7 @@ from fieldmon.core.config.errors import ConfigError
 from fieldmon.core.mqtt.failures import AGENT
 from fieldmon.core.mqtt.link import MqttLink, new_client
 from fieldmon.core.site.config import SiteConfig, load_site_config
+from fieldmon.core.systemd import Health, Notifier, Watchdog, ended_tasks
 from fieldmon.core.version import part_version
 from fieldmon.core.wire import topics
 from fieldmon.core.wire.codec import encode
@@ -51,6 +55,12 @@ PROBE_SETUP_ERRORS = setup_errors()
 SHUTDOWN_GRACE_S = 3.0
 # How long a clean shutdown lets queued and running hooks finish before killing them.
 HOOKS_GRACE_S = 5.0
+# Bounds on the other steps of a clean stop, so that the agent is gone well within the unit's
+# TimeoutStopSec (45 s) whatever hangs: the probes' tasks to end, the last outbox commit, the
+# outbox to close (a disk that stopped answering), paho's thread (MqttLink.stop, 3 s).
+PROBES_STOP_S = 3.0
+FLUSH_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 5.0
 
 
 def _status(config: SiteConfig, state: str, reason: str | None = None) -> bytes:
@@ -115,27 +125,53 @@ def _connect_link(config: SiteConfig, loop: asyncio.AbstractEventLoop) -> MqttLi
 
 
 class ProbeSet:
-    """The running probe tasks; replaced as a whole when SIGHUP brings a new config."""
+    """The running probe tasks; replaced as a whole when SIGHUP brings a new config.
 
-    def __init__(self, sink: Callable[[list[Sample]], None]) -> None:
+    `clocks` hears when each probe finishes a run: the watchdog's evidence of progress.
+    """
+
+    def __init__(
+        self, sink: Callable[[list[Sample]], None], clocks: RunClocks | None = None
+    ) -> None:
         self._sink = sink
+        self.clocks = clocks if clocks is not None else RunClocks()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, probes: list[Probe]) -> None:
+        self.clocks.watch(probes)
         self._tasks = [
-            asyncio.create_task(run_probe_forever(probe, self._sink), name=f"probe:{probe.name}")
+            asyncio.create_task(
+                run_probe_forever(probe, self._sink, finished=self.clocks.finished),
+                name=f"probe:{probe.name}",
+            )
             for probe in probes
         ]
         logger.info("probing", extra={"targets": [probe.name for probe in probes]})
 
-    async def stop(self) -> None:
-        for task in self._tasks:
+    async def stop(self, grace: float = PROBES_STOP_S) -> list[str]:
+        """Cancel every probe task and wait for them, at most `grace` seconds; returns the
+        names of the tasks still running then (a probe that ignores cancellation), left behind.
+
+        A task that swallowed its cancellation is cancelled once more halfway through.
+        """
+        tasks, self._tasks = self._tasks, []
+        self.clocks.watch([])
+        if not tasks:
+            return []
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        _, pending = await asyncio.wait(tasks, timeout=grace / 2)
+        for task in pending:
+            task.cancel()
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace / 2)
+        left = sorted(task.get_name() for task in pending)
+        if left:
+            logger.error("probe tasks did not stop; leaving them", extra={"tasks": left})
+        return left
 
 
-async def _serve(config_path: Path, config: SiteConfig) -> None:
+async def _serve(config_path: Path, config: SiteConfig, notifier: Notifier) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reload = asyncio.Event()
@@ -179,6 +215,13 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
             broker_watch,
         ]
         link.start()
+        stopping = asyncio.Event()
+        check = _health_check(
+            probes, outbox, batcher, link, background=background, stopping=stopping
+        )
+        watchdog = asyncio.create_task(Watchdog(notifier, check).run(), name="watchdog")
+        # Serving: the outbox is open and every probe scheduled; the broker may come later.
+        notifier.ready(check().status)
         logger.info(
             "agent started",
             extra={"site": config.site, "agent": config.agent.id, "version": VERSION},
@@ -194,30 +237,103 @@ async def _serve(config_path: Path, config: SiteConfig) -> None:
                 config = await _reloaded(config_path, config, probes, resources, events)
                 tracer.reconfigure(config)
         logger.info("stopping: flushing the outbox")
+        stopping.set()
+        notifier.stopping("stopping: flushing the outbox")
         await probes.stop()
         broker_watch.cancel()  # no new event from here on
         await tracer.close()
         await _stop_hooks(events)  # their rows go into this last flush
-        await batcher.flush()
-        await _drain(sender)
-        sender.before_clean_disconnect()
-        if link.connected.is_set():
-            info = link.client.publish(
-                topics.status_topic(config.site, config.agent.id),
-                _status(config, "offline", "stopped"),
-                qos=1,
-                retain=True,
-            )
-            with contextlib.suppress(RuntimeError, ValueError):
-                await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, 2.0), 2.5)
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        link.stop()
+        await _hand_over_last(config, batcher, sender, link, background)
         snmp.close()
-    await loop.run_in_executor(disk, outbox.close)
-    disk.shutdown(wait=True)
+    await _close_outbox(outbox, disk)
+    watchdog.cancel()
     logger.info("agent stopped", extra={"unacknowledged": sender.in_flight()})
+
+
+async def _hand_over_last(
+    config: SiteConfig,
+    batcher: EnvelopeBatcher,
+    sender: Sender,
+    link: MqttLink,
+    background: list[asyncio.Task[None]],
+) -> None:
+    """Commit the last samples, send what the window allows, say `offline`, disconnect."""
+    await _flush_last(batcher)
+    await _drain(sender)
+    sender.before_clean_disconnect()
+    await _publish_offline(config, link)
+    for task in background:
+        task.cancel()
+    # Their awaits are on futures that cancel at once (the disk thread's work runs on).
+    await asyncio.wait(background, timeout=1.0)
+    link.stop()
+
+
+def _health_check(
+    probes: ProbeSet,
+    outbox: Outbox,
+    batcher: EnvelopeBatcher,
+    link: MqttLink,
+    *,
+    background: list[asyncio.Task[None]],
+    stopping: asyncio.Event,
+) -> Callable[[], Health]:
+    """What the watchdog asks before each ping (fieldmon.agent.health says what counts)."""
+
+    def check() -> Health:
+        if stopping.is_set():  # the probes are stopped on purpose; the stop has its own bounds
+            return Health(f"stopping: {outbox.waiting_samples} samples waiting in the outbox")
+        status = health.status_line(
+            len(probes.clocks), outbox.waiting_samples, link.connected.is_set(), link.last_error
+        )
+        writing = batcher.writing_since
+        problem = health.judge(
+            probes.clocks.overdue(),
+            None if writing is None else time.monotonic() - writing,
+            ended_tasks(background),
+        )
+        return Health(status, problem)
+
+    return check
+
+
+async def _flush_last(batcher: EnvelopeBatcher) -> None:
+    """Commit what the probes measured last, within a bound."""
+    try:
+        await asyncio.wait_for(batcher.flush(), FLUSH_TIMEOUT_S)
+    except TimeoutError:
+        logger.error(
+            "the last outbox commit did not finish in time - is the disk failing?",
+            extra={"timeout_s": FLUSH_TIMEOUT_S},
+        )
+
+
+async def _publish_offline(config: SiteConfig, link: MqttLink) -> None:
+    """The retained `offline` status of a clean stop (the broker then drops the last will)."""
+    if not link.connected.is_set():
+        return
+    info = link.client.publish(
+        topics.status_topic(config.site, config.agent.id),
+        _status(config, "offline", "stopped"),
+        qos=1,
+        retain=True,
+    )
+    with contextlib.suppress(RuntimeError, ValueError):
+        await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, 2.0), 2.5)
+
+
+async def _close_outbox(outbox: Outbox, disk: ThreadPoolExecutor) -> None:
+    """Close the outbox in its disk thread, within a bound."""
+    try:
+        await asyncio.wait_for(
+            asyncio.get_running_loop().run_in_executor(disk, outbox.close), CLOSE_TIMEOUT_S
+        )
+    except TimeoutError:
+        # The thread is still in SQLite; waiting for it would hold the stop as long as the disk.
+        logger.error("the outbox did not close in time - is the disk failing?")
+        disk.shutdown(wait=False)
+    else:
+        disk.shutdown(wait=True)
 
 
 def _wire_events(
@@ -405,13 +521,18 @@ async def _reload_hooks(config: SiteConfig, events: AgentEvents) -> None:
 
 def run_agent(config_path: Path) -> int:
     """Run the agent until SIGTERM; returns the process exit status."""
+    # Before anything can start a child process: none may inherit CAP_NET_RAW, nor talk to
+    # systemd for us.
+    for problem in keep_capabilities_to_ourselves():
+        logger.warning("child processes may inherit capabilities", extra={"problem": problem})
+    notifier = Notifier.from_environment()
     try:
         config = load_site_config(config_path)
     except ConfigError as exc:
         logger.error("invalid site file", extra={"errors": [str(i) for i in exc.issues]})
         return 2
     try:
-        asyncio.run(_serve(config_path, config))
+        asyncio.run(_serve(config_path, config, notifier))
     except PROBE_SETUP_ERRORS as exc:
         logger.error("a probe cannot start", extra={"error": str(exc)})
         return 2

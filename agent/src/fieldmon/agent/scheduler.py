@@ -17,23 +17,36 @@ SampleSink = Callable[[list[Sample]], None]
 
 
 async def run_probe_forever(
-    probe: Probe, sink: SampleSink, *, rng: random.Random | None = None
+    probe: Probe,
+    sink: SampleSink,
+    *,
+    rng: random.Random | None = None,
+    finished: Callable[[Probe], None] | None = None,
 ) -> None:
     """Run `probe` every `interval` seconds until cancelled.
 
     The first run starts at a random phase within the interval so that agents restarted
     together do not probe in lockstep. A run may take at most one interval; a run that
     overruns is cancelled and the next one starts on its own tick, so one slow target
-    never delays another and never piles up behind itself.
+    never delays another and never piles up behind itself. `finished` hears of the end of
+    every run, whatever its outcome (the watchdog's evidence that the scheduler turns).
+
+    Cancellation is never lost. Python 3.11's `asyncio.wait_for` returns the result instead of
+    raising when the task is cancelled just as the awaited run completes (fixed in 3.12), and a
+    probe may await it inside: the task then carried on probing, and the agent's stop waited
+    for it forever. So the run is awaited under `asyncio.timeout` (which counts cancellations
+    correctly), and a cancellation a probe swallowed is raised again after its run.
     """
     rng = rng or random.Random()
     loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
     next_start = loop.time() + rng.uniform(0, probe.interval)
     while True:
         await asyncio.sleep(max(0.0, next_start - loop.time()))
         started = time.perf_counter()
         try:
-            samples = await asyncio.wait_for(probe.collect(), timeout=probe.interval)
+            async with asyncio.timeout(probe.interval):
+                samples = await probe.collect()
         except TimeoutError:
             logger.warning(
                 "probe run exceeded its interval and was cut short",
@@ -48,6 +61,10 @@ async def run_probe_forever(
                 "probe run done",
                 extra={"target": probe.name, "duration_s": round(time.perf_counter() - started, 4)},
             )
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError  # a cancellation the run swallowed
+        if finished is not None:
+            finished(probe)
         next_start += probe.interval
         # After a stall (suspend, overload) skip missed ticks instead of bursting to catch up.
         now = loop.time()

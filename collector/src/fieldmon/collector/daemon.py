@@ -6,11 +6,12 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from pathlib import Path
 
 from aiohttp import web
 
-from fieldmon.collector import routing
+from fieldmon.collector import health, routing
 from fieldmon.collector.alerting import AlertRole
 from fieldmon.collector.alerts import Transition
 from fieldmon.collector.board import StatusBoard
@@ -28,6 +29,7 @@ from fieldmon.collector.storage.base import WriteError
 from fieldmon.collector.storage.registry import make_writer
 from fieldmon.core.config.errors import ConfigError
 from fieldmon.core.mqtt.link import MqttLink, SubscriptionState, SubscriptionStatus, new_client
+from fieldmon.core.systemd import Health, Notifier, Watchdog, ended_tasks
 from fieldmon.core.version import part_version
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def _mqtt_link(config: CollectorConfig, loop: asyncio.AbstractEventLoop) -> Mqtt
     )
 
 
-async def _serve(config_path: Path, config: CollectorConfig) -> None:
+async def _serve(config_path: Path, config: CollectorConfig, notifier: Notifier) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -153,8 +155,11 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
     if dispatcher is not None:
         dispatcher.start()
     link.start()
+    # tasks[0] prepares the database and ends when it has; the others run until the stop.
+    supervision = _Supervision(notifier, pipeline, points, store, link, tasks=tasks[1:])
     logger.info("collector started", extra={"version": VERSION, "roles": config.roles})
     await stop.wait()
+    supervision.stopping()
     await _shutdown(tasks, pipeline, alerts, link)
     if dispatcher is not None:
         await dispatcher.close(deadline=10.0)
@@ -162,7 +167,74 @@ async def _serve(config_path: Path, config: CollectorConfig) -> None:
     await writer.close()
     if spool is not None:
         await asyncio.to_thread(spool.close)
+    supervision.close()
     logger.info("collector stopped")
+
+
+class _Supervision:
+    """What systemd sees of the collector: READY=1 once the broker has answered every
+    subscription, STATUS= lines, the watchdog fed while ingest makes progress, STOPPING=1."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        pipeline: IngestPipeline,
+        points: PointWriter,
+        store: DurableStore,
+        link: MqttLink,
+        *,
+        tasks: list[asyncio.Task[None]],
+    ) -> None:
+        self._notifier = notifier
+        self._pipeline = pipeline
+        self._points = points
+        self._store = store
+        self._link = link
+        self._tasks = tasks
+        self._stopping = False
+        self._watchdog = asyncio.create_task(Watchdog(notifier, self.check).run(), name="watchdog")
+        self._ready = asyncio.create_task(self._announce_ready(), name="ready")
+
+    def check(self) -> Health:
+        """The STATUS= line, and the problem if ingest is stalled (collector.health)."""
+        status = health.status_line(
+            self._link.subscriptions,
+            connected=self._link.connected.is_set(),
+            broker_error=self._link.last_error,
+            database_error=self._points.last_error,
+            pending_points=self._pipeline.pending_points,
+            holding=self._store.holding,
+        )
+        if self._stopping:  # the tasks are cancelled on purpose; the stop has its own bounds
+            return Health("stopping: " + status)
+        problem = health.judge(
+            time.monotonic(),
+            flushing_since=self._pipeline.flushing_since,
+            last_activity=max(self._points.last_attempt, self._points.resting_until),
+            waiting_since=self._pipeline.waiting_since(),
+            ended=ended_tasks(self._tasks),
+        )
+        return Health(status, problem)
+
+    async def _announce_ready(self) -> None:
+        # From the broker's answers on, what the agents send reaches us (a refusal is in
+        # /healthz and the log, and the collector serves on). Until then STATUS= says what it
+        # waits for; a broker that never answers keeps the unit starting until its
+        # TimeoutStartSec, and systemd starts it again.
+        self._notifier.status(f"waiting for the broker to answer: {self.check().status}")
+        await self._link.wait_subscribed()
+        self._notifier.ready(self.check().status)
+        logger.info("serving: the broker answered every subscription")
+
+    def stopping(self) -> None:
+        """SIGTERM: say so; from here on the watchdog asks only that the loop runs."""
+        self._stopping = True
+        self._ready.cancel()
+        self._notifier.stopping("stopping: writing what is pending")
+
+    def close(self) -> None:
+        """The stop is done."""
+        self._watchdog.cancel()
 
 
 def _wire_roles(
@@ -272,8 +344,9 @@ def run_collector(config_path: Path) -> int:
     except ConfigError as exc:
         logger.error("invalid collector file", extra={"errors": [str(i) for i in exc.issues]})
         return 2
+    notifier = Notifier.from_environment()
     try:
-        asyncio.run(_serve(config_path, config))
+        asyncio.run(_serve(config_path, config, notifier))
     except OSError as exc:
         if exc.errno is not None and exc.errno in (98, socket.EADDRINUSE):
             logger.error("http.listen address is in use", extra={"listen": config.http.listen})

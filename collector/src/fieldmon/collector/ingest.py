@@ -132,6 +132,9 @@ class IngestPipeline:
         # None when this collector sees only a share of the stream: gaps would be meaningless.
         self._seqs = seqs
         self._ready = asyncio.Event()
+        # When the flush under way began (time.monotonic), None between flushes: the watchdog
+        # tells a flush that waits for the database from one that is stuck (collector.health).
+        self.flushing_since: float | None = None
         # Called with every accepted envelope: the status board, and the alert role when it
         # shares this subscription.
         self.on_accepted: list[Callable[[Envelope], None]] = []
@@ -248,12 +251,29 @@ class IngestPipeline:
         batch, self._batch = self._batch, Batch()
         if not batch.lines and not batch.deliveries and not batch.refused:
             return
-        for reason, lines in batch.refused.items():
-            await self._store.refuse(lines, reason)
-        if batch.lines:
-            await self._store.keep(batch.lines)
+        self.flushing_since = time.monotonic()
+        try:
+            for reason, lines in batch.refused.items():
+                await self._store.refuse(lines, reason)
+            if batch.lines:
+                await self._store.keep(batch.lines)
+        finally:
+            self.flushing_since = None
         self._acknowledge(batch)
         self._metrics.pending_points.set(len(self._batch))
+
+    @property
+    def pending_points(self) -> int:
+        """Points in the batch waiting for the next flush."""
+        return len(self._batch)
+
+    def waiting_since(self) -> float | None:
+        """When the batch that waits for the next flush was opened (time.monotonic); None
+        when nothing waits. The run loop flushes it within `flush_interval` of that."""
+        batch = self._batch
+        if not batch.lines and not batch.deliveries and not batch.refused:
+            return None
+        return batch.opened
 
     def _acknowledge(self, batch: Batch) -> None:
         client = self._link.client

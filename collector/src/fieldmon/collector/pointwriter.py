@@ -41,6 +41,10 @@ class PointWriter:
         self._dead_letter = dead_letter
         self.last_ok: float | None = None
         self.last_error: str | None = None
+        # Signs of life for the watchdog (time.monotonic): when the last write attempt ended,
+        # however it ended, and until when a retry waits on purpose (backoff, Retry-After).
+        self.last_attempt = time.monotonic()
+        self.resting_until = 0.0
 
     async def store(self, lines: list[str]) -> None:
         """Write until stored; refused points are split out to the dead-letter file."""
@@ -60,6 +64,7 @@ class PointWriter:
             try:
                 await self._writer.write("\n".join(lines).encode(), len(lines))
             except RetryableWriteError as exc:
+                self.last_attempt = time.monotonic()
                 attempt += 1
                 self._metrics.write_errors.labels(kind="retryable").inc()
                 self.last_error = str(exc)
@@ -74,11 +79,14 @@ class PointWriter:
                     "database write failed; retrying",
                     extra={"error": str(exc), "attempt": attempt, "retry_in_s": round(delay, 2)},
                 )
+                self.resting_until = time.monotonic() + delay
                 await asyncio.sleep(delay)
                 continue
             except RejectedWriteError as exc:
+                self.last_attempt = time.monotonic()
                 self._metrics.write_errors.labels(kind="rejected").inc()
                 return await self._split_rejected(lines, str(exc), deadline)
+            self.last_attempt = time.monotonic()
             self._metrics.write_latency.observe(time.perf_counter() - started)
             self._metrics.points_written.inc(len(lines))
             self.last_ok = time.time()

@@ -60,6 +60,9 @@ class Verdict:
     status: Status
     reason: str
     baseline: dict[str, float | int] = field(default_factory=dict)  # e.g. loss_pct, rtt_p50_ms
+    # Nothing came back from the target at all (no echo, no SNMP response): `check` reasons
+    # over these together (fieldmon.agent.diagnose) before blaming each target on its own.
+    silent: bool = False
 
 
 @runtime_checkable

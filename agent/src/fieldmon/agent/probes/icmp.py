@@ -96,7 +96,9 @@ class IcmpProbe:
     def verdict(self, run: Run) -> Verdict:
         """FAIL when nothing came back, WARN on loss or over a threshold, else OK."""
         if run.timed_out or self.last_round is None:
-            return Verdict(Status.FAIL, f"the round did not finish within {run.duration_s:g}s")
+            return Verdict(
+                Status.FAIL, f"the round did not finish within {run.duration_s:g}s", silent=True
+            )
         return judge_round(self.config, self.last_round)
 
 
@@ -104,7 +106,7 @@ def judge_round(link: IcmpLinkConfig, result: RoundResult) -> Verdict:
     """One round judged against the link's thresholds; the baseline is the round's statistics."""
     stats = summarize(result.sent, result.rtts_ms)
     status, reason = _round_verdict(link, result, stats)
-    return Verdict(status, reason, stats.as_fields())
+    return Verdict(status, reason, stats.as_fields(), silent=result.received == 0)
 
 
 def _round_verdict(

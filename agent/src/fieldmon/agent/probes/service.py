@@ -22,6 +22,8 @@ from fieldmon.core.site.tcp import TcpServiceConfig
 from fieldmon.core.wire.models import FieldValue, Sample
 
 AnyServiceConfig = DnsServiceConfig | HttpServiceConfig | TcpServiceConfig
+# Failures where nothing answered at all (`check` reasons over these: fieldmon.agent.diagnose).
+SILENT_FAILURES = frozenset({"timeout", "unreachable"})
 
 
 @dataclass
@@ -145,14 +147,16 @@ class ServiceProbe:
         """FAIL when the service failed, WARN when slow or its certificate expires soon."""
         trace = self.last
         if run.timed_out or trace is None:
-            return Verdict(Status.FAIL, f"the probe did not finish within {run.duration_s:g}s")
+            reason = f"the probe did not finish within {run.duration_s:g}s"
+            return Verdict(Status.FAIL, reason, silent=True)
         baseline = {
             name: value
             for name, value in trace.sample(self._tags).fields.items()
             if isinstance(value, int | float) and not isinstance(value, bool)
         }
         if trace.failure is not None:
-            return Verdict(Status.FAIL, trace.failure.reason, baseline)
+            silent = trace.failure.error in SILENT_FAILURES
+            return Verdict(Status.FAIL, trace.failure.reason, baseline, silent=silent)
         warnings = []
         slow_ms = self.config.slow_ms
         if slow_ms is not None and trace.duration_ms > slow_ms:

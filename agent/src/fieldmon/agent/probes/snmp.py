@@ -142,7 +142,7 @@ class SnmpProbe:
         if not run.timed_out and self.last_refused and self.last_error is not None:
             return Verdict(Status.FAIL, self.last_error)  # already in words, naming the device
         if run.timed_out or self.last_timed_out:
-            return Verdict(Status.FAIL, _timeout_reason(device))
+            return Verdict(Status.FAIL, _timeout_reason(device), silent=True)
         if self.last_error is not None:
             return Verdict(Status.FAIL, f"SNMP error from {device.name}: {self.last_error}")
         if not run.samples:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ logger = logging.getLogger(__name__)
 INBOX_CHUNK = 64
 # SUBACK reason codes below this grant a QoS (0, 1 or 2); from it on they refuse (MQTT v5 3.9.3).
 _REFUSED_FROM = 0x80
+# How long `stop` waits for paho's network thread. It normally ends within milliseconds of the
+# DISCONNECT; see `stop` for what can hold it far longer.
+STOP_TIMEOUT_S = 3.0
 
 
 class SubscriptionState(StrEnum):
@@ -218,8 +222,30 @@ class MqttLink:
         )
         self.client.loop_start()
 
-    def stop(self) -> None:
-        """Disconnect cleanly (the broker then discards the last will) and stop the thread."""
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
+        """Disconnect cleanly (the broker then discards the last will) and stop the thread.
+
+        Waits at most `timeout` seconds; False when paho's thread was still running then. paho's
+        `loop_stop()` joins its thread without a bound, and the thread ends only once its queue
+        is written or the socket fails: a DISCONNECT queued behind publishes on a stalled
+        connection waits for the keepalive to declare it dead (up to 1.5 keepalives, 45 s by
+        default), and a reconnect in progress waits for the resolver (getaddrinfo has no
+        timeout of ours) and the TCP and TLS connect. Both calls run in a helper thread; one
+        that outlives the bound is left behind (paho's thread is a daemon thread, so it does not
+        keep the process from exiting) and the stop carries on.
+        """
+        stopper = threading.Thread(target=self._disconnect_and_join, name="mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout)
+        if stopper.is_alive():
+            logger.warning(
+                "the MQTT network thread did not stop in time; leaving it behind",
+                extra={"timeout_s": timeout, "broker": f"{self._config.host}:{self._config.port}"},
+            )
+            return False
+        return True
+
+    def _disconnect_and_join(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
 
