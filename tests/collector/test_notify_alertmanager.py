@@ -264,3 +264,49 @@ def test_deploy_example_inhibits_link_alerts_of_an_unreachable_site(
         ("LinkDown", "tent-1"): "active",
         ("SiteUnreachable", "pavilion-2"): "active",
     }
+
+
+def _service_alert(alertname: AlertName, target: str, severity: Severity) -> Transition:
+    return Transition(
+        alertname=alertname,
+        labels={**alert_labels(alertname, "pavilion-2", target, severity), "kind": "http"},
+        annotations={"summary": f"pavilion-2: service {target} (http)", "duration_ms": "812.0"},
+        state=AlertState.FIRING,
+        starts_at=time.time_ns() - 60 * 10**9,
+        ends_at=None,
+        value=812.0,
+        page=True,
+    )
+
+
+def test_deploy_example_inhibits_a_slow_service_that_is_down(tmp_path: Path, fake_influx) -> None:
+    example = Path(__file__).parents[2] / "deploy" / "alertmanager.yml"
+    text = example.read_text(encoding="utf-8")
+    text = text.replace("http://127.0.0.1:9099", fake_influx.url)
+    text = text.replace("http://127.0.0.1:9098", fake_influx.url)
+    with AlertmanagerServer(tmp_path / "am", text) as server:
+
+        async def run() -> None:
+            notifier = _notifier(server)
+            try:
+                await notifier.send(
+                    [
+                        _service_alert(AlertName.SERVICE_DOWN, "his", Severity.CRITICAL),
+                        _service_alert(AlertName.SERVICE_SLOW, "his", Severity.WARNING),
+                        _service_alert(AlertName.SERVICE_SLOW, "pacs", Severity.WARNING),
+                    ]
+                )
+            finally:
+                await notifier.close()
+            await _until(lambda: len(server.alerts()) == 3, "the three alerts")
+
+        asyncio.run(run())
+        states = {
+            (a["labels"]["alertname"], a["labels"]["target"]): a["status"]["state"]
+            for a in server.alerts()
+        }
+    assert states == {
+        ("ServiceDown", "his"): "active",
+        ("ServiceSlow", "his"): "suppressed",
+        ("ServiceSlow", "pacs"): "active",
+    }

@@ -41,6 +41,16 @@ def numeric_verdict(value: float, threshold: float) -> Verdict:
     return Verdict.HOVER
 
 
+def floor_verdict(value: float, floor: float) -> Verdict:
+    """For a value that is bad when low (days of certificate left): BAD under `floor`, GOOD at or
+    over `floor` / HYSTERESIS, HOVER in between."""
+    if value < floor:
+        return Verdict.BAD
+    if value >= floor / HYSTERESIS:
+        return Verdict.GOOD
+    return Verdict.HOVER
+
+
 @dataclass(frozen=True)
 class Debounce:
     """How long a condition must hold to fire, and be gone to clear (samples and sample time)."""

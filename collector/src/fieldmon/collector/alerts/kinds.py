@@ -1,4 +1,5 @@
-"""Device and agent alerts judged from `ap`, `snmp_if` and `host` rows by sample time.
+"""Device, agent and service alerts judged from `ap`, `snmp_if`, `host` and `service` rows by
+sample time.
 
 - ApDown (`ap`, per device + radio): `up=0` for `ap_down_polls` polls in a row, or no row at all
   for that many poll intervals while the rest of the site still reports. A radio counts only
@@ -12,13 +13,25 @@
 - AgentBacklog (`host`): `outbox_depth` at or over `backlog_depth` samples, or `outbox_age_s`
   (the oldest unacknowledged sample's age, where the agent reports it) at or over `backlog_age`,
   for `backlog_for`; it clears once both are under 80 %.
+- ServiceDown (`service`, per service the site file names): `up=false` for `for_rounds` runs
+  in a row; clears after `clear_rounds` runs up, as a link does. Severity: the service's own
+  `severity` key (default warning).
+- ServiceSlow (`service`): `duration_ms` at or over the service's `slow_ms` for `for_rounds`
+  runs; clears after `clear_rounds` runs under 80 % of it. A failed run says nothing about speed
+  (ServiceDown judges it): it neither fires nor clears.
+- CertificateExpiring (`service`): `cert_days_left` under the service's `cert_warn_days` for
+  `for_rounds` runs; clears after `clear_rounds` runs at or over `cert_warn_days` / 0.8.
+  ServiceSlow and CertificateExpiring are warning (info for a service marked info).
+  A `service` row whose target the site file does not name is ignored: it creates no state.
 
-Numeric conditions clear under 80 % of the threshold held for `condition_clear_for` (hysteresis);
-every duration needs at least two samples, so one odd sample never fires or clears anything.
-Thresholds come from the collector's `alerting` section, overridden per site by the site file's
-`alerting` section. Like the link alerts, a sample older than the newest judged goes to a
-separate history track (alert rows at its own time, never a page), and a sample arriving later
-than its interval plus `late_after` fires without paging.
+Numeric device and agent conditions clear under 80 % of the threshold held for
+`condition_clear_for` (hysteresis); every duration needs at least two samples, so one odd sample
+never fires or clears anything. Their thresholds come from the collector's `alerting` section,
+overridden per site by the site file's `alerting` section; a service's thresholds are its own
+keys in the site file, its run counts the collector's `for_rounds` and `clear_rounds`. Like the
+link alerts, a sample older than the newest judged goes to a separate history track (alert rows
+at its own time, never a page), and a sample arriving later than its interval plus `late_after`
+fires without paging.
 """
 
 from __future__ import annotations
@@ -33,9 +46,11 @@ from fieldmon.collector.alerts.condition import (
     Debounce,
     Firing,
     Verdict,
+    floor_verdict,
     numeric_verdict,
 )
 from fieldmon.collector.alerts.model import (
+    SERVICE_ALERTS,
     AlertName,
     AlertState,
     Severity,
@@ -60,7 +75,13 @@ SEVERITY = {
     AlertName.UPLINK_SATURATED: Severity.WARNING,
     AlertName.AGENT_POWER: Severity.WARNING,
     AlertName.AGENT_BACKLOG: Severity.WARNING,
+    # Service alerts take the service's severity (ServiceDown) or at most warning; see ServiceInfo.
+    AlertName.SERVICE_DOWN: Severity.WARNING,
+    AlertName.SERVICE_SLOW: Severity.WARNING,
+    AlertName.CERTIFICATE_EXPIRING: Severity.WARNING,
 }
+# A "peak" means nothing for these: up is 0 while down, and fewer days left is worse, not more.
+_NO_PEAK = frozenset({AlertName.SERVICE_DOWN, AlertName.CERTIFICATE_EXPIRING})
 
 
 @dataclass(frozen=True)
@@ -77,6 +98,8 @@ class Limits:
     backlog_for: float
     power_for: float
     clear_for: float
+    for_rounds: int  # service alerts: runs in a row to fire, as links' rounds
+    clear_rounds: int  # ...and to clear
 
     @classmethod
     def for_site(cls, config: AlertingConfig, site: SiteConfig) -> Limits:
@@ -98,6 +121,8 @@ class Limits:
             backlog_for=pick("backlog_for"),
             power_for=pick("power_for"),
             clear_for=config.condition_clear_for,
+            for_rounds=config.for_rounds,
+            clear_rounds=config.clear_rounds,
         )
 
     def debounce(self, alertname: AlertName) -> Debounce:
@@ -106,6 +131,8 @@ class Limits:
             return Debounce(self.ap_down_polls, 0.0, self.device_clear_polls, 0.0)
         if alertname is AlertName.INTERFACE_DOWN:
             return Debounce(self.interface_down_polls, 0.0, self.device_clear_polls, 0.0)
+        if alertname in SERVICE_ALERTS:
+            return Debounce(self.for_rounds, 0.0, self.clear_rounds, 0.0)
         held = {
             AlertName.UPLINK_SATURATED: self.uplink_saturated_for,
             AlertName.AGENT_POWER: self.power_for,
@@ -131,6 +158,22 @@ class Reading:
 
 
 @dataclass(frozen=True)
+class ServiceInfo:
+    """One service of a site file, as its alerts need it."""
+
+    kind: str  # dns, http, tcp: the `kind` label
+    interval: float  # seconds between runs
+    slow_ms: float | None  # ServiceSlow's threshold; None: never slow
+    cert_warn_days: float | None  # CertificateExpiring's threshold; None: no certificate
+    severity: Severity  # ServiceDown's
+
+    @property
+    def lesser_severity(self) -> Severity:
+        """ServiceSlow's and CertificateExpiring's: warning, or info for an info service."""
+        return Severity.INFO if self.severity is Severity.INFO else Severity.WARNING
+
+
+@dataclass(frozen=True)
 class SiteView:
     """What a site's readings and texts need from its config."""
 
@@ -141,6 +184,7 @@ class SiteView:
     limits: Limits
     devices: dict[str, float]  # name -> poll interval (seconds)
     host_interval: float
+    services: dict[str, ServiceInfo]
 
     @classmethod
     def build(cls, config: SiteConfig, alerting: AlertingConfig) -> SiteView:
@@ -153,6 +197,16 @@ class SiteView:
             limits=Limits.for_site(alerting, config),
             devices={device.name: device.interval for device in config.snmp_devices},
             host_interval=config.host.interval,
+            services={
+                service.name: ServiceInfo(
+                    kind=service.kind,
+                    interval=service.interval,
+                    slow_ms=service.slow_ms,
+                    cert_warn_days=getattr(service, "cert_warn_days", None),
+                    severity=Severity(service.severity),
+                )
+                for service in config.services
+            },
         )
 
     def interval(self, device: str) -> float:
@@ -173,7 +227,7 @@ def _fmt(value: float) -> str:
 
 
 def readings(view: SiteView, sample: Sample) -> list[Reading]:
-    """What one `ap`, `snmp_if` or `host` row says about the alerts; [] for other rows."""
+    """What one `ap`, `snmp_if`, `host` or `service` row says about the alerts; [] for others."""
     reader = _READERS.get(sample.measurement)
     return reader(view, sample) if reader is not None else []
 
@@ -303,12 +357,86 @@ def _backlog(view: SiteView, agent: str, fields: dict[str, FieldValue]) -> Readi
     )
 
 
+# What a service alert's annotations carry from its row, and how each is written.
+_SERVICE_MEASURED = {
+    "duration_ms": "{:.1f}",
+    "dns_ms": "{:.1f}",
+    "connect_ms": "{:.1f}",
+    "tls_ms": "{:.1f}",
+    "ttfb_ms": "{:.1f}",
+    "status_code": "{:.0f}",
+    "cert_days_left": "{:.1f}",
+    "rcode": "{}",
+    "answers": "{:.0f}",
+    "error": "{}",
+}
+
+
+def _service(view: SiteView, sample: Sample) -> list[Reading]:
+    target = sample.tags.get("target", "")
+    service = view.services.get(target)
+    up = sample.fields.get("up")
+    if service is None or not isinstance(up, bool):
+        return []  # a service the site file does not name: no state for it, ever
+    fields = sample.fields
+    measured = {
+        name: pattern.format(fields[name])
+        for name, pattern in _SERVICE_MEASURED.items()
+        if name in fields and not isinstance(fields[name], bool)
+    }
+    error = fields.get("error")
+    out = [
+        Reading(
+            AlertName.SERVICE_DOWN,
+            target,
+            {"kind": service.kind, "severity": service.severity.value},
+            Verdict.GOOD if up else Verdict.BAD,
+            1.0 if up else 0.0,
+            measured,
+            service.interval,
+            cause=error if isinstance(error, str) else "failed",
+        )
+    ]
+    lesser = {"kind": service.kind, "severity": service.lesser_severity.value}
+    duration = _number(fields.get("duration_ms"))
+    if service.slow_ms is not None and duration is not None:
+        out.append(
+            Reading(
+                AlertName.SERVICE_SLOW,
+                target,
+                lesser,
+                # A failed run is ServiceDown's business: it says nothing about speed.
+                numeric_verdict(duration, service.slow_ms) if up else Verdict.HOVER,
+                duration,
+                measured,
+                service.interval,
+                cause="slow",
+            )
+        )
+    days = _number(fields.get("cert_days_left"))
+    if service.cert_warn_days is not None and days is not None:
+        out.append(
+            Reading(
+                AlertName.CERTIFICATE_EXPIRING,
+                target,
+                lesser,
+                floor_verdict(days, service.cert_warn_days),
+                days,
+                measured,
+                service.interval,
+                cause="expired" if days < 0 else "expiring",
+            )
+        )
+    return out
+
+
 _POWER_WORDS = {"undervoltage": "under-voltage", "throttled": "throttled"}
 _BACKLOG_WORDS = {"outbox_depth": "depth", "outbox_age_s": "age"}
 _READERS: dict[str, Callable[[SiteView, Sample], list[Reading]]] = {
     "ap": _ap,
     "snmp_if": _snmp_if,
     "host": _host,
+    "service": _service,
 }
 
 
@@ -316,6 +444,8 @@ _READERS: dict[str, Callable[[SiteView, Sample], list[Reading]]] = {
 
 
 def _what(alertname: AlertName, labels: dict[str, str], agent: str) -> str:
+    if alertname in SERVICE_ALERTS:
+        return f"service {labels['target']} ({labels.get('kind', '?')})"
     if alertname is AlertName.AP_DOWN:
         return f"AP {labels['device']} radio {labels['radio']}"
     if alertname in (AlertName.INTERFACE_DOWN, AlertName.UPLINK_SATURATED):
@@ -323,7 +453,10 @@ def _what(alertname: AlertName, labels: dict[str, str], agent: str) -> str:
     return f"agent {agent}"
 
 
-def _threshold_text(alertname: AlertName, limits: Limits) -> str:
+def _threshold_text(alertname: AlertName, view: SiteView, target: str) -> str:
+    limits = view.limits
+    if alertname in SERVICE_ALERTS:
+        return _service_threshold_text(alertname, limits, view.services.get(target))
     return {
         AlertName.AP_DOWN: f"down for {limits.ap_down_polls} polls",
         AlertName.INTERFACE_DOWN: f"down for {limits.interface_down_polls} polls",
@@ -338,7 +471,40 @@ def _threshold_text(alertname: AlertName, limits: Limits) -> str:
     }[alertname]
 
 
+def _service_threshold_text(
+    alertname: AlertName, limits: Limits, service: ServiceInfo | None
+) -> str:
+    runs = f"for {limits.for_rounds} runs, clears after {limits.clear_rounds}"
+    if alertname is AlertName.SERVICE_DOWN:
+        return f"failed {runs} up"
+    if alertname is AlertName.SERVICE_SLOW:
+        slow = "?" if service is None or service.slow_ms is None else f"{service.slow_ms:g}"
+        return f"duration >= {slow} ms (slow_ms) {runs} under 80 %"
+    days = None if service is None else service.cert_warn_days
+    warn = "?" if days is None else f"{days:g}"
+    return f"certificate under {warn} days left (cert_warn_days) {runs}"
+
+
+def _service_headline(
+    alertname: AlertName, what: str, firing: Firing, measured: dict[str, str]
+) -> str:
+    since = clock_text(firing.starts_at)
+    if alertname is AlertName.SERVICE_DOWN:
+        cause = firing.cause or "failed"
+        if cause == "status" and "status_code" in measured:
+            cause = f"status {measured['status_code']}"
+        return f"{what} down since {since} ({cause})"
+    if alertname is AlertName.SERVICE_SLOW:
+        return f"{what} slow since {since} ({measured.get('duration_ms', '?')} ms)"
+    days = measured.get("cert_days_left", "?")
+    if firing.cause == "expired":
+        return f"{what} certificate expired {days.lstrip('-')} days ago"
+    return f"{what} certificate expires in {days} days (since {since})"
+
+
 def _headline(alertname: AlertName, what: str, firing: Firing, measured: dict[str, str]) -> str:
+    if alertname in SERVICE_ALERTS:
+        return _service_headline(alertname, what, firing, measured)
     since = clock_text(firing.starts_at)
     if alertname is AlertName.AP_DOWN and firing.cause == "missing":
         return f"{what} not reporting since {since}"
@@ -379,7 +545,7 @@ def transition(
     else:
         summary = f"{view.site}: {_headline(alertname, what, firing, measured)}"
         description = (
-            f"threshold: {_threshold_text(alertname, view.limits)}"
+            f"threshold: {_threshold_text(alertname, view, target)}"
             if not history
             else f"replayed history from {view.agent}; this episode is not live"
         )
@@ -389,13 +555,15 @@ def transition(
         **measured,
         "peak": _fmt(firing.peak),
         "since": iso_time(firing.starts_at),
-        "thresholds": _threshold_text(alertname, view.limits),
+        "thresholds": _threshold_text(alertname, view, target),
         "cause": firing.cause,
         "agent": view.agent,
         "parent_hospital": view.parent_hospital,
         "site_name": view.site_name,
         "history": "true" if history else "false",
     }
+    if alertname in _NO_PEAK:
+        del annotations["peak"]
     resolved = change.state is AlertState.RESOLVED
     return Transition(
         alertname=alertname,
@@ -449,7 +617,8 @@ class SiteClock:
 
 
 class ConditionAlerts:
-    """Every ApDown, InterfaceDown, UplinkSaturated, AgentPower and AgentBacklog track."""
+    """Every ApDown, InterfaceDown, UplinkSaturated, AgentPower, AgentBacklog, ServiceDown,
+    ServiceSlow and CertificateExpiring track."""
 
     def __init__(
         self,
@@ -497,6 +666,10 @@ class ConditionAlerts:
         if track is None:
             track = self.tracks[key] = KindTrack(dict(reading.extra_labels))
             track.live.armed = reading.armed_from_start
+        elif track.live.firing is None and (track.history is None or not track.history.firing):
+            # Between episodes the labels follow the site file (a service's new severity); an
+            # open alert keeps the labels it fired with, so its resolve matches it.
+            track.extra_labels = dict(reading.extra_labels)
         track.arrived_at = self._clock()
         debounce = view.limits.debounce(reading.alertname)
         live = track.live

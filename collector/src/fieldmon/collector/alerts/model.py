@@ -23,6 +23,15 @@ class AlertName(StrEnum):
     AGENT_POWER = "AgentPower"
     AGENT_BACKLOG = "AgentBacklog"
     AGENT_DATA_LOSS = "AgentDataLoss"
+    SERVICE_DOWN = "ServiceDown"
+    SERVICE_SLOW = "ServiceSlow"
+    CERTIFICATE_EXPIRING = "CertificateExpiring"
+
+
+# Their target is a service of the site file, their extra label its `kind`.
+SERVICE_ALERTS = frozenset(
+    {AlertName.SERVICE_DOWN, AlertName.SERVICE_SLOW, AlertName.CERTIFICATE_EXPIRING}
+)
 
 
 class Severity(StrEnum):

@@ -9,7 +9,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from fieldmon.collector.alerts.model import AlertState, Transition, clock_text, iso_time
+from fieldmon.collector.alerts.model import (
+    SERVICE_ALERTS,
+    AlertState,
+    Transition,
+    clock_text,
+    iso_time,
+)
 
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain); QoS 1 is the caller's
 
@@ -101,12 +107,14 @@ class NotifierKind:
 
 
 def dashboard_link(base: str | None, transition: Transition) -> str | None:
-    """The dashboard URL with `site` and `link` query parameters added, or None without a base."""
+    """The dashboard URL with `site` and `link` (a service alert: `service`) query parameters
+    added, or None without a base."""
     if not base:
         return None
     parts = urllib.parse.urlsplit(base)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    query += [("site", transition.labels["site"]), ("link", transition.labels["target"])]
+    what = "service" if transition.alertname in SERVICE_ALERTS else "link"
+    query += [("site", transition.labels["site"]), (what, transition.labels["target"])]
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 

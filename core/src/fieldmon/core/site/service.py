@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -63,6 +63,10 @@ class ServiceConfig(StrictModel):
     # Slower than this (duration_ms) is a WARN in `check` and ServiceSlow at the collector;
     # unset: never slow.
     slow_ms: Annotated[float, Field(gt=0)] | None = None
+    # ServiceDown's severity at the collector: critical for a service the hospital cannot work
+    # without (it pages like a down parent link), info for a nice-to-have. ServiceSlow and
+    # CertificateExpiring are warning (info for an info service).
+    severity: Literal["critical", "warning", "info"] = "warning"
 
     @field_validator("interface")
     @classmethod
