@@ -48,7 +48,8 @@ def _site_file(folder: Path, site: str, port: int) -> None:
     (folder / f"{site}.yaml").write_text(
         f"site: {site}\nname: Hall {site}\nparent_hospital: central\n"
         f"agent: {{id: {site}-pi, broker: {{host: 127.0.0.1, port: {port}}}}}\n"
-        "links:\n  - {name: parent-gw, address: 127.0.0.1, role: parent}\n",
+        "links:\n  - {name: parent-gw, address: 127.0.0.1, role: parent}\n"
+        "services:\n  - {name: his, kind: http, url: 'https://his.example/', interval: 10s}\n",
         encoding="utf-8",
     )
 
@@ -62,7 +63,22 @@ def _round(site: str, seq: int, loss: float, at_ns: int) -> bytes:
         fields=fields,  # type: ignore[arg-type]
         time=at_ns,
     )
-    return encode(Envelope(site=site, agent=f"{site}-pi", seq=seq, sent_at=at_ns, samples=[sample]))
+    services = [_service_run(site, target, loss == 0.0, at_ns) for target in ("his", "ghost")]
+    return encode(
+        Envelope(site=site, agent=f"{site}-pi", seq=seq, sent_at=at_ns, samples=[sample, *services])
+    )
+
+
+def _service_run(site: str, target: str, up: bool, at_ns: int) -> Sample:
+    """A run of the site's HIS: up with its certificate's days, or refused (no TLS reached)."""
+    fields: dict[str, float | int | bool | str] = {"up": up, "duration_ms": 12.5 if up else 0.4}
+    fields |= {"status_code": 200, "cert_days_left": 41.2} if up else {"error": "refused"}
+    return Sample(
+        measurement="service",
+        tags={"site": site, "agent": f"{site}-pi", "target": target, "kind": "http"},
+        fields=fields,
+        time=at_ns,
+    )
 
 
 def _sites(http_port: int, password: str) -> dict[str, dict[str, object]]:
@@ -123,11 +139,21 @@ def test_status_page_shows_every_site_and_the_degraded_one(
         client.loop_stop()
         client.disconnect()
         wait_for(
-            lambda: _sites(http_port, password)["hall-b"]["state"] == "degraded",
-            "hall-b judged degraded",
+            lambda: (
+                _sites(http_port, password)["hall-b"]["state"] == "degraded"
+                and _sites(http_port, password)["hall-b"]["services"][0]["state"] == "down"
+            ),
+            "hall-b judged degraded, its HIS down",
             20,
             daemons=collector,
         )
+        # Only the services the site file names: the `ghost` rows show nowhere.
+        services = {site: body["services"] for site, body in _sites(http_port, password).items()}
+        assert {site: [s["name"] for s in rows] for site, rows in services.items()} == {  # type: ignore[union-attr]
+            "hall-a": ["his"],
+            "hall-b": ["his"],
+        }
+        assert services["hall-b"][0]["alerts"] == ["ServiceDown"]  # type: ignore[index]
 
         # The page's own fetches carry the credentials the browser was given for the page.
         url = f"http://noc:{password}@127.0.0.1:{http_port}/"
@@ -136,6 +162,11 @@ def test_status_page_shows_every_site_and_the_degraded_one(
         assert 'data-site="hall-a" data-state="ok"' in dom
         assert 'data-site="hall-b" data-state="degraded"' in dom
         assert "LinkDegraded" in dom
+        # A service row per service: its state, last run, duration, status and certificate.
+        assert 'data-service="his" data-state="ok"' in dom
+        assert 'data-service="his" data-state="down"' in dom
+        assert "failed: refused" in dom and "41.2" in dom and "12.5 ms" in dom
+        assert "ServiceDown his" in dom
         ARTIFACTS.mkdir(exist_ok=True)
         screenshot = ARTIFACTS / "status-page.png"
         screenshot.unlink(missing_ok=True)

@@ -1,14 +1,16 @@
 """What the status page shows: per site last seen, each link's latest round and recent history,
-and the summary of the agent's latest path trace of it."""
+and the summary of the agent's latest path trace of it, each service's latest run."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
+from fieldmon.collector.alerts.model import SERVICE_ALERTS, AlertName, Transition
 from fieldmon.collector.inventory import Inventory
-from fieldmon.core.wire.models import Envelope, Sample
+from fieldmon.core.wire.models import Envelope, FieldValue, Sample
 
 # Points of parent-link history kept per link for the sparkline (an hour at 10 s rounds).
 HISTORY_POINTS = 360
@@ -29,6 +31,37 @@ class LinkView:
 
 
 @dataclass
+class ServiceView:
+    """The latest run of one service the site file names."""
+
+    kind: str
+    latest: dict[str, FieldValue] = field(default_factory=dict)
+    latest_at: int = 0
+
+    def to_json(self, name: str, alerts: list[Transition]) -> dict[str, Any]:
+        """The service's row: its state (from its firing alerts), and its latest run's figures."""
+        firing = {
+            str(alert.alertname)
+            for alert in alerts
+            if alert.alertname in SERVICE_ALERTS and alert.labels.get("target") == name
+        }
+        if AlertName.SERVICE_DOWN in firing:
+            state = "down"
+        elif firing:
+            state = "degraded"
+        else:
+            state = "ok" if self.latest else "unknown"
+        return {
+            "name": name,
+            "kind": self.kind,
+            "state": state,
+            "alerts": sorted(firing),
+            "latest": self.latest,
+            "latest_at": self.latest_at,
+        }
+
+
+@dataclass
 class SiteView:
     """One site as the NOC sees it."""
 
@@ -36,6 +69,7 @@ class SiteView:
     parent_hospital: str
     last_seen: float | None = None  # collector clock, seconds
     links: dict[str, LinkView] = field(default_factory=dict)
+    services: dict[str, ServiceView] = field(default_factory=dict)
 
 
 class StatusBoard:
@@ -52,18 +86,26 @@ class StatusBoard:
             view = self.sites.get(site) or SiteView(config.name, config.parent_hospital)
             for link in config.links:
                 view.links.setdefault(link.name, LinkView(role=link.role.value))
+            # Services follow the site file exactly: a service no longer named is dropped.
+            view.services = {
+                service.name: view.services.get(service.name) or ServiceView(service.kind)
+                for service in config.services
+            }
             fresh[site] = view
         self.sites = fresh
 
     def observe(self, envelope: Envelope) -> None:
-        """Take the `link` rows of one envelope (replayed history lands in its place)."""
+        """Take the `link`, `service` and path `event` rows of one envelope (replayed history
+        lands in its place; a service the site file does not name is left out)."""
         view = self.sites.get(envelope.site)
         if view is None:
             return
         view.last_seen = time.time()
         for sample in envelope.samples:
             if sample.measurement != "link":
-                if sample.measurement == "event" and sample.tags.get("kind") == "path":
+                if sample.measurement == "service":
+                    self._service(view, sample.tags.get("target", ""), sample.fields, sample.time)
+                elif sample.measurement == "event" and sample.tags.get("kind") == "path":
                     self._path(view, sample)
                 continue
             target = sample.tags.get("target", "")
@@ -86,3 +128,9 @@ class StatusBoard:
         link = view.links.get(target) if isinstance(target, str) else None
         if link is not None and isinstance(summary, str) and sample.time >= link.path_at:
             link.path, link.path_at = summary, sample.time
+
+    @staticmethod
+    def _service(view: SiteView, target: str, fields: dict[str, FieldValue], at: int) -> None:
+        service = view.services.get(target)
+        if service is not None and at >= service.latest_at:
+            service.latest, service.latest_at = fields, at

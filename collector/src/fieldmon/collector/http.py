@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fieldmon.collector.alerts import Transition
+from fieldmon.collector.alerts.model import SERVICE_ALERTS
 from fieldmon.collector.board import SiteView, StatusBoard
 from fieldmon.collector.config import HttpAuthConfig
 from fieldmon.collector.ingest import IngestPipeline
@@ -177,7 +178,7 @@ def _site_json(site: str, view: SiteView, alerts: list[Transition]) -> dict[str,
     for name, link in sorted(view.links.items()):
         link_state = "ok" if link.latest else "unknown"
         for alert in mine:
-            if alert.labels.get("target") == name:
+            if alert.labels.get("target") == name and alert.alertname not in SERVICE_ALERTS:
                 candidate = _STATE_BY_ALERT.get(str(alert.alertname), "degraded")
                 if _STATE_RANK[candidate] > _STATE_RANK[link_state]:
                     link_state = candidate
@@ -204,6 +205,7 @@ def _site_json(site: str, view: SiteView, alerts: list[Transition]) -> dict[str,
         "state": site_state,
         "last_seen": view.last_seen,
         "links": links,
+        "services": [svc.to_json(name, mine) for name, svc in sorted(view.services.items())],
         "alerts": [_alert_json(alert) for alert in mine],
     }
 
