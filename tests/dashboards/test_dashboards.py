@@ -25,7 +25,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from fieldmon.collector.storage.lineprotocol import encode_samples
-from fieldmon.core.wire.models import Sample
+from fieldmon.core.wire.models import FieldValue, Sample
 from fieldmon.lab.demo import DATABASE as DEMO_DATABASE
 from fieldmon.lab.process import script
 from fieldmon.lab.servers import InfluxdServer, ServerQueryError
@@ -52,6 +52,7 @@ SITES = {
     "bravo-school": "bravo-school-pi1",
 }
 LINKS = (("parent-gw", "parent"), ("internet", "internet"), ("site-gateway", "gateway"))
+SERVICES = (("his", "http"), ("hospital-dns", "dns"), ("pacs", "tcp"))
 ROUNDS = 50  # one sample a minute for the last 50 minutes
 
 
@@ -147,7 +148,7 @@ def test_dashboard_metadata(path: Path) -> None:
     source = variables.get("datasource")
     assert source is not None, "no `datasource` variable"
     assert (source["type"], source["query"]) == ("datasource", "influxdb")
-    for name in ("site", "link"):
+    for name in ("site", "link", "service"):
         if name in variables:
             var = variables[name]
             assert var["type"] == "query" and var["query"].startswith("SHOW TAG VALUES"), name
@@ -367,7 +368,40 @@ def _site_samples(site: str, agent: str, now: int, rng: random.Random) -> list[S
                     time=at,
                 )
             )
+        rows.extend(_service_samples(site, agent, step, at, rng))
     rows.extend(_alert_and_outage_samples(site, now, minute))
+    return rows
+
+
+def _service_samples(site: str, agent: str, step: int, at: int, rng: random.Random) -> list[Sample]:
+    """One run of each service: the HIS answers 503 for a few minutes, the PACS is refused once."""
+    rows = []
+    for target, kind in SERVICES:
+        tags = {"site": site, "agent": agent, "target": target, "kind": kind}
+        fields: dict[str, FieldValue]
+        if kind == "http":
+            dns = rng.uniform(0.5, 3)
+            connect = dns + rng.uniform(2, 40)
+            tls = connect + rng.uniform(5, 60)
+            ttfb = tls + rng.uniform(5, 400)
+            failing = 30 <= step < 34
+            fields = {
+                "up": not failing, "duration_ms": ttfb + rng.uniform(0.2, 5), "dns_ms": dns,
+                "connect_ms": connect, "tls_ms": tls, "ttfb_ms": ttfb,
+                "status_code": 503 if failing else 200, "redirects": 0,
+                "cert_days_left": 40.0 - step * 0.01,
+            }  # fmt: skip
+            if failing:
+                fields["error"] = "status"
+        elif kind == "dns":
+            fields = {"up": True, "duration_ms": rng.uniform(0.3, 20), "rcode": "NOERROR",
+                      "answers": 1, "tcp": False}  # fmt: skip
+        elif step == 40:
+            fields = {"up": False, "duration_ms": 0.4, "error": "refused"}
+        else:
+            fields = {"up": True, "duration_ms": rng.uniform(2, 40)}
+            fields["connect_ms"] = fields["duration_ms"]
+        rows.append(Sample(measurement="service", tags=tags, fields=fields, time=at))
     return rows
 
 
@@ -388,6 +422,9 @@ def _alert_and_outage_samples(site: str, now: int, minute: int) -> list[Sample]:
         alert("LinkDegraded", "parent-gw", "warning", "firing", 30.0, ago=40),
         alert("LinkDegraded", "parent-gw", "warning", "resolved", 0.0, ago=31),
         alert("LinkDown", "internet", "critical", "firing", 100.0, ago=5),
+        alert("ServiceDown", "his", "critical", "firing", 0.0, ago=18),
+        alert("ServiceDown", "his", "critical", "resolved", 1.0, ago=12),
+        alert("CertificateExpiring", "his", "warning", "firing", 9.5, ago=3),
         Sample(
             measurement="outage",
             tags={"site": site, "link": "parent-gw"},
@@ -457,7 +494,9 @@ def check_returns_data(
 def test_query_returns_data_for_one_site(
     influxd: InfluxdServer, fleet_db: str, query: PanelQuery
 ) -> None:
-    values = {"site": "bravo-school", "link": "parent-gw", "datasource": "fieldmon"}
+    values = {
+        "site": "bravo-school", "link": "parent-gw", "service": "his", "datasource": "fieldmon",
+    }  # fmt: skip
     check_returns_data(influxd, fleet_db, query, values, {"bravo-school"})
 
 
@@ -467,7 +506,11 @@ def test_query_returns_data_for_all_sites(
 ) -> None:
     # Grafana sends a multi-value / All selection to InfluxQL as a group of regex-escaped values
     # (its escaping turns `-` into `\-`).
-    values = {"site": r"(alpha\-hall|bravo\-school)", "link": r"(parent\-gw|internet)"}
+    values = {
+        "site": r"(alpha\-hall|bravo\-school)",
+        "link": r"(parent\-gw|internet)",
+        "service": r"(his|hospital\-dns|pacs)",
+    }
     check_returns_data(influxd, fleet_db, query, values, set(SITES))
 
 
@@ -480,6 +523,8 @@ def test_site_and_link_variables_list_what_was_written(
     assert {row["value"] for row in sites} == set(SITES)
     links = influxd.query(expand(variables["link"]["query"], {"site": "alpha-hall"}), db=fleet_db)
     assert {row["value"] for row in links} == {name for name, _ in LINKS}
+    query = expand(variables["service"]["query"], {"site": "alpha-hall"})
+    assert {row["value"] for row in influxd.query(query, db=fleet_db)} == {n for n, _ in SERVICES}
 
 
 # --- data the real pipeline wrote ------------------------------------------------------------
@@ -487,7 +532,7 @@ def test_site_and_link_variables_list_what_was_written(
 # Long enough for the collector's first `agent` rows (written once a minute) and for the
 # parent link, degraded for the middle third of the run, to fire an alert.
 DEMO_SECONDS = 80
-PIPELINE_MEASUREMENTS = {"link", "host", "alert", "agent", "ap", "snmp_if"}
+PIPELINE_MEASUREMENTS = {"link", "host", "alert", "agent", "ap", "snmp_if", "service"}
 CONTRACT_FIELDS = {
     "link": {"sent", "received", "loss_pct", "rtt_min_ms", "rtt_avg_ms", "rtt_p50_ms",
              "rtt_p95_ms", "rtt_max_ms", "jitter_ms", "mos"},
@@ -499,6 +544,8 @@ CONTRACT_FIELDS = {
     "snmp_if": {"oper_up", "in_bps", "out_bps", "in_errors", "out_errors", "in_discards",
                 "out_discards", "util_pct"},
     "outage": {"duration_s", "worst_loss_pct", "worst_rtt_ms", "samples_backfilled"},
+    "service": {"up", "duration_ms", "dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "status_code",
+                "redirects", "redirect_ms", "cert_days_left", "rcode", "answers", "tcp", "error"},
 }  # fmt: skip
 # The host probe leaves these out where it cannot measure them (not a Pi, no sensor).
 PI_ONLY_FIELDS = {"temp_c", "undervoltage", "throttled"}
@@ -513,6 +560,7 @@ class DemoData:
     influxd: InfluxdServer
     site: str
     link: str
+    service: str  # the site's HTTPS service
     fields: dict[str, set[str]]  # measurement -> field keys written
 
 
@@ -543,7 +591,13 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoData]:
             db=DEMO_DATABASE,
         )
         assert parent, "the demo wrote no parent link rows"
-        yield DemoData(influxd, parent[0]["site"], parent[0]["target"], fields)
+        site = parent[0]["site"]
+        https = influxd.query(
+            f'SELECT last("tls_ms") FROM "service" WHERE "site" = \'{site}\' GROUP BY "target"',
+            db=DEMO_DATABASE,
+        )
+        assert https, f"the demo wrote no HTTPS service rows for {site}"
+        yield DemoData(influxd, site, parent[0]["target"], https[0]["target"], fields)
 
 
 @pytest.mark.integration
@@ -574,5 +628,5 @@ PIPELINE_QUERIES = [query for query in ALL_QUERIES if _reads_pipeline_data(query
 @pytest.mark.netns
 @pytest.mark.parametrize("query", PIPELINE_QUERIES, ids=lambda query: query.where)
 def test_query_returns_pipeline_data(demo_data: DemoData, query: PanelQuery) -> None:
-    values = {"site": demo_data.site, "link": demo_data.link}
+    values = {"site": demo_data.site, "link": demo_data.link, "service": demo_data.service}
     check_returns_data(demo_data.influxd, DEMO_DATABASE, query, values, {demo_data.site})
