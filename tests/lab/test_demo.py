@@ -1,5 +1,6 @@
-"""The README's demo command: two sites with APs, a parent link degraded, cut and restored, alerts
-fire and resolve, links and SNMP devices reach InfluxDB."""
+"""The README's demo command: two sites with APs, a parent hospital's HIS made slow and failing, a
+parent link degraded, cut and restored; alerts fire and resolve at a real Alertmanager; links,
+services and SNMP devices reach InfluxDB."""
 
 from __future__ import annotations
 
@@ -45,10 +46,42 @@ def test_demo_runs_end_to_end_and_tears_down(tmp_path: Path) -> None:
     assert "RESOLVED LinkDown demo-pavilion/parent-gw" in output
     # The live view showed the APs as the agent polled them.
     assert "ap-hall-b radio na" in output and "uplink-router wan-parent" in output
+    # The parent hospital's HIS (nginx, HTTPS with the demo CA's certificate the site file
+    # trusts) was made slow, then failing, then healed, while the link was still healthy ...
+    for step in ("HIS slow: answers after", "HIS failing: answers 503", "HIS healthy again"):
+        assert f"demo-pavilion {step}" in output
+    assert "his (http)" in output and "hospital-dns (dns)" in output  # the service rows
+    degraded_at = output.index("demo-pavilion parent link degraded")
+    page = "PAGE via Alertmanager: {} {} demo-pavilion/his ({})"
+    # ... and Alertmanager delivered ServiceSlow, then ServiceDown for the 503, before the link
+    # was touched, each resolved once the HIS was healthy again; the live view showed them.
+    slow_paged = output.index(page.format("firing", "ServiceSlow", "warning"))
+    down_paged = output.index(page.format("firing", "ServiceDown", "critical"))
+    assert slow_paged < down_paged < degraded_at
+    # (rich wraps a long line at the terminal's width)
+    paged_text = " ".join(output[down_paged : down_paged + 400].split())
+    assert "service his (http) down since" in paged_text and "(status 503)" in paged_text
+    assert page.format("resolved", "ServiceSlow", "warning") in output
+    assert page.format("resolved", "ServiceDown", "critical") in output
+    assert output.index("FIRING ServiceSlow demo-pavilion/his") < degraded_at
+    assert "RESOLVED ServiceSlow demo-pavilion/his" in output
+    # The cut link paged at Alertmanager as well.
+    assert page.format("firing", "LinkDown", "critical").replace("/his", "/parent-gw") in output
     summary = output[output.index("What the demo wrote") :]
     # ... and the alert history has both the firing and the resolve.
     assert "LinkDown firing" in summary
     assert "LinkDown resolved" in summary
+    caption = " ".join(summary.split())  # the alert counts wrap in a narrow table's caption
+    for alertname in ("ServiceSlow", "ServiceDown"):
+        assert f"{alertname} firing" in caption and f"{alertname} resolved" in caption
+    service_rows = {
+        (cells[0], cells[1]): int(cells[2].split()[0])
+        for line in summary.splitlines()
+        if len(cells := [c.strip() for c in line.split("│") if c.strip()]) == 5
+        and cells[2].endswith(" runs")
+    }
+    assert service_rows.keys() == {("demo-pavilion", "his"), ("demo-pavilion", "hospital-dns")}
+    assert min(service_rows.values()) >= 10
     rows = [
         cells
         for line in summary.splitlines()

@@ -234,14 +234,18 @@ def test_a_schedule_applies_its_steps_in_order_never_early(ward: Lab) -> None:
         Step(1.0, "ward/parent", "restore", restore=True),
         Step(0.0, "ward/parent", "lossy", loss_pct=50),
         Step(0.5, "ward/parent", "cut", cut=True),
+        # An action step needs no link of the lab; its failure is recorded, not raised.
+        Step(0.7, "ward/his", "his slow", action=lambda: seen.append("action ran")),
+        Step(0.8, "ward/his", "his broken", action=lambda: Path("/nonexistent/x").write_text("")),
         Step(60, "ward/parent", "never: stopped before", loss_pct=1),
     ]
     schedule = Schedule(ward, steps, lambda step: seen.append(step.label)).start()
     try:
-        wait_for(lambda: len(seen) >= 3, "the first three steps", 15, interval=0.05)
+        wait_for(lambda: len(seen) >= 5, "the first steps", 15, interval=0.05)
     finally:
         schedule.stop()  # returns at once, though a step was still due in a minute
-    assert seen == ["lossy", "cut", "restore"] and not schedule.errors
+    assert seen == ["lossy", "cut", "action ran", "his slow", "restore"]
+    assert len(schedule.errors) == 1 and schedule.errors[0].startswith("his broken at 0.8s: ")
     assert all(at >= step.at_s for at, step in schedule.applied)
     assert ward.link("ward/parent").impairments() == {
         "loss_pct": 0, "delay_ms": 0, "jitter_ms": 0, "rate": "10mbit", "cut": False

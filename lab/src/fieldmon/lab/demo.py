@@ -3,21 +3,29 @@
 Starts Mosquitto, influxd and Alertmanager on loopback, a lab (fieldmon/lab/topology.py) with two
 sites - each a site router with simulated APs (real snmpd serving recorded walks), a parent
 hospital and the internet in network namespaces of our own - the collector and one agent per
-site, polling links over ICMP and APs over SNMP. A live view shows each site's links, APs and
-alerts as the pipeline measured them; a schedule degrades one site's parent link (loss, delay and
-jitter), then cuts it, then restores it, so LinkDegraded and LinkDown fire and then resolve. At
-the end it prints what reached InfluxDB. Data and logs stay in the data folder.
+site, polling links over ICMP and APs over SNMP. One site's parent hospital also runs the
+services its staff use: a DNS server (dnsmasq) and the hospital information system (nginx over
+HTTPS with a certificate of the demo's own CA, which the site file trusts, in front of a backend
+the demo controls); the agent probes both. A live view shows each site's links, services, APs
+and alerts as the pipeline measured them, and every notification Alertmanager delivers; a
+schedule first makes the HIS slow, then answer 503, then heals it (ServiceSlow and ServiceDown
+fire and resolve), then degrades that site's parent link (loss, delay and jitter), cuts it and
+restores it (LinkDegraded and LinkDown, and the services behind the link with them). At the end it
+prints what reached InfluxDB. Data and logs stay in the data folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +36,7 @@ from rich.table import Table
 from fieldmon.lab.process import script, start, wait_subscribed
 from fieldmon.lab.secretfiles import write_secret
 from fieldmon.lab.servers import AlertmanagerServer, InfluxdServer, MosquittoServer, free_port
+from fieldmon.lab.services import DnsmasqServer, NginxServer, SlowUpstream, TestCa
 from fieldmon.lab.topology import (
     COMMUNITY,
     ApSpec,
@@ -63,26 +72,192 @@ AGENT_LINKS = {
     "internet": ("internet", "internet"),
     "lan": ("site-gateway", "gateway"),
 }
-ALERTMANAGER_CONFIG = """
-route: {receiver: log, group_by: [site], group_wait: 1s, group_interval: 5s, repeat_interval: 1h}
-receivers: [{name: log}]
-"""
 SNMP_INTERVAL = "10s"
+# The parent hospital's services, at the impaired site's parent hospital.
+HOSPITAL_DOMAIN = "demo-central.example"
+HIS_HOST = f"his.{HOSPITAL_DOMAIN}"
+HIS_BACKEND_PORT = 8081  # on the parent hospital's loopback, behind nginx
+HIS_SLOW_MS = 400  # the HIS's slow_ms in the site file
+HIS_SLOW_DELAY_MS = 800  # what the backend waits while the demo makes it slow
+SERVICE_INTERVAL = "2s"  # short, so a 90 s demo shows services fire and resolve
 
 
-def demo_schedule(duration: float) -> list[Step]:
-    """Degrade the impaired site's parent link (27 s into a 90 s run), cut it, restore it."""
+def alertmanager_config(receiver_port: int) -> str:
+    """Alertmanager delivering every alert, each in a group of its own, to the demo's receiver."""
+    return f"""
+route: {{receiver: demo, group_by: [site, alertname, target], group_wait: 1s, group_interval: 2s,
+        repeat_interval: 1h}}
+receivers:
+  - name: demo
+    webhook_configs: [{{url: "http://127.0.0.1:{receiver_port}/alertmanager", send_resolved: true}}]
+"""
+
+
+@dataclass
+class Pages:
+    """Receives Alertmanager's webhook notifications on loopback and keeps each change of state.
+
+    A notification carries its group's whole alert list; only an alert whose status changed since
+    the last one is news (`take()` returns those lines).
+    """
+
+    server: ThreadingHTTPServer | None = None
+    seen: dict[tuple[str, str, str], str] = dataclasses.field(default_factory=dict)
+    lines: list[str] = dataclasses.field(default_factory=list)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def start(self) -> Pages:
+        """Listen on an ephemeral loopback port, in a thread."""
+        pages = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    pages.delivered(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, name="demo-pages", daemon=True).start()
+        return self
+
+    @property
+    def port(self) -> int:
+        """Where Alertmanager posts."""
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def delivered(self, body: dict[str, Any]) -> None:
+        """One webhook notification from Alertmanager."""
+        with self.lock:
+            for alert in body["alerts"]:
+                labels = alert["labels"]
+                key = (labels["alertname"], labels["site"], labels.get("target", ""))
+                if self.seen.get(key) == alert["status"]:
+                    continue
+                self.seen[key] = alert["status"]
+                colour = "red" if alert["status"] == "firing" else "green"
+                self.lines.append(
+                    f"[bold magenta]PAGE[/bold magenta] via Alertmanager: [{colour}]"
+                    f"{alert['status']}[/{colour}] {key[0]} {key[1]}/{key[2]} "
+                    f"({labels.get('severity', '?')}): {alert['annotations'].get('summary', '')}"
+                )
+
+    def take(self) -> list[str]:
+        """The changes received since the last call."""
+        with self.lock:
+            lines, self.lines = self.lines, []
+            return lines
+
+    def stop(self) -> None:
+        """Stop listening."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@dataclass
+class ParentServices:
+    """The impaired site's parent hospital's DNS server and HIS, and how the HIS answers now."""
+
+    address: str  # the parent hospital's address: dnsmasq and nginx listen there
+    ca_file: Path  # the demo CA's certificate, which the site file trusts
+    backend: SlowUpstream
+    mode: str = "-"  # what the demo does to the HIS now, in words
+
+    def slow(self) -> None:
+        """The HIS answers after HIS_SLOW_DELAY_MS (its slow_ms is HIS_SLOW_MS)."""
+        self.backend.set(delay_ms=HIS_SLOW_DELAY_MS)
+        self.mode = f"slow: +{HIS_SLOW_DELAY_MS} ms"
+
+    def failing(self) -> None:
+        """The HIS answers 503."""
+        self.backend.set(delay_ms=0, status=503)
+        self.mode = "503"
+
+    def healthy(self) -> None:
+        """The HIS answers 200 at once."""
+        self.backend.set(delay_ms=0)
+        self.mode = "-"
+
+    def site_services(self) -> str:
+        """The site file's `services` section for them."""
+        return f"""services:
+  - {{name: his, kind: http, url: "https://{HIS_HOST}/health", resolver: {self.address},
+     ca_file: {self.ca_file}, expect_status: 200, interval: {SERVICE_INTERVAL}, timeout: 1500ms,
+     slow_ms: {HIS_SLOW_MS}, severity: critical}}
+  - {{name: hospital-dns, kind: dns, server: {self.address}, query: {HIS_HOST},
+     expect: {self.address}, interval: {SERVICE_INTERVAL}, timeout: 1s}}
+"""
+
+
+def start_parent_services(
+    stack: contextlib.ExitStack, lab: Lab, site: str, workdir: Path, secrets: Path
+) -> ParentServices:
+    """dnsmasq and nginx (HTTPS, the demo CA's certificate) in `site`'s parent hospital, with the
+    backend nginx proxies to; each stopped by its PID when `stack` closes."""
+    parent = lab.link(f"{site}/parent")
+    address, namespace = parent.address, parent.far_ns
+    directory = workdir / "parent-services"
+    ca = TestCa.create("fieldmon demo CA")
+    ca_file = ca.write(secrets / "demo-central-ca.pem")
+    cert = ca.issue(directory / "tls" / "his", [HIS_HOST], days=60)
+    dns = DnsmasqServer(
+        directory / "dnsmasq", namespace, address,
+        records=[f"host-record={HIS_HOST},{address}"], local_domains=(HOSPITAL_DOMAIN,),
+    ).start()  # fmt: skip
+    stack.callback(dns.stop)
+    backend = SlowUpstream(
+        directory / "backend", namespace, "127.0.0.1", HIS_BACKEND_PORT, delay_ms=0,
+        control=directory / "backend-control.json",
+    ).start()  # fmt: skip
+    stack.callback(backend.stop)
+    servers = f"""
+    server {{
+        listen {address}:443 ssl;
+        server_name {HIS_HOST};
+        ssl_certificate {cert.cert_file};
+        ssl_certificate_key {cert.key_file};
+        location = /health {{ proxy_pass http://127.0.0.1:{HIS_BACKEND_PORT}; }}
+    }}
+"""
+    nginx = NginxServer(directory / "nginx", namespace, servers, [(address, 443)]).start()
+    stack.callback(nginx.stop)
+    return ParentServices(address, ca_file, backend)
+
+
+def demo_schedule(duration: float, services: ParentServices | None = None) -> list[Step]:
+    """Make the HIS slow, failing, then healthy (5 to 20 s into a 90 s run); then degrade the
+    impaired site's parent link (27 s), cut it, restore it."""
     link = f"{IMPAIRED_SITE}/parent"
-    return [
+    steps = [
         Step(0.3 * duration, link, f"{IMPAIRED_SITE} parent link degraded: 20 % loss, "
              "60 ± 20 ms added", loss_pct=20, delay_ms=60, jitter_ms=20),
         Step(0.45 * duration, link, f"{IMPAIRED_SITE} parent link cut", cut=True),
         Step(0.67 * duration, link, f"{IMPAIRED_SITE} parent link restored", restore=True),
     ]  # fmt: skip
+    if services is not None:
+        his = f"{IMPAIRED_SITE}/his"
+        steps += [
+            Step(0.05 * duration, his, f"{IMPAIRED_SITE} HIS slow: answers after "
+                 f"{HIS_SLOW_DELAY_MS} ms (slow_ms {HIS_SLOW_MS})", action=services.slow),
+            Step(0.14 * duration, his, f"{IMPAIRED_SITE} HIS failing: answers 503",
+                 action=services.failing),
+            Step(0.22 * duration, his, f"{IMPAIRED_SITE} HIS healthy again",
+                 action=services.healthy),
+        ]  # fmt: skip
+    return steps
 
 
-def write_site_file(folder: Path, workdir: Path, lab: Lab, site: str, mosquitto_port: int) -> Path:
-    """The site file a field engineer would write for this simulated site."""
+def write_site_file(  # noqa: PLR0917 - one call site, each argument a different thing
+    folder: Path, workdir: Path, lab: Lab, site: str, mosquitto_port: int, services: str = ""
+) -> Path:
+    """The site file a field engineer would write for this simulated site (`services`: its
+    `services` section, if it has one)."""
     agent = f"{site}-pi1"
     links = []
     for link in lab.site_links(site):
@@ -116,7 +291,7 @@ links:
 {chr(10).join(links)}
 snmp_devices:
 {chr(10).join(devices)}
-host: {{interval: 10s}}
+{services}host: {{interval: 10s}}
 """,
         encoding="utf-8",
     )
@@ -194,12 +369,14 @@ def site_table(
     lab: Lab,
     snmp: list[dict[str, Any]],
     alerts: list[dict[str, Any]],
+    services: ParentServices | None = None,
 ) -> Table:
-    """One site: its links as measured (and as impaired), its APs and router, its alerts."""
+    """One site: its links as measured (and as impaired), its services, its APs and router, its
+    alerts."""
     name = str(site["site"])
     table = Table(title=f"{name} - {SITES.get(name, '')}", title_justify="left", min_width=100)
-    for column in ("", "name", "state", "loss / clients", "rtt p95 / util", "jitter", "MOS",
-                   "lab impairment"):  # fmt: skip
+    for column in ("", "name", "state", "loss / clients / run", "rtt p95 / util / status",
+                   "jitter / cert days", "MOS", "lab impairment"):  # fmt: skip
         table.add_column(column, no_wrap=True)
     for link in site["links"]:
         latest, state = link["latest"], link["state"]
@@ -213,6 +390,27 @@ def site_table(
             _fmt(latest.get("jitter_ms"), " ms"),
             _fmt(latest.get("mos")),
             _impairment(lab, name, link["name"]),
+        )
+    for service in site.get("services", []):
+        latest, state = service["latest"], service["state"]
+        colour = _COLOURS.get(state, "white")
+        ran = (
+            "-"
+            if "up" not in latest
+            else "up"
+            if latest["up"]
+            else f"failed: {latest.get('error')}"
+        )
+        status = latest.get("status_code", latest.get("rcode", "-"))
+        table.add_row(
+            "service",
+            f"{service['name']} ({service['kind']})",
+            f"[{colour}]{state}[/{colour}]",
+            f"{ran}, {_fmt(latest.get('duration_ms'), ' ms')}",
+            str(status),
+            _fmt(latest.get("cert_days_left")),
+            "",
+            services.mode if services is not None and service["name"] == "his" else "",
         )
     for row in snmp:
         if "radio" in row:
@@ -279,6 +477,22 @@ def summary(influxd: InfluxdServer) -> Group:
         for row in influxd.query(query, db=DATABASE):
             counts.append(f"{row.get('alertname')} {state}: {row.get('count')}")
     table.caption = "alert rows: " + ("  ".join(counts) or "none")
+    services = Table(title="Service runs (measurement service)")
+    for column in ("site", "service", "runs", "failed", "mean duration"):
+        services.add_column(column)
+    query = (
+        'SELECT COUNT("duration_ms"), MEAN("duration_ms") FROM "service" GROUP BY "site", "target"'
+    )
+    failed = {
+        (str(row.get("site")), str(row.get("target"))): row.get("count")
+        for row in influxd.query(
+            'SELECT COUNT("error") FROM "service" GROUP BY "site", "target"', db=DATABASE
+        )
+    }
+    for row in influxd.query(query, db=DATABASE):
+        key = (str(row.get("site")), str(row.get("target")))
+        services.add_row(*key, f"{row.get('count')} runs", f"{failed.get(key, 0)} failed",
+                         _fmt(row.get("mean"), " ms"))  # fmt: skip
     snmp = Table(title="SNMP rows (measurements ap and snmp_if)")
     for column in ("site", "device", "measurement", "rows"):
         snmp.add_column(column)
@@ -287,15 +501,17 @@ def summary(influxd: InfluxdServer) -> Group:
         for row in influxd.query(query, db=DATABASE):
             snmp.add_row(str(row.get("site")), str(row.get("device")), measurement,
                          f"{row.get('count')} rows")  # fmt: skip
-    return Group(table, snmp)
+    return Group(table, services, snmp)
 
 
-def write_secrets(folder: Path) -> None:
-    """The SNMP community the site files refer to (secrets/snmp-community.txt)."""
+def write_secrets(folder: Path) -> Path:
+    """The SNMP community the site files refer to (secrets/snmp-community.txt); returns the
+    secrets folder."""
     secrets = folder / "secrets"
     secrets.mkdir(exist_ok=True)
     # The lab's community is well known in the lab; private all the same, as the agent requires.
     write_secret(secrets / "snmp-community.txt", COMMUNITY, remember=False)
+    return secrets
 
 
 def run_demo(duration: float, workdir: Path, console: Console) -> int:
@@ -306,18 +522,25 @@ def run_demo(duration: float, workdir: Path, console: Console) -> int:
     with contextlib.ExitStack() as stack:
         mosquitto = stack.enter_context(MosquittoServer(workdir / "mosquitto"))
         influxd = stack.enter_context(InfluxdServer(workdir / "influxd"))
+        pages = Pages().start()
+        stack.callback(pages.stop)
         alertmanager = stack.enter_context(
-            AlertmanagerServer(workdir / "alertmanager", ALERTMANAGER_CONFIG)
+            AlertmanagerServer(workdir / "alertmanager", alertmanager_config(pages.port))
         )
         remove_stale_labs(LAB_STEM)  # left by a demo that crashed
         lab = Lab.up(f"{LAB_STEM}{os.getpid()}", DEMO_SITES, workdir / "lab")
         stack.callback(lab.down, keep_files=True)
         folder = workdir / "site_configs"
         folder.mkdir(exist_ok=True)
-        write_secrets(folder)
+        secrets = write_secrets(folder)
+        services = start_parent_services(stack, lab, IMPAIRED_SITE, workdir, secrets)
         site_files = {
-            site: write_site_file(folder, workdir, lab, site, mosquitto.port) for site in SITES
-        }
+            site: write_site_file(
+                folder, workdir, lab, site, mosquitto.port,
+                services.site_services() if site == IMPAIRED_SITE else "",
+            )
+            for site in SITES
+        }  # fmt: skip
         collector_file, http_port = write_collector_file(
             workdir, mosquitto.port, influxd.url, alertmanager.url
         )
@@ -343,7 +566,7 @@ def run_demo(duration: float, workdir: Path, console: Console) -> int:
                 f"Mosquitto 127.0.0.1:{mosquitto.port} - lab {lab.name} "
                 f"(`fieldmon-lab status {lab.name} --state-dir {workdir / 'lab'}`)"
             )
-            _watch(console, http_port, lab, influxd, duration)
+            _watch(console, _View(http_port, lab, influxd, pages, services), duration)
         console.print(summary(influxd))
     console.print(f"Stopped. Logs and InfluxDB data stay in {workdir}")
     return 0
@@ -354,12 +577,22 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 class _View:
-    """The live view's content and the event lines, refreshed from the collector and InfluxDB."""
+    """The live view's content and the event lines, refreshed from the collector and InfluxDB,
+    with what Alertmanager delivered."""
 
-    def __init__(self, http_port: int, lab: Lab, influxd: InfluxdServer) -> None:
+    def __init__(
+        self,
+        http_port: int,
+        lab: Lab,
+        influxd: InfluxdServer,
+        pages: Pages,
+        services: ParentServices | None = None,
+    ) -> None:
         self.http_port = http_port
         self.lab = lab
         self.influxd = influxd
+        self.pages = pages
+        self.services = services
         self.firing: set[str] = set()
         self.phase = "healthy"
 
@@ -375,18 +608,17 @@ class _View:
             events.append(f"[bold red]FIRING[/bold red] {key}: {summary_text}")
         for key in sorted(self.firing - now.keys()):
             events.append(f"[bold green]RESOLVED[/bold green] {key}")
+        events.extend(self.pages.take())
         self.firing = set(now)
         tables = [
-            site_table(site, self.lab, snmp.get(str(site["site"]), []), alerts)
+            site_table(site, self.lab, snmp.get(str(site["site"]), []), alerts, self.services)
             for site in status.get("sites", [])
         ]
         heading = f"[bold]after {elapsed:.0f}s[/bold] - {self.phase}"
         return Group(heading, *tables), events
 
 
-def _watch(
-    console: Console, http_port: int, lab: Lab, influxd: InfluxdServer, duration: float
-) -> None:
+def _watch(console: Console, view: _View, duration: float) -> None:
     """Run the impairment schedule and show the sites until `duration` or Ctrl-C."""
     steps_done: list[Step] = []
     lock = threading.Lock()
@@ -395,8 +627,7 @@ def _watch(
         with lock:
             steps_done.append(step)
 
-    view = _View(http_port, lab, influxd)
-    schedule = Schedule(lab, demo_schedule(duration), on_step).start()
+    schedule = Schedule(view.lab, demo_schedule(duration, view.services), on_step).start()
     interval = 2.0 if console.is_terminal else 5.0
     started = time.monotonic()
     live = Live(console=console, auto_refresh=False) if console.is_terminal else None

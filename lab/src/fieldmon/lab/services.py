@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import socket
 import sys
@@ -338,7 +339,8 @@ http {{
 
 class SlowUpstream(_ServerProcess):
     """`python -m fieldmon.lab.slow_http`: an HTTP/1.1 server in `namespace` that waits
-    `delay_ms` (or the request's `?delay_ms=N`) before it answers, for nginx to proxy to."""
+    `delay_ms` (or the request's `?delay_ms=N`) before it answers, for nginx to proxy to. With
+    `control`, `set(delay_ms=..., status=...)` changes how it answers while it runs."""
 
     name = "slow-upstream"
 
@@ -350,6 +352,7 @@ class SlowUpstream(_ServerProcess):
         port: int,
         *,
         delay_ms: float = 300.0,
+        control: Path | None = None,
         startup_timeout: float = 15.0,
     ) -> None:
         super().__init__(directory, startup_timeout=startup_timeout)
@@ -357,7 +360,16 @@ class SlowUpstream(_ServerProcess):
         self.host = address
         self.port = port
         self.delay_ms = delay_ms
+        self.control = control
         self._fixed_ports = True
+
+    def set(self, *, delay_ms: float, status: int = 200) -> None:
+        """From the next request on, wait `delay_ms` and answer `status` (needs `control`)."""
+        if self.control is None:
+            raise ValueError("this upstream was started without a control file")
+        tmp = self.control.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"delay_ms": delay_ms, "status": status}), encoding="utf-8")
+        tmp.replace(self.control)  # a request never reads half a file
 
     def _choose_ports(self) -> None:
         pass
@@ -375,6 +387,7 @@ class SlowUpstream(_ServerProcess):
             f"{self.host}:{self.port}",
             "--delay-ms",
             str(self.delay_ms),
+            *(["--control", str(self.control)] if self.control is not None else []),
         ]
 
     def _ready(self) -> bool:

@@ -804,7 +804,9 @@ class Lab:
 
 @dataclass(frozen=True)
 class Step:
-    """At `at_s` seconds into a schedule, impair `link` (None keeps a value) or restore it."""
+    """At `at_s` seconds into a schedule, impair `link` (None keeps a value) or restore it; or,
+    with `action`, call that instead (a server of the lab's made slow, say; `link` is then only
+    a name for messages)."""
 
     at_s: float
     link: str
@@ -815,6 +817,7 @@ class Step:
     rate: str | None = None
     cut: bool | None = None
     restore: bool = False
+    action: Callable[[], None] | None = None
 
 
 class Schedule:
@@ -832,7 +835,8 @@ class Schedule:
         self.lab = lab
         self.steps = sorted(steps, key=lambda step: step.at_s)
         for step in self.steps:
-            lab.link(step.link)  # an unknown link fails now, not half-way through
+            if step.action is None:
+                lab.link(step.link)  # an unknown link fails now, not half-way through
         self.on_step = on_step
         self.applied: list[tuple[float, Step]] = []
         self.errors: list[str] = []
@@ -851,7 +855,9 @@ class Schedule:
             if self._stop.wait(max(0.0, self._started + step.at_s - time.monotonic())):
                 return
             try:
-                if step.restore:
+                if step.action is not None:
+                    step.action()
+                elif step.restore:
                     self.lab.restore(step.link)
                 else:
                     self.lab.impair(
