@@ -88,7 +88,8 @@ def test_no_ready_while_the_broker_does_not_answer_and_the_status_says_why(
             lambda: [
                 n
                 for n in listener.with_field("STATUS")
-                if "broker not connected (cannot reach the broker; retrying)" in n.fields["STATUS"]
+                if "broker not connected (cannot connect to the broker: nothing listens on"
+                in n.fields["STATUS"]
             ],
             "a STATUS naming the broker",
             30,
