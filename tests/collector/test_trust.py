@@ -123,7 +123,7 @@ def test_missing_site_and_agent_tags_are_set_from_the_envelope() -> None:
          "device='fake-ap'"),
         (_sample("snmp_if", device="parent-gw", ifname="x"), Refusal.UNKNOWN_TARGET,
          "device='parent-gw'"),
-        # No `services:` section yet: no service row is the site's.
+        # This site has no `services:` section: no service row is its own.
         (_sample("service", target="his"), Refusal.UNKNOWN_TARGET, "target='his'"),
         (_sample("path", target="fake"), Refusal.UNKNOWN_TARGET, "target='fake'"),
     ],
@@ -139,32 +139,21 @@ def test_a_sample_the_agent_may_not_store_is_refused_and_the_rest_kept(
     assert [s.time for s in screened.envelope.samples] == [NOW - 1, NOW + 1]
 
 
-def test_service_targets_come_from_the_services_section_when_the_schema_has_one() -> None:
-    @dataclass
-    class _Service:
-        name: str
-
-    @dataclass
-    class _WithServices:
-        site: str
-        agent: Any
-        links: list[Any]
-        snmp_devices: list[Any]
-        services: list[_Service]
-
-    config = _site()
-    with_services = _WithServices(
-        SITE, config.agent, config.links, config.snmp_devices, [_Service("his")]
-    )
-    trust = SiteTrust.build(with_services)  # type: ignore[arg-type]
+def test_service_targets_come_from_the_services_section() -> None:
+    services = [
+        {"name": "his", "kind": "http", "url": "https://his.example/health"},
+        {"name": "dns", "kind": "dns", "server": "192.0.2.53", "query": "his.example"},
+    ]
+    trust = SiteTrust.build(_site(services=services))
     samples = [
         _sample("service", target="his", role="-", kind="http"),
+        _sample("service", target="dns", role="-", kind="dns"),
         _sample("path", target="his", role="-", hop="1"),
         _sample("service", target="pacs", role="-", kind="tcp"),
     ]
     screened = screen(_envelope(samples), trust)
     assert screened.refused == {Refusal.UNKNOWN_TARGET: 1}
-    assert [s.tags["target"] for s in screened.envelope.samples] == ["his", "his"]
+    assert [s.tags["target"] for s in screened.envelope.samples] == ["his", "dns", "his"]
 
 
 # --- the log: once per episode ----------------------------------------------------------------

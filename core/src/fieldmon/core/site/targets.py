@@ -35,12 +35,11 @@ def target_rules(config: SiteConfig) -> dict[str, TargetRule | None]:
     - `link`: `target` is one of `links`;
     - `path`: `target` is a link or a service (a trace towards either);
     - `snmp_if`, `ap`: `device` is one of `snmp_devices`;
-    - `service`: `target` is one of `services` (read when the site schema has that section).
+    - `service`: `target` is one of `services`.
     """
     links = _names(config.links)
     devices = _names(config.snmp_devices)
-    # `services` joins the site schema with the service probes; until then a site has none.
-    services = _names(getattr(config, "services", None))
+    services = _names(config.services)
     return {
         "link": TargetRule("target", links),
         "path": TargetRule("target", links | services),
