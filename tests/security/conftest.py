@@ -6,16 +6,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from security_support import (
+
+from fieldmon.lab.process import Daemon, script, start, wait_subscribed
+from fieldmon.lab.servers import InfluxdServer, free_port
+
+from .security_support import (
     SHIPPED_CONF,
     Broker,
     Deployment,
     make_deployment,
     start_broker,
 )
-
-from fieldmon.lab.process import Daemon, script, start, wait_subscribed
-from fieldmon.lab.servers import InfluxdServer, free_port
 
 
 @pytest.fixture(scope="module")

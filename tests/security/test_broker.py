@@ -14,7 +14,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from security_support import (
+
+from fieldmon.core.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES
+
+from .security_support import (
     AGENTS_PORT,
     COLLECTOR_CLIENT_ID,
     COLLECTOR_PORT,
@@ -25,8 +28,6 @@ from security_support import (
     Client,
     start_broker,
 )
-
-from fieldmon.core.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES
 
 pytestmark = pytest.mark.integration
 

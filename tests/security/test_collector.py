@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from security_support import (
+
+from fieldmon.core.wire.codec import encode
+from fieldmon.core.wire.models import Envelope, Sample
+from fieldmon.lab.process import Daemon, collector_health, http_get, script, start, wait_for
+from fieldmon.lab.servers import InfluxdServer, dynamic_security, free_port
+
+from .security_support import (
     COLLECTOR_PASSWORD,
     COLLECTOR_USER,
     SHIPPED_CONF,
@@ -20,11 +26,6 @@ from security_support import (
     Deployment,
     start_broker,
 )
-
-from fieldmon.core.wire.codec import encode
-from fieldmon.core.wire.models import Envelope, Sample
-from fieldmon.lab.process import Daemon, collector_health, http_get, script, start, wait_for
-from fieldmon.lab.servers import InfluxdServer, dynamic_security, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -101,12 +102,34 @@ def test_rows_for_another_site_are_refused_and_counted(
         daemons=daemon,
     )
 
+    # The events topic carries envelopes too (the same seq counter): the same screen applies.
+    events = [
+        Sample(
+            measurement="event",
+            tags={"site": "site-b", "agent": "b-pi", "kind": "hook"},
+            fields={"message": "forged hook run at site B"},
+            time=at,
+        ),
+        Sample(measurement="event", tags={"kind": "hook"}, fields={"message": "mine"}, time=at),
+    ]
+    envelope = Envelope(site="site-a", agent="a-pi", seq=2, sent_at=at, samples=events)
+    a.publish("fieldmon/v1/site-a/a-pi/events", encode(envelope))
+    wait_for(
+        lambda: _rows(influxd, influx_db, "SELECT * FROM event"),
+        "site A's own event row in InfluxDB",
+        daemons=daemon,
+    )
+    stored_events = _rows(influxd, influx_db, "SELECT * FROM event")
+    assert [(row["site"], row["agent"], row["message"]) for row in stored_events] == [
+        ("site-a", "a-pi", "mine")
+    ]
+
     site_b = _rows(influxd, influx_db, "SELECT * FROM link WHERE site = 'site-b'")
     assert [(row["time"], row["loss_pct"], row["agent"]) for row in site_b] == [(at, 0.0, "b-pi")]
     site_a = _rows(influxd, influx_db, "SELECT * FROM link WHERE site = 'site-a'")
     assert [(row["time"], row["target"]) for row in site_a] == [(at + 3 * NS, "parent-gw")]
     assert _rows(influxd, influx_db, "SELECT * FROM alert") == []
-    assert _refused(http_port, "tag_mismatch") == 3
+    assert _refused(http_port, "tag_mismatch") == 4
     assert _refused(http_port, "measurement_not_allowed") == 1
     assert _refused(http_port, "unknown_target") == 1
     # The status board never heard of the invented link, and site B still looks healthy.
@@ -169,7 +192,11 @@ def test_a_refused_subscription_shows_in_healthz(
         refusing.server.stop()
     assert status == 503
     states = {sub["topic"]: sub["state"] for sub in health["subscriptions"]}
-    assert states == {"fieldmon/v1/+/+/samples": "refused", "fieldmon/v1/+/+/status": "granted"}
+    assert states == {
+        "fieldmon/v1/+/+/samples": "refused",
+        "fieldmon/v1/+/+/events": "granted",
+        "fieldmon/v1/+/+/status": "granted",
+    }
     assert health["problems"] == [
         "mqtt: the broker refused the subscription to fieldmon/v1/+/+/samples (Not authorized)"
     ]
