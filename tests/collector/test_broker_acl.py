@@ -181,3 +181,18 @@ def test_the_shipped_acls_are_what_broker_acl_generates_for_the_examples() -> No
     assert shipped == brokeracl.agents_acl(inventory)
     shipped_collector = (REPO / "deploy" / "mosquitto-collector.acl").read_text(encoding="utf-8")
     assert shipped_collector == brokeracl.collector_acl(config.broker.username or "")
+
+
+def test_validate_names_an_agent_that_would_take_over_the_collectors_session(noc: Path) -> None:
+    _site(noc / "site_configs", "thief-site", "fieldmon-collector")
+    completed = subprocess.run(
+        [script("fieldmon-collector"), "validate", "--config", "collector.yaml"],
+        cwd=noc,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 1
+    assert "thief-site.yaml: agent id 'fieldmon-collector' is the collector's MQTT client id" in (
+        completed.stderr
+    )
