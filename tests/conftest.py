@@ -105,7 +105,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--long",
         action="store_true",
-        help="also run the tests marked `long` (the 100,000-example ingest fuzz: about 40 min)",
+        help="also run the tests marked `long` (the 100,000-example ingest fuzz: about an hour)",
     )
 
 

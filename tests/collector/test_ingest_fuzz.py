@@ -5,7 +5,8 @@ Payloads are JSON documents built to hit what matters: forged `site` / `agent` t
 sites' names, measurements agents may not send, invented targets, missing tags, keys and values
 full of the characters line protocol escapes, invalid values. Each goes through the real ingest
 pipeline (decode, identity, trust, clock, encode, write); every line written is parsed back by
-a strict parser below. 300 examples here; `pytest --long` runs the 100,000-example version.
+a strict parser below. 300 examples here; `pytest --long` runs the 100,000-example version
+(an hour on a shared 2-core machine: Hypothesis' generation is most of each example).
 """
 
 from __future__ import annotations
