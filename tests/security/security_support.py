@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fieldmon.lab.process import script
+from fieldmon.lab.secretfiles import new_secret, write_secret
 from fieldmon.lab.servers import ConfiguredMosquitto, InfluxdServer
 
 WAIT_S = 15.0
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = REPO / "deploy" / "mosquitto.conf"
 AGENTS_PORT, COLLECTOR_PORT = 8883, 1883  # the shipped conf's listeners
 COLLECTOR_CLIENT_ID = "fieldmon-collector"  # deploy/collector.example.yaml
-COLLECTOR_USER, COLLECTOR_PASSWORD = "collector", "collector-test-password"
+COLLECTOR_USER, COLLECTOR_PASSWORD = "collector", new_secret("collector-mqtt")
 LONG_SITE, LONG_AGENT = "s" * 64, "a" * 64
 SITES = {"site-a": "a-pi", "site-b": "b-pi", LONG_SITE: LONG_AGENT}
 
@@ -101,7 +102,7 @@ def make_deployment(directory: Path) -> Deployment:
     sites.mkdir()
     for site, agent in SITES.items():
         (sites / f"{site[:20]}.yaml").write_text(_site_file(site, agent), encoding="utf-8")
-    (directory / "collector.pass").write_text(COLLECTOR_PASSWORD + "\n", encoding="utf-8")
+    write_secret(directory / "collector.pass", COLLECTOR_PASSWORD)
     # The broker section's port is not read by broker-acl; the collector's own run rewrites it.
     (directory / "collector.yaml").write_text(
         f"broker: {{host: 127.0.0.1, port: 1883, username: {COLLECTOR_USER}, "

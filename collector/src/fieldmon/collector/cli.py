@@ -70,7 +70,10 @@ def _broker_acl(config_path: Path, out: Path | None) -> int:
         "collector.acl, collector.passwd"
     )
     for path in files.new_secrets:
-        print(f"new   {path}: copy it to that agent's Pi as its broker.password_file (0600)")
+        print(
+            f"new   {path}: copy it to that agent's Pi as /etc/fieldmon/credentials/mqtt.pass "
+            "(root, 0600)"
+        )
     for path in files.stale_secrets:
         print(f"stale {path}: its agent is in no site file any more; delete it")
     print("then: reload Mosquitto (systemctl reload mosquitto) to apply them")
