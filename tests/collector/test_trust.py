@@ -347,6 +347,12 @@ def test_the_engine_keeps_no_state_for_what_the_site_file_does_not_name() -> Non
                 time=at,
             ),
             Sample(
+                measurement="event",
+                tags={"kind": "path"},
+                fields={"target": f"fake-{index}", "summary": "hop 3 loses 30 %"},
+                time=at,
+            ),
+            Sample(
                 measurement="host",
                 tags={"agent": f"fake-agent-{index}"},
                 fields={"undervoltage": True, "outbox_depth": 10**6, "outbox_dropped": index},
