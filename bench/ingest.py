@@ -192,6 +192,12 @@ def end_to_end(
     (sites / f"{SITE}.yaml").write_text(
         f"site: {SITE}\nname: Bench\nparent_hospital: bench-hospital\n"
         f"agent: {{id: {AGENT}, broker: {{host: 127.0.0.1, port: {mosquitto.port}}}}}\n"
+        # The links the envelopes name: the collector refuses a target the site file does not.
+        "links:\n"
+        + "".join(
+            f"  - {{name: link-{i:03d}, address: 192.0.2.1, role: {role}}}\n"
+            for i, role in enumerate(["parent"] + ["ap"] * 99)
+        )
     )
     http_port = free_port()
     config = workdir / "collector.yaml"

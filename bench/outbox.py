@@ -480,7 +480,13 @@ def main() -> None:
         workdir = Path(tmp)
         sites = workdir / "site_configs"
         sites.mkdir()
-        write_site_file(sites / f"{SITE}.yaml", ("127.0.0.1", 1883), workdir / "unused.db", 1)
+        # Every link the envelopes name: the collector refuses targets the site file does not.
+        write_site_file(
+            sites / f"{SITE}.yaml",
+            ("127.0.0.1", 1883),
+            workdir / "unused.db",
+            SAMPLES_PER_ENVELOPE,
+        )
         with (
             MosquittoServer(workdir / "mosquitto", max_queued_messages=100_000) as mosquitto,
             InfluxdServer(workdir / "influxd") as influxd,

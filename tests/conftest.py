@@ -101,11 +101,23 @@ settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fieldmon"))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses a server fixture `integration` (`-m "not integration"`)."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="also run the tests marked `long` (the 100,000-example ingest fuzz: about an hour)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a server fixture `integration` (`-m "not integration"`); skip
+    the `long` ones unless `--long` is given."""
+    long_runs = config.getoption("--long")
     for item in items:
         if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        if not long_runs and item.get_closest_marker("long"):
+            item.add_marker(pytest.mark.skip(reason="a long run: pytest --long"))
 
 
 @pytest.fixture

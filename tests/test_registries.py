@@ -37,6 +37,7 @@ from fieldmon.collector.notify.registry import NOTIFIER_KINDS
 from fieldmon.core.config.errors import ConfigError
 from fieldmon.core.config.loader import load_yaml
 from fieldmon.core.site.config import SiteConfig, load_site_config
+from fieldmon.core.wire import AGENT_MEASUREMENTS
 from fieldmon.lab.simap import WALKS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,6 +181,12 @@ def probe_kind_problems(
             problems.append(
                 f"{kind.name}: docs/contract.md (InfluxDB) does not document `{measurement}`"
             )
+    problems.extend(
+        f"{kind.name}: `{measurement}` is not in fieldmon.core.wire.AGENT_MEASUREMENTS "
+        "(the collector refuses it from agents)"
+        for measurement in kind.measurements
+        if measurement not in AGENT_MEASUREMENTS
+    )
 
     if not any(module_name in imported_modules(path) for path in tests):
         problems.append(f"{kind.name}: no test module under tests/ imports {module_name}")
@@ -329,6 +336,7 @@ def test_a_new_probe_kind_with_nothing_but_its_registry_line_fails_on_every_poin
         "SiteConfig has no field 'gadgets'",
         f"the docstring of {__name__} does not end with an 'Emits' paragraph",
         "docs/contract.md (InfluxDB) does not document `gadget`",
+        "`gadget` is not in fieldmon.core.wire.AGENT_MEASUREMENTS",
         f"no test module under tests/ imports {__name__}",
         "no example under site_configs/ that loads uses `gadgets`",
     ]
@@ -354,6 +362,8 @@ def test_a_probe_kind_without_an_example_or_a_documented_measurement_fails() -> 
     assert unused == [
         "icmp: the 'Emits' paragraph of fieldmon.agent.probes.icmp does not name `trace`",
         "icmp: docs/contract.md (InfluxDB) does not document `trace`",
+        "icmp: `trace` is not in fieldmon.core.wire.AGENT_MEASUREMENTS (the collector refuses "
+        "it from agents)",
         "icmp: no test module under tests/ imports fieldmon.agent.probes.icmp",
         "icmp: no example under site_configs/ that loads uses `links`",
     ]

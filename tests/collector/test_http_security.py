@@ -116,7 +116,9 @@ def test_auth_headers_and_a_healthz_without_urls(
     sites.mkdir()
     (sites / "hall-a.yaml").write_text(
         "site: hall-a\nname: Hall A\nparent_hospital: central\n"
-        "agent: {id: hall-a-pi, broker: {host: 127.0.0.1}}\n",
+        "agent: {id: hall-a-pi, broker: {host: 127.0.0.1}}\n"
+        # The link the test's rows name: the collector refuses a target the site file does not.
+        "links:\n  - {name: parent-gw, address: 192.0.2.1, role: parent}\n",
         encoding="utf-8",
     )
     port = free_port()

@@ -19,6 +19,7 @@ from fieldmon.collector.seqtrack import SeqTracker
 from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError
 from fieldmon.core.mqtt.settings import BrokerConfig
 from fieldmon.core.site.config import AgentSection, SiteConfig
+from fieldmon.core.site.links import IcmpLinkConfig, LinkRole
 from fieldmon.core.wire.codec import encode
 from fieldmon.core.wire.models import AckMessage, Envelope, Sample
 from fieldmon.core.wire.topics import samples_topic
@@ -51,7 +52,7 @@ class _Link:
 
 
 class _Writer:
-    """Stores lines; refuses lines containing 'BAD'; fails the first `outages` writes."""
+    """Stores lines; refuses lines of target `bad`; fails the first `outages` writes."""
 
     def __init__(self, outages: int = 0) -> None:
         self.stored: list[str] = []
@@ -65,9 +66,13 @@ class _Writer:
             raise RetryableWriteError("503 from test", retry_after=0.01)
         lines = body.decode().split("\n")
         assert len(lines) == points
-        if any("BAD" in line for line in lines):
+        if any("target=bad" in line for line in lines):
             raise RejectedWriteError("field type conflict", status=400)
         self.stored.extend(lines)
+
+
+# The links the tests' samples name (ingest refuses a target the site file does not name).
+TARGETS = ["a", "b", "c", "bad", "now", "in-a-minute", "tomorrow", "last-int64"]
 
 
 def _inventory() -> Inventory:
@@ -76,6 +81,10 @@ def _inventory() -> Inventory:
         name="Pavilion 2",
         parent_hospital="central",
         agent=AgentSection(id="pi1", broker=BrokerConfig(host="127.0.0.1")),
+        links=[
+            IcmpLinkConfig(name=name, address="192.0.2.1", role=LinkRole.GATEWAY)
+            for name in [*TARGETS, *(f"t{i}" for i in range(20))]
+        ],
     )
     return Inventory(sites={"pavilion-2": site})
 
@@ -166,13 +175,13 @@ def test_one_bad_point_is_dead_lettered_and_the_rest_stored(tmp_path: Path) -> N
     writer = _Writer()
     pipeline, link, metrics = _pipeline(writer, tmp_path)
     targets = [f"t{i}" for i in range(20)]
-    targets[13] = "BAD"
+    targets[13] = "bad"
     pipeline.handle(_Message(TOPIC, _envelope(1, targets), mid=1))
     asyncio.run(pipeline.flush())
     assert len(writer.stored) == 19
     dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert len(dead) == 1
-    assert "target=BAD" in dead[0]["line"]
+    assert "target=bad" in dead[0]["line"]
     assert dead[0]["reason"] == "field type conflict"
     assert link.client.acked == [1]
     assert _counter(metrics, "fieldmon_points_dead_lettered_total") == 1

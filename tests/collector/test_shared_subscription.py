@@ -50,7 +50,11 @@ def test_two_collectors_write_every_envelope_exactly_once(
     (tmp_path / "site_configs").mkdir()
     (tmp_path / "site_configs" / f"{SITE}.yaml").write_text(
         f"site: {SITE}\nname: Shared\nparent_hospital: central\n"
-        f"agent: {{id: {AGENT}, broker: {{host: 127.0.0.1, port: {mosquitto.port}}}}}\n",
+        f"agent: {{id: {AGENT}, broker: {{host: 127.0.0.1, port: {mosquitto.port}}}}}\n"
+        "links:\n"
+        + "".join(
+            f"  - {{name: t{i}, address: 192.0.2.1, role: ap}}\n" for i in range(PER_ENVELOPE)
+        ),
         encoding="utf-8",
     )
     collectors = [

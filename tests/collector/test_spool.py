@@ -24,6 +24,7 @@ from fieldmon.collector.spool import HEADER, Spool, SpoolError
 from fieldmon.collector.storage.base import RejectedWriteError, RetryableWriteError
 from fieldmon.core.mqtt.settings import BrokerConfig
 from fieldmon.core.site.config import AgentSection, SiteConfig
+from fieldmon.core.site.links import IcmpLinkConfig, LinkRole
 from fieldmon.core.wire.codec import encode
 from fieldmon.core.wire.models import AckMessage, Envelope, Sample
 from fieldmon.core.wire.topics import samples_topic
@@ -425,6 +426,7 @@ def _pipeline(store: DurableStore, metrics: CollectorMetrics) -> tuple[IngestPip
         name="Pavilion 2",
         parent_hospital="central",
         agent=AgentSection(id="pi1", broker=BrokerConfig(host="127.0.0.1")),
+        links=[IcmpLinkConfig(name="gw", address="192.0.2.1", role=LinkRole.GATEWAY)],
     )
     link = _Link()
     pipeline = IngestPipeline(

@@ -17,7 +17,9 @@ FIELD_VALUES = st.one_of(
 samples = st.builds(
     Sample,
     measurement=st.from_regex(r"[a-z][a-z0-9_]{0,30}", fullmatch=True),
-    tags=st.dictionaries(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=40)),
+    tags=st.dictionaries(
+        st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=40), max_size=8
+    ),
     fields=st.dictionaries(st.text(min_size=1, max_size=20), FIELD_VALUES, min_size=1, max_size=6),
     time=TIMESTAMPS,
 )

@@ -25,6 +25,7 @@ from fieldmon.collector.ingest import check_identity, split_by_clock
 from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.pointwriter import DurableStore
 from fieldmon.collector.storage.lineprotocol import LineEncoder
+from fieldmon.collector.trust import EpisodeLog, screen
 from fieldmon.core.wire import topics
 from fieldmon.core.wire.codec import decode_envelope
 from fieldmon.core.wire.models import Envelope, Sample, StatusMessage
@@ -79,6 +80,7 @@ class AlertRole:
         self._rows: list[str] = []
         self._encoder = LineEncoder()
         self._rows_ready = asyncio.Event()
+        self._episodes = EpisodeLog(logger)
         # Also given each envelope from our own subscription (the status board).
         self.observers: list[Callable[[Envelope], None]] = []
 
@@ -116,9 +118,11 @@ class AlertRole:
             isinstance(result, Envelope)
             and check_identity(result, message.topic, self._inventory) is None
         ):
-            # What ingest dead-letters (dated in the future) the board must not show either.
+            # What ingest refuses (samples the agent may not send) or dead-letters (dated in the
+            # future) the board and the engine must not see either. Ingest counts and logs it.
+            trusted = screen(result, self._inventory.trust[result.site]).envelope
             envelope, _ahead = split_by_clock(
-                result, time.time_ns(), int(self._max_time_ahead * NS_PER_S)
+                trusted, time.time_ns(), int(self._max_time_ahead * NS_PER_S)
             )
             for observer in self.observers:
                 observer(envelope)
@@ -131,13 +135,28 @@ class AlertRole:
             return
         try:
             status = StatusMessage.model_validate_json(message.payload)
-        except ValidationError:
-            logger.warning("ignored a malformed status message", extra={"topic": message.topic})
+        except ValidationError as exc:
+            problem = f"invalid: {exc.errors(include_url=False)[0]['msg']}"[:300]
+            self._ignored_status(parsed.site, parsed.agent, message.topic, problem)
+            return
+        if (status.site, status.agent) != (parsed.site, parsed.agent):
+            # The topic is trusted, not the payload: a will naming another agent is forged.
+            problem = f"the payload names {status.site}/{status.agent}"
+            self._ignored_status(parsed.site, parsed.agent, message.topic, problem)
             return
         self._emit(
             self.engine.observe_status(
                 parsed.site, parsed.agent, status.state, status.at, status.reason
             )
+        )
+
+    def _ignored_status(self, site: str, agent: str, topic: str, problem: str) -> None:
+        registered = self._inventory.is_registered(site, agent)
+        self._episodes.note(
+            ("status", site, agent) if registered else ("status",),
+            f"ignored status messages on {topic[:200]}: {problem}",
+            topic=topic[:200],
+            detail=problem,
         )
 
     def _emit(self, transitions: list[Transition]) -> None:
@@ -168,6 +187,7 @@ class AlertRole:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._rows_ready.wait(), timeout=TICK_S)
             self._rows_ready.clear()
+            self._episodes.sweep()
             self._emit(self.engine.tick())
             self._collect_reports()
             await self.flush()

@@ -84,9 +84,11 @@ class StatusBoard:
         fresh = {}
         for site, config in inventory.sites.items():
             view = self.sites.get(site) or SiteView(config.name, config.parent_hospital)
-            for link in config.links:
-                view.links.setdefault(link.name, LinkView(role=link.role.value))
-            # Services follow the site file exactly: a service no longer named is dropped.
+            # Exactly the links and services the site file names: one no longer named is dropped.
+            view.links = {
+                link.name: view.links.get(link.name) or LinkView(role=link.role.value)
+                for link in config.links
+            }
             view.services = {
                 service.name: view.services.get(service.name) or ServiceView(service.kind)
                 for service in config.services
@@ -108,10 +110,9 @@ class StatusBoard:
                 elif sample.measurement == "event" and sample.tags.get("kind") == "path":
                     self._path(view, sample)
                 continue
-            target = sample.tags.get("target", "")
-            link = view.links.get(target)
+            link = view.links.get(sample.tags.get("target", ""))
             if link is None:
-                link = view.links[target] = LinkView(role=sample.tags.get("role", ""))
+                continue  # a link the site file does not name gets no entry (ingest refuses it)
             # On the ingest hot path: keep references, convert nothing (samples are immutable).
             fields = sample.fields
             if sample.time >= link.latest_at:

@@ -22,12 +22,69 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="secret files must exist, but their content and modes are not checked",
     )
+    acl = commands.add_parser(
+        "broker-acl",
+        help="the broker's ACL and password files from site_configs",
+        description="Mosquitto's ACL and password files for the agents' and the collector's "
+        "listeners (deploy/mosquitto.conf), generated from the collector's site_configs. "
+        "Without --out, prints the two ACLs.",
+    )
+    acl.add_argument("--config", required=True, type=Path, help="collector.yaml")
+    acl.add_argument(
+        "--out",
+        type=Path,
+        help="write agents.acl, agents.passwd, collector.acl, collector.passwd and "
+        "secrets/AGENT.mqtt.pass (kept when present, generated 0600 for new agents) here",
+    )
     return parser
+
+
+def _broker_acl(config_path: Path, out: Path | None) -> int:
+    from fieldmon.collector import brokeracl
+    from fieldmon.collector.config import load_collector_config
+    from fieldmon.collector.inventory import load_inventory
+    from fieldmon.core.config.errors import ConfigError
+
+    try:
+        config = load_collector_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    inventory = load_inventory(config.site_configs)
+    if out is None:
+        problems = [*inventory.problems, *brokeracl.identity_problems(inventory, config.broker)]
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(brokeracl.agents_acl(inventory))
+        print(brokeracl.collector_acl(config.broker.username or "collector"), end="")
+        return 1 if problems else 0
+    try:
+        files = brokeracl.write_broker_files(inventory, config.broker, out)
+    except brokeracl.BrokerAclError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print("nothing written: a site file left out would lock its agent out", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {out}: agents.acl, agents.passwd ({len(files.agents)} agents), "
+        "collector.acl, collector.passwd"
+    )
+    for path in files.new_secrets:
+        print(
+            f"new   {path}: copy it to that agent's Pi as /etc/fieldmon/credentials/mqtt.pass "
+            "(root, 0600)"
+        )
+    for path in files.stale_secrets:
+        print(f"stale {path}: its agent is in no site file any more; delete it")
+    print("then: reload Mosquitto (systemctl reload mosquitto) to apply them")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fieldmon-collector` console script."""
     args = _build_parser().parse_args(argv)
+    if args.command == "broker-acl":
+        return _broker_acl(args.config, args.out)
     if args.command == "validate":
         from fieldmon.collector.config import load_collector_config
         from fieldmon.collector.inventory import load_inventory
@@ -45,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
             return 1
+        from fieldmon.collector.brokeracl import identity_problems
+
         inventory = load_inventory(config.site_configs)
-        for problem in inventory.problems:
+        problems = [*inventory.problems, *identity_problems(inventory, config.broker)]
+        for problem in problems:
             print(problem, file=sys.stderr)
         print(f"OK  {args.config}: {len(inventory.sites)} sites in {config.site_configs}")
-        return 1 if inventory.problems else 0
+        return 1 if problems else 0
     configure_logging(args.log_format, args.log_level)
     from fieldmon.collector.daemon import run_collector
 

@@ -1,4 +1,7 @@
-"""MQTT samples -> decode -> line protocol -> batched writes -> acks to broker and agents.
+"""MQTT samples -> decode -> trust -> line protocol -> batched writes -> acks (broker, agents).
+
+The topic is trusted, never the payload: an envelope must match its topic and its registered
+agent (`check_identity`), and only the samples that agent may store are kept (trust.screen).
 
 A message is acknowledged to the broker (MQTT manual ack) and its seq to the agent (the
 `ack` topic) only after its points are stored, in the database or in the disk spool, so a
@@ -25,6 +28,7 @@ from fieldmon.collector.metrics import CollectorMetrics
 from fieldmon.collector.pointwriter import DurableStore, PointWriter
 from fieldmon.collector.seqtrack import SeqTracker
 from fieldmon.collector.storage.lineprotocol import LineEncoder
+from fieldmon.collector.trust import EpisodeLog, Screened, screen
 from fieldmon.core.mqtt.link import MqttLink
 from fieldmon.core.wire import topics
 from fieldmon.core.wire.codec import Rejection, RejectReason, decode_envelope, encode
@@ -131,6 +135,8 @@ class IngestPipeline:
         self._batch = Batch()
         # None when this collector sees only a share of the stream: gaps would be meaningless.
         self._seqs = seqs
+        # Rejections and refusals, logged once per episode: a flooding Pi must not flood the log.
+        self.episodes = EpisodeLog(logger)
         self._ready = asyncio.Event()
         # When the flush under way began (time.monotonic), None between flushes: the watchdog
         # tells a flush that waits for the database from one that is stuck (collector.health).
@@ -152,14 +158,20 @@ class IngestPipeline:
         self._reject(result, message)
 
     def _reject(self, rejection: Rejection, message: mqtt.MQTTMessage) -> None:
-        self._metrics.rejected.labels(reason=rejection.reason.value).inc()
-        logger.warning(
-            "rejected a message",
-            extra={
-                "topic": message.topic,
-                "reason": rejection.reason.value,
-                "detail": rejection.detail,
-            },
+        reason = rejection.reason.value
+        self._metrics.rejected.labels(reason=reason).inc()
+        # One episode per registered agent and reason; anything else shares one per reason, so
+        # invented topics cannot grow the set of episodes.
+        parsed = topics.parse_topic(message.topic)
+        who: tuple[str, str] = ("", "")
+        if parsed is not None and self.inventory.is_registered(parsed.site, parsed.agent or ""):
+            who = (parsed.site, parsed.agent or "")
+        self.episodes.note(
+            ("rejected", reason, *who),
+            f"rejected messages on {message.topic[:200]}: {reason}",
+            topic=message.topic[:200],
+            reason=reason,
+            detail=rejection.detail,
         )
         # Nothing in it can ever be stored; holding the ack would only stall the session.
         if message.qos:
@@ -167,6 +179,10 @@ class IngestPipeline:
 
     def _accept(self, envelope: Envelope, message: mqtt.MQTTMessage) -> None:
         self._account(envelope)
+        screened = screen(envelope, self.inventory.trust[envelope.site])
+        if screened.refused:
+            self._refuse(screened)
+        envelope = screened.envelope
         batch = self._batch
         now_ns = time.time_ns()
         envelope, ahead = split_by_clock(envelope, now_ns, self._max_ahead_ns)
@@ -183,6 +199,21 @@ class IngestPipeline:
             callback(envelope)
         if len(batch) >= self._batch_size or len(batch.deliveries) >= self._max_deliveries:
             self._ready.set()
+
+    def _refuse(self, screened: Screened) -> None:
+        """Count and log (once per episode) the samples an agent may not store."""
+        site, agent = screened.envelope.site, screened.envelope.agent
+        for reason, count in screened.refused.items():
+            self._metrics.samples_refused.labels(site=site, agent=agent, reason=reason).inc(count)
+            self.episodes.note(
+                ("refused", reason, site, agent),
+                f"refused samples from agent {agent!r} of site {site!r}: {reason}",
+                count=count,
+                site=site,
+                agent=agent,
+                reason=str(reason),
+                detail=screened.detail[reason],
+            )
 
     def _refuse_ahead(self, envelope: Envelope, ahead: list[Sample], now_ns: int) -> None:
         reason = clock_ahead_reason(envelope, ahead, now_ns)
@@ -241,6 +272,7 @@ class IngestPipeline:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), timeout=timeout)
             self._ready.clear()
+            self.episodes.sweep()
             if time.monotonic() >= next_account:
                 self.account_rows(time.time_ns())
                 next_account += ACCOUNT_INTERVAL_S

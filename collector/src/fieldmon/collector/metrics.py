@@ -26,6 +26,13 @@ class CollectorMetrics:
             "Samples decoded and queued for storage",
             registry=self.registry,
         )
+        self.samples_refused = Counter(
+            "fieldmon_samples_refused",
+            "Samples of accepted envelopes not stored, by reason (tag_mismatch, "
+            "measurement_not_allowed, unknown_target); site and agent are the envelope's",
+            ["site", "agent", "reason"],
+            registry=self.registry,
+        )
         self.points_written = Counter(
             "fieldmon_points_written", "Points stored by the database", registry=self.registry
         )

@@ -390,6 +390,131 @@ class MosquittoServer(_ServerProcess):
         return listens_on(self.process.pid, self.port)
 
 
+# mosquitto.conf options whose value is a file or directory (ConfiguredMosquitto maps each).
+_MOSQUITTO_PATH_OPTIONS = frozenset(
+    {
+        "acl_file",
+        "cafile",
+        "capath",
+        "certfile",
+        "keyfile",
+        "password_file",
+        "persistence_location",
+        "psk_file",
+        "crlfile",
+        "dhparamfile",
+        "plugin",
+        "auth_plugin",
+        "plugin_opt_config_file",
+        "pid_file",
+    }
+)
+
+
+class ConfiguredMosquitto(_ServerProcess):
+    """Mosquitto started from a given mosquitto.conf (deploy/mosquitto.conf, say), changed only
+    where a test must: every `listener PORT [ADDRESS]` gets an ephemeral port on 127.0.0.1
+    (`port_for(PORT)` tells which), every file path is mapped through `paths` (a path, or a
+    directory ending in `/`, to the test's own), and logging to `directory` is added (plus
+    `user root` when run as root, see MosquittoServer). A path option whose value `paths` does
+    not map is an error: the conf must not reach outside the test's directory unnoticed.
+
+    `uncomment` names options whose commented lines (`#option value`) become active, for a
+    documented variant of the conf (mutual TLS, say).
+    """
+
+    name = "mosquitto"
+
+    def __init__(
+        self,
+        directory: Path | str,
+        conf_text: str,
+        paths: Mapping[str, Path],
+        *,
+        uncomment: Iterable[str] = (),
+        startup_timeout: float = 15.0,
+    ) -> None:
+        super().__init__(directory, startup_timeout=startup_timeout)
+        self.conf_text = conf_text
+        self.paths = dict(paths)
+        self.uncomment = frozenset(uncomment)
+        self.ports: dict[int, int] = {}  # the conf's port -> ours
+
+    @property
+    def config_path(self) -> Path:
+        """The rewritten config file written at each start."""
+        return self.directory / "mosquitto.conf"
+
+    @property
+    def _output_path(self) -> Path:
+        return self.directory / "mosquitto.out"
+
+    def port_for(self, conf_port: int) -> int:
+        """Where the conf's `listener conf_port` listens in this run."""
+        return self.ports[conf_port]
+
+    def _listener_ports(self) -> list[int]:
+        return [int(line.split()[1]) for line in self._lines() if line.split()[:1] == ["listener"]]
+
+    def _lines(self) -> list[str]:
+        lines = []
+        for line in self.conf_text.splitlines():
+            text = line.strip()
+            if (
+                text.startswith("#")
+                and text[1:].split()[:1]
+                and text[1:].split()[0] in (self.uncomment)
+            ):
+                text = text[1:].strip()
+            lines.append(text)
+        return lines
+
+    def _has_ports(self) -> bool:
+        return bool(self.ports)
+
+    def _choose_ports(self) -> None:
+        self.ports = {port: free_port() for port in self._listener_ports()}
+
+    def _map_path(self, option: str, value: str) -> str:
+        if value in self.paths:
+            return str(self.paths[value])
+        for prefix, target in self.paths.items():
+            if prefix.endswith("/") and value.startswith(prefix):
+                mapped = str(Path(target) / value[len(prefix) :])
+                return mapped + "/" if value.endswith("/") else mapped  # a directory stays one
+        raise ServerStartError(f"{option} {value}: the test maps no path for it")
+
+    def config_text(self) -> str:
+        """The conf as this server runs it."""
+        out = []
+        for text in self._lines():
+            words = text.split()
+            if not words or text.startswith("#"):
+                out.append(text)
+            elif words[0] == "listener":
+                out.append(f"listener {self.ports[int(words[1])]} {LOOPBACK}")
+            elif words[0] in _MOSQUITTO_PATH_OPTIONS and len(words) == 2:
+                out.append(f"{words[0]} {self._map_path(words[0], words[1])}")
+            else:
+                out.append(text)
+        out += [
+            f"log_dest file {self.log_path}",
+            "log_type all",
+            "connection_messages true",
+        ]
+        if os.geteuid() == 0:
+            out.append("user root")
+        return "\n".join(out) + "\n"
+
+    def _prepare(self) -> list[str]:
+        self.config_path.write_text(self.config_text(), encoding="utf-8")
+        return ["mosquitto", "-c", str(self.config_path)]
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        return all(listens_on(self.process.pid, port) for port in self.ports.values())
+
+
 class InfluxdServer(_ServerProcess):
     """InfluxDB 1.6 (`influxd -config FILE`): HTTP API on 127.0.0.1, data in `directory`."""
 

@@ -71,8 +71,9 @@ class DataLossWatch:
         self.changed = False  # gaps opened, closed or given up: worth persisting
 
     def observe(self, site: str, agent: str, seq: int, now: float) -> list[Transition]:
-        """One envelope's seq, on arrival."""
-        if site not in self._views:
+        """One envelope's seq, on arrival (from the site's registered agent only)."""
+        view = self._views.get(site)
+        if view is None or agent != view.agent:
             return []
         key = (site, agent)
         if key in self._rebase:
@@ -89,8 +90,9 @@ class DataLossWatch:
         """A `host` row: an `outbox_dropped` increase is loss at the source."""
         value = sample.fields.get("outbox_dropped")
         agent = sample.tags.get("agent", "")
-        if site not in self._views or isinstance(value, bool) or not isinstance(value, int):
-            return []
+        view = self._views.get(site)
+        if view is None or agent != view.agent or type(value) is not int:
+            return []  # the site's own agent's counter only (type: a bool is not a count)
         key = (site, agent)
         previous = self.dropped.get(key)
         if previous is not None and sample.time <= previous.time:

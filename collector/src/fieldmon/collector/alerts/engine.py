@@ -101,6 +101,9 @@ class AlertEngine:
         self._recent: dict[tuple[str, str], RecentTimes] = {}
         self._contexts: dict[tuple[str, str], tuple[LinkContext, float]] = {}
         self._watches = {site: SiteWatch() for site in sites}
+        # The links each site file names: only they get alert state (ingest refuses the rest;
+        # this holds even for a sample that reached the engine some other way).
+        self._links = {site: {link.name for link in config.links} for site, config in sites.items()}
         self._active: dict[tuple[str, ...], Transition] = {}
         self._reports: list[OutageReport] = []
         self._conditions = ConditionAlerts(sites, config, clock, self._started)
@@ -209,7 +212,7 @@ class AlertEngine:
         tracks = {}
         for text, track in data.items():
             site, _, link = text.partition("/")
-            if site in self._sites:
+            if link in self._links.get(site, ()):
                 tracks[(site, link)] = LinkTrack.from_dict(track)
         return tracks
 
@@ -226,9 +229,10 @@ class AlertEngine:
             return []
         if sample.measurement != "link":
             return self._judge_other(site, sample)
-        link = sample.tags.get("target")
-        round_ = Round.from_sample(sample)
-        if link is None or round_ is None:
+        link = sample.tags.get("target", "")
+        # A link the site file does not name gets no state (ingest refuses its rows anyway).
+        round_ = Round.from_sample(sample) if link in self._links[site] else None
+        if round_ is None:
             return []
         key = (site, link)
         if not self._recent.setdefault(key, RecentTimes()).add(round_.time):
@@ -257,8 +261,8 @@ class AlertEngine:
         """A path trace of a link: kept, and the link's paged alert notified again with it."""
         link = sample.fields.get("target")
         summary = sample.fields.get("summary", sample.fields.get("message"))
-        if not isinstance(link, str) or not isinstance(summary, str):
-            return []
+        if not isinstance(summary, str) or link not in self._links[site]:
+            return []  # a trace of a link the site file does not name opens no state
         track = self._live.setdefault((site, link), LinkTrack())
         self.dirty = True
         if not track.path_found(PathNote(sample.time, summary)) or track.firing is None:

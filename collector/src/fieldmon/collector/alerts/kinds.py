@@ -235,8 +235,8 @@ def readings(view: SiteView, sample: Sample) -> list[Reading]:
 def _ap(view: SiteView, sample: Sample) -> list[Reading]:
     device, radio = sample.tags.get("device"), sample.tags.get("radio")
     up = _number(sample.fields.get("up"))
-    if not device or not radio or up is None:
-        return []
+    if device not in view.devices or not radio or up is None:
+        return []  # a device the site file does not name gets no alert state
     measured = {"up": _fmt(up)}
     for name in ("clients", "channel", "channel_util_pct", "noise_dbm"):
         value = _number(sample.fields.get(name))
@@ -260,7 +260,7 @@ def _ap(view: SiteView, sample: Sample) -> list[Reading]:
 
 def _snmp_if(view: SiteView, sample: Sample) -> list[Reading]:
     device, ifname = sample.tags.get("device"), sample.tags.get("ifname")
-    if not device or not ifname:
+    if device not in view.devices or not ifname:
         return []
     interval = view.interval(device)
     extra = {"device": device, "ifname": ifname}
@@ -306,6 +306,8 @@ def _snmp_if(view: SiteView, sample: Sample) -> list[Reading]:
 
 def _host(view: SiteView, sample: Sample) -> list[Reading]:
     agent = sample.tags.get("agent") or view.agent
+    if agent != view.agent:
+        return []  # the site's own agent only: another name would open alert state per name
     fields = sample.fields
     out: list[Reading] = []
     flags = {name: fields[name] for name in ("undervoltage", "throttled") if name in fields}

@@ -19,7 +19,7 @@ from fieldmon.core.site.links import IcmpLinkConfig
 from fieldmon.core.site.outbox import OutboxConfig
 from fieldmon.core.site.snmp import SnmpDeviceConfig
 from fieldmon.core.site.tcp import TcpServiceConfig
-from fieldmon.core.wire.models import RESERVED_IDS, Identifier
+from fieldmon.core.wire.models import MAX_SAMPLES_PER_ENVELOPE, RESERVED_IDS, Identifier
 
 Named = IcmpLinkConfig | SnmpDeviceConfig | DnsServiceConfig | HttpServiceConfig | TcpServiceConfig
 
@@ -36,7 +36,8 @@ class AgentSection(StrictModel):
     id: Identifier  # also its MQTT username
     broker: BrokerConfig
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
-    max_samples_per_envelope: Annotated[int, Field(ge=1, le=100_000)] = 500
+    # At most the wire's cap, which the collector enforces (it rejects bigger envelopes whole).
+    max_samples_per_envelope: Annotated[int, Field(ge=1, le=MAX_SAMPLES_PER_ENVELOPE)] = 500
     # Rounds finishing within this long of each other share an envelope (fewer MQTT messages).
     linger: Annotated[Duration, Field(ge=0, le=60)] = 1.0
 

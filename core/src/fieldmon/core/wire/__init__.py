@@ -2,6 +2,7 @@
 
 from fieldmon.core.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES, Rejection, decode_envelope, encode
 from fieldmon.core.wire.models import (
+    AGENT_MEASUREMENTS,
     ID_PATTERN,
     SCHEMA_VERSION,
     AckMessage,
@@ -13,6 +14,7 @@ from fieldmon.core.wire.models import (
 from fieldmon.core.wire.topics import TOPIC_ROOT, Topic, TopicKind, parse_topic
 
 __all__ = [
+    "AGENT_MEASUREMENTS",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "ID_PATTERN",
     "SCHEMA_VERSION",

@@ -9,7 +9,14 @@ from enum import StrEnum
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from fieldmon.core.wire.models import SCHEMA_VERSION, Envelope, Sample
+from fieldmon.core.wire.models import (
+    MAX_FIELDS_PER_SAMPLE,
+    MAX_SAMPLES_PER_ENVELOPE,
+    MAX_TAGS_PER_SAMPLE,
+    SCHEMA_VERSION,
+    Envelope,
+    Sample,
+)
 
 DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 # Longest rejection detail kept: it goes to logs and the dead-letter record, and a hostile
@@ -24,6 +31,7 @@ class RejectReason(StrEnum):
     NOT_JSON = "not_json"
     UNSUPPORTED_SCHEMA = "unsupported_schema"
     INVALID = "invalid"
+    OVER_LIMIT = "over_limit"  # valid in shape, but past one of the caps in wire.models
     TOPIC_MISMATCH = "topic_mismatch"
     UNKNOWN_AGENT = "unknown_agent"
 
@@ -66,8 +74,34 @@ def _schema_version(payload: bytes) -> object:
 
 # pydantic names the member of FieldValue's union that each error came from; one bad value
 # gives one error per member. Those are folded into one problem per value.
-_UNION_MEMBERS = frozenset({"bool", "int", "float", "str", "constrained-float"})
+_UNION_MEMBERS = frozenset({"bool", "int", "float", "str", "constrained-float", "constrained-str"})
 _FIELD_VALUE_HINT = "must be a boolean, a 64-bit integer, a finite number or a string"
+# Errors that mean "valid, but more than a cap allows" (reason `over_limit`).
+_CAP_ERRORS = frozenset({"too_long", "string_too_long"})
+# The collection caps by the last element of the error's location.
+_COLLECTION_CAPS = {
+    "samples": f"at most {MAX_SAMPLES_PER_ENVELOPE} samples per envelope",
+    "tags": f"at most {MAX_TAGS_PER_SAMPLE} tags per sample",
+    "fields": f"at most {MAX_FIELDS_PER_SAMPLE} fields per sample",
+}
+
+
+def _cap_message(loc: tuple[int | str, ...], error: ErrorDetails) -> str:
+    """Which cap a too-long value breaks, in words ("... is over the cap: at most 16 tags ...")."""
+    limit = (error.get("ctx") or {}).get("max_length")
+    if error["type"] == "too_long":
+        cap = _COLLECTION_CAPS.get(str(loc[-1]) if loc else "", f"at most {limit} items")
+        return f"over the cap: {cap}"
+    what = "a string"
+    if loc and loc[-1] == "[key]":
+        what = "a tag key" if "tags" in loc else "a field key"
+    elif "tags" in loc:
+        what = "a tag value"
+    elif "fields" in loc:
+        what = "a string field value"
+    elif loc and loc[-1] in ("measurement", "reason", "version"):
+        what = f"`{loc[-1]}`"
+    return f"over the cap: {what} has at most {limit} characters"
 
 
 def _problems(errors: list[ErrorDetails]) -> list[tuple[str, str]]:
@@ -77,7 +111,9 @@ def _problems(errors: list[ErrorDetails]) -> list[tuple[str, str]]:
         loc = error["loc"]
         folded = bool(loc) and loc[-1] in _UNION_MEMBERS
         where = ".".join(str(part) for part in (loc[:-1] if folded else loc)) or "(document)"
-        if not folded:
+        if error["type"] in _CAP_ERRORS:
+            problems[where] = _cap_message(loc[:-1] if folded else loc, error)
+        elif not folded:
             problems.setdefault(where, error["msg"])
         elif error["type"] == "finite_number":
             problems[where] = f"{error['msg']} (NaN and infinity cannot be stored)"
@@ -107,8 +143,11 @@ def decode_envelope(
                 f"schema {version!r}, this collector reads {SCHEMA_VERSION}",
             )
         problems = _problems(errors)
-        where, message = problems[0]
+        # A cap broken anywhere is the headline: the payload is too much, whatever else is wrong.
+        capped = [problem for problem in problems if problem[1].startswith("over the cap")]
+        reason = RejectReason.OVER_LIMIT if capped else RejectReason.INVALID
+        where, message = (capped or problems)[0]
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        return _rejection(RejectReason.INVALID, f"{where}: {message}{more}")
+        return _rejection(reason, f"{where}: {message}{more}")
     except (RecursionError, MemoryError) as exc:
         return _rejection(RejectReason.INVALID, f"unparseable document: {type(exc).__name__}")

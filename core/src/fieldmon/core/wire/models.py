@@ -14,6 +14,26 @@ ID_PATTERN = r"^[a-z0-9-]+$"
 _ID_RE = re.compile(ID_PATTERN)
 RESERVED_IDS = frozenset({"alerts"})
 
+# Caps on what one message may carry: an agent's own topic is the only place a stolen Pi can
+# write, so what the collector decodes from it is bounded. Real envelopes are far inside them:
+# an agent sends at most `agent.max_samples_per_envelope` (default 500) samples, a sample has up
+# to 5 tags and 12 fields, an event message is a sentence. decode_envelope names the cap a
+# payload breaks (reason `over_limit`).
+MAX_SAMPLES_PER_ENVELOPE: Final = 10_000
+MAX_TAGS_PER_SAMPLE: Final = 16
+MAX_FIELDS_PER_SAMPLE: Final = 64
+MAX_MEASUREMENT_CHARS: Final = 64
+MAX_KEY_CHARS: Final = 128  # a tag key or a field key
+MAX_TAG_VALUE_CHARS: Final = 256
+MAX_FIELD_STRING_CHARS: Final = 4096  # InfluxDB takes 64 KiB; a line must stay well under 256 KiB
+MAX_STATUS_REASON_CHARS: Final = 256  # a birth's or last will's `reason`
+MAX_VERSION_CHARS: Final = 64
+
+# What agents may send: each measurement an agent probe emits (docs/contract.md, InfluxDB). The
+# collector refuses any other measurement on an agent's topic (`alert`, `outage` and `agent`
+# are the collector's own rows), so a stolen Pi cannot forge alert history.
+AGENT_MEASUREMENTS: Final = frozenset({"link", "snmp_if", "ap", "host", "event", "service", "path"})
+
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=64)]
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # Field values map one-to-one onto InfluxDB line-protocol types (bool, int, float, string).
@@ -26,7 +46,7 @@ FieldValue = (
     Annotated[bool, Strict()]
     | Annotated[int, Strict()]
     | Annotated[float, Strict(), Field(allow_inf_nan=False)]
-    | Annotated[str, Strict()]
+    | Annotated[str, Strict(), StringConstraints(max_length=MAX_FIELD_STRING_CHARS)]
 )
 # Nanoseconds since the Unix epoch: exact in JSON integers, a signed 64-bit integer in SQLite
 # and InfluxDB. The contract knows no storage backend's limits; the collector judges a time
@@ -35,8 +55,9 @@ FieldValue = (
 TimestampNs = Annotated[int, Field(ge=0, lt=2**63)]
 # Envelope sequence numbers: stored as SQLite / InfluxDB 64-bit integers on both sides.
 Seq = Annotated[int, Field(ge=0, lt=2**63)]
-_TAG_KEY = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-_TAG_VALUE = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+_TAG_KEY = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_CHARS)]
+_TAG_VALUE = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG_VALUE_CHARS)]
 
 
 def is_valid_id(value: str) -> bool:
@@ -53,9 +74,15 @@ def is_valid_id(value: str) -> bool:
 class Sample:
     """One measurement row, shaped like an InfluxDB point."""
 
-    measurement: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
-    tags: dict[_TAG_KEY, _TAG_VALUE] = dataclass_field(default_factory=dict)
-    fields: Annotated[dict[_TAG_KEY, FieldValue], Field(min_length=1)]
+    measurement: Annotated[
+        str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=MAX_MEASUREMENT_CHARS)
+    ]
+    tags: Annotated[dict[_TAG_KEY, _TAG_VALUE], Field(max_length=MAX_TAGS_PER_SAMPLE)] = (
+        dataclass_field(default_factory=dict)
+    )
+    fields: Annotated[
+        dict[_TAG_KEY, FieldValue], Field(min_length=1, max_length=MAX_FIELDS_PER_SAMPLE)
+    ]
     time: TimestampNs
 
     @field_validator("fields")
@@ -78,7 +105,7 @@ class Envelope(BaseModel):
     agent: Identifier
     seq: Seq
     sent_at: TimestampNs
-    samples: list[Sample]
+    samples: Annotated[list[Sample], Field(max_length=MAX_SAMPLES_PER_ENVELOPE)]
 
     @field_validator("schema_", mode="before")
     @classmethod
@@ -105,8 +132,8 @@ class StatusMessage(BaseModel):
     site: Identifier
     agent: Identifier
     at: TimestampNs | None = None
-    version: str | None = None
-    reason: str | None = None
+    version: Annotated[str, StringConstraints(max_length=MAX_VERSION_CHARS)] | None = None
+    reason: Annotated[str, StringConstraints(max_length=MAX_STATUS_REASON_CHARS)] | None = None
 
 
 class AckMessage(BaseModel):
