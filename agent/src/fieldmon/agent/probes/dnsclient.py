@@ -26,8 +26,8 @@ import dns.rdatatype
 import dns.reversename
 
 from fieldmon.agent.probes.netconn import (
+    Connection,
     Failure,
-    close,
     connect_failure,
     connect_tcp,
     family_of,
@@ -187,16 +187,15 @@ class DnsClient:
 
     async def _tcp(self, question: dns.message.Message, wire: bytes) -> dns.message.Message:
         self.stage = "tcp"
-        writer = None
+        connection: Connection | None = None
         try:
-            reader, writer = await connect_tcp(
+            connection = await connect_tcp(
                 self.server, self.port, interface=self.interface, source=self.source
             )
-            writer.write(struct.pack("!H", len(wire)) + wire)
-            await writer.drain()
+            await connection.send_all(struct.pack("!H", len(wire)) + wire)
             try:
-                (length,) = struct.unpack("!H", await reader.readexactly(2))
-                data = await reader.readexactly(length)
+                (length,) = struct.unpack("!H", await connection.readexactly(2))
+                data = await connection.readexactly(length)
             except asyncio.IncompleteReadError as exc:
                 raise DnsQueryError(
                     Failure("protocol", f"{self.server} closed the TCP connection before answering")
@@ -208,7 +207,8 @@ class DnsClient:
                 )
             return reply
         finally:
-            await close(writer)
+            if connection is not None:
+                connection.close()
 
     def _os_failure(self, exc: OSError) -> Failure:
         if isinstance(exc, ConnectionRefusedError):
