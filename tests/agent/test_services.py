@@ -9,20 +9,34 @@ from __future__ import annotations
 import asyncio
 import errno
 import ssl
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.name
+import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from fieldmon.agent.probes import dns as dns_probe
 from fieldmon.agent.probes import http, registry, tcp
 from fieldmon.agent.probes.base import ProbeResources, Run, Status
-from fieldmon.agent.probes.dnsclient import DnsAnswer, Record, _forms, question_name
+from fieldmon.agent.probes.dnsclient import (
+    DnsAnswer,
+    DnsClient,
+    Record,
+    _forms,
+    _quick_records,
+    question_name,
+)
+from fieldmon.agent.probes.dnsclient import _records as _dns_records
 from fieldmon.agent.probes.http import Answer, HttpProbe, _parse_head, _read_body, _status_reason
 from fieldmon.agent.probes.netconn import (
     CertInfo,
@@ -333,6 +347,107 @@ def test_each_record_type_can_be_expected_in_the_forms_the_docs_name(
 ) -> None:
     rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), text)
     assert _forms(rdtype, rdata)[1] == forms
+
+
+# The quick reader of common DNS answers (A, AAAA, CNAME) must read exactly what dnspython reads:
+# answers built record by record (owners in any case, compressed or not, repeated records, more
+# than one CNAME for an owner), then cut short or with one byte changed. Whenever the quick
+# reader answers, dnspython reads the same message to the same rcode and records.
+_QNAME = "his.hospital.example"
+_OWNERS = (_QNAME, "HIS.hospital.example", "cdn.hospital.example", "x-1.Edge.example")
+_RECORD = st.one_of(
+    st.tuples(
+        st.sampled_from(_OWNERS),
+        st.just(1),
+        st.sampled_from([b"\xc0\x00\x02\x50", b"\x0a\0\0\x01"]),
+    ),
+    st.tuples(
+        st.sampled_from(_OWNERS),
+        st.just(28),
+        st.sampled_from([bytes(15) + b"\x01", b"\x20\x01\x0d\xb8" + bytes(12)]),
+    ),
+    st.tuples(st.sampled_from(_OWNERS), st.just(5), st.sampled_from(_OWNERS)),
+)
+
+
+def _wire_name(name: str, compress: bool) -> bytes:
+    if compress and name.lower() == _QNAME:
+        return b"\xc0\x0c"  # the question's name, at offset 12
+    return b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+
+
+def _dns_answer(
+    ident: int, rcode: int, records: list[tuple[str, int, Any]], edns: bool, compress: bool
+) -> bytes:
+    body = b""
+    for owner, rdtype, rdata in records:
+        data = _wire_name(rdata, compress) if rdtype == 5 else rdata
+        body += _wire_name(owner, compress) + struct.pack("!HHIH", rdtype, 1, 300, len(data)) + data
+    opt = b"\0" + struct.pack("!HHIH", 41, 1232, (rcode >> 4) << 24, 0) if edns else b""
+    header = struct.pack("!6H", ident, 0x8180 | (rcode & 0xF), 1, len(records), 0, int(edns))
+    return header + _wire_name(_QNAME, False) + b"\0\x01\0\x01" + body + opt
+
+
+@settings(max_examples=300)
+@given(
+    ident=st.integers(0, 0xFFFF),
+    rcode=st.sampled_from([0, 2, 3, 5, 16]),
+    records=st.lists(_RECORD, max_size=6),
+    edns=st.booleans(),
+    compress=st.booleans(),
+    cut=st.integers(0, 400),
+    flip=st.tuples(st.integers(0, 400), st.integers(0, 255)),
+)
+def test_the_quick_dns_reader_reads_what_dnspython_reads(
+    *,
+    ident: int,
+    rcode: int,
+    records: list[tuple[str, int, Any]],
+    edns: bool,
+    compress: bool,
+    cut: int,
+    flip: tuple[int, int],
+) -> None:
+    client = DnsClient("192.0.2.53")
+    query = client._query(_QNAME, "A")
+    asked = dns.message.from_wire(ident.to_bytes(2, "big") + query.wire[2:])
+    whole = _dns_answer(ident, rcode if edns else rcode & 0xF, records, edns, compress)
+    changed = bytearray(whole)
+    if flip[0] < len(changed):
+        changed[flip[0]] = flip[1]
+    assert _quick_records(whole, query, ident) is not None  # the common kind: read quickly
+    for wire in (whole, whole[:cut], bytes(changed)):
+        quick = _quick_records(wire, query, ident)
+        if quick is None:
+            continue
+        reply = dns.message.from_wire(wire, ignore_trailing=True)
+        assert asked.is_response(reply)
+        assert quick == (dns.rcode.to_text(reply.rcode()), _dns_records(reply))
+
+
+def test_dns_answers_the_quick_reader_leaves_to_dnspython() -> None:
+    client = DnsClient("192.0.2.53")
+    query = client._query(_QNAME, "A")
+    plain = _dns_answer(7, 0, [(_QNAME, 1, b"\xc0\x00\x02\x50")], True, True)
+    assert _quick_records(plain, query, 7) == (
+        "NOERROR",
+        (Record("A", "192.0.2.80", frozenset({"192.0.2.80"})),),
+    )
+    assert _quick_records(plain, query, 8) is None  # another id
+    mx = _dns_answer(7, 0, [(_QNAME, 15, b"\0\x0a\xc0\x0c")], True, True)
+    assert _quick_records(mx, query, 7) is None  # MX: dnspython's
+    escaped = _dns_answer(7, 0, [(_QNAME, 5, "a b.example")], False, False)
+    assert _quick_records(escaped, query, 7) is None  # a label dnspython writes escaped
+    other_question = plain.replace(b"\x03his", b"\x03her")
+    assert _quick_records(other_question, query, 7) is None
+    # An owner that points forwards, to the name in its own record's data: dnspython refuses it.
+    target = _wire_name("cdn.hospital.example", False)
+    record = b"\xc0\x32" + struct.pack("!HHIH", 5, 1, 300, len(target)) + target
+    forward = _dns_answer(7, 0, [], False, False)[:38] + record
+    forward = forward[:6] + b"\0\x01" + forward[8:]
+    with pytest.raises(dns.name.BadPointer):
+        dns.message.from_wire(forward)
+    assert _quick_records(forward, query, 7) is None
 
 
 def test_http_status_reasons_by_class() -> None:

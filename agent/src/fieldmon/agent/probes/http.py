@@ -1,6 +1,7 @@
 """HTTP(S) services: does the application staff use answer, correctly and in good time?
 
-Our own HTTP/1.1 client on asyncio streams, so each phase is measured where it happens and the
+Our own HTTP/1.1 client on the service probes' connections (fieldmon.agent.probes.netconn:
+the socket's own calls on the event loop), so each phase is measured where it happens and the
 agent loads no HTTP library: resolve the URL's host (the system's resolver, or `resolver`
 through fieldmon.agent.probes.dnsclient), connect (a bound socket, as links use), TLS
 handshake (certificate checked, its days left kept), send the request, wait for the first byte,
@@ -35,22 +36,22 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urljoin
 
 from fieldmon.agent.probes.base import ProbeKind, ProbeResources
 from fieldmon.agent.probes.netconn import (
+    LINE_LIMIT,
+    READ_SIZE,
     ConnectError,
     Failure,
     TlsSetupError,
     client_context,
-    close,
     connect_failure,
     connect_first,
     diagnose,
     host_port,
     resolve,
-    start_tls,
     tls_failure,
 )
 from fieldmon.agent.probes.service import ServiceProbe, Trace, cert_words
@@ -64,14 +65,24 @@ if TYPE_CHECKING:
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 BODY_KEEP = 1 << 20  # bytes of the body kept for body_contains / body_regex; the rest is read
-_READ = 1 << 16
-_HEAD_LIMIT = 1 << 16  # a status line and headers longer than this are not an HTTP answer
+_READ = READ_SIZE
+_HEAD_LIMIT = LINE_LIMIT  # a status line and headers longer than this are not an HTTP answer
 _NO_BODY = frozenset({204, 304})
 USER_AGENT = f"fieldmon-agent/{part_version('fieldmon-agent')}"
 
 
 class ProtocolError(Exception):
     """The server's answer is not HTTP/1.x as we read it."""
+
+
+class Reader(Protocol):
+    """What reading an answer needs: a Connection, or an asyncio.StreamReader (tests)."""
+
+    async def read(self, size: int) -> bytes: ...
+
+    async def readuntil(self, separator: bytes) -> bytes: ...
+
+    async def readexactly(self, size: int) -> bytes: ...
 
 
 @dataclass
@@ -169,11 +180,11 @@ class HttpProbe(ServiceProbe):
         def trying(address: str) -> None:
             trace.stage = f"connecting to {host_port(address, port)}"
 
-        writer = None
+        connection = None
         address = addresses[0]
         try:
             try:
-                reader, writer, address = await connect_first(
+                connection = await connect_first(
                     addresses,
                     port,
                     interface=config.interface,
@@ -191,22 +202,22 @@ class HttpProbe(ServiceProbe):
                     )
                 )
                 return None
+            address = connection.address
             trace.mark("connect_ms")
             if scheme == "https":
                 where = host_port(address, port)
                 trace.stage = f"TLS handshake with {host} ({where})"
                 try:
                     context = client_context(config.ca_file)
-                    trace.saw(await start_tls(writer, context, host))
+                    trace.saw(await connection.start_tls(context, host))
                 except ssl.SSLError as exc:
                     trace.fail(tls_failure(exc, host, where, None))
                     await self._diagnose(trace, exc, address, port, host)
                     return None
                 trace.mark("tls_ms")
             trace.stage = f"waiting for {url} to answer"
-            writer.write(self._request_bytes(method, host, port, scheme, path))
-            await writer.drain()
-            answer = await self._read_answer(trace, reader, method, url)
+            await connection.send_all(self._request_bytes(method, host, port, scheme, path))
+            answer = await self._read_answer(trace, connection, method, url)
             trace.done()
             return answer
         except ProtocolError as exc:
@@ -220,7 +231,8 @@ class HttpProbe(ServiceProbe):
                 )
             )
         finally:
-            await close(writer, graceful=trace.up)
+            if connection is not None:
+                connection.close(graceful=trace.up)
         return None
 
     async def _resolve(self, trace: Trace, host: str, port: int) -> list[str]:
@@ -298,9 +310,7 @@ class HttpProbe(ServiceProbe):
         lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    async def _read_answer(
-        self, trace: Trace, reader: asyncio.StreamReader, method: str, url: str
-    ) -> Answer:
+    async def _read_answer(self, trace: Trace, reader: Reader, method: str, url: str) -> Answer:
         """Status line, headers and body; the first byte marks ttfb_ms."""
         first = await reader.read(1)
         if not first:
@@ -389,7 +399,7 @@ def _status_reason(url: str, answer: Answer, expected: list[int] | None) -> str:
     return f"{head}, expected {wanted}"
 
 
-async def _read_head(reader: asyncio.StreamReader) -> bytes:
+async def _read_head(reader: Reader) -> bytes:
     try:
         return await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError as exc:
@@ -414,7 +424,7 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     return int(parts[1]), headers
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+async def _read_body(reader: Reader, headers: dict[str, str]) -> bytes:
     """The whole body read, its first BODY_KEEP bytes returned."""
     kept = bytearray()
 
@@ -451,9 +461,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
     return bytes(kept)
 
 
-async def _read_exactly(
-    reader: asyncio.StreamReader, size: int, keep: Callable[[bytes], None]
-) -> None:
+async def _read_exactly(reader: Reader, size: int, keep: Callable[[bytes], None]) -> None:
     remaining = size
     while remaining > 0:
         data = await reader.read(min(remaining, _READ))

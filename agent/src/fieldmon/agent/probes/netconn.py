@@ -1,16 +1,22 @@
 """Service probes' connections: bound sockets, TLS and its certificate, failures in words.
 
 Every socket is non-blocking on the agent's event loop, optionally bound to a device
-(SO_BINDTODEVICE, as the ICMP links are) and to a source address. TLS contexts are shared per
-CA file: each loads its CA store once (the system's store is about a megabyte), however many
-services use it. When a certificate fails verification, `diagnose()` makes a second handshake
-that skips only the host-name and date checks, so the reason can say for whom the certificate
-is and how many days ago it expired.
+(SO_BINDTODEVICE, as the ICMP links are) and to a source address. A `Connection` calls the
+socket (or, after `start_tls`, the `ssl.SSLSocket`) directly and waits on the loop's selector
+only when a call would block: no asyncio transport, protocol or stream, whose machinery cost
+more CPU than a probe's few hundred bytes and, for TLS (asyncio's memory-BIO transport), woke
+the loop several times per handshake flight (bench/services: the HTTPS handshake took about
+0.5 ms longer than the same handshake driven this way). TLS contexts are shared per CA file:
+each loads its CA store once (the system's store is about a megabyte), however many services
+use it. When a certificate fails verification, `diagnose()` makes a second handshake that skips
+only the host-name and date checks, so the reason can say for whom the certificate is and how
+many days ago it expired.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import socket
@@ -71,6 +77,29 @@ def cert_info(host: str, peercert: object) -> CertInfo | None:
     )
 
 
+# CertInfo by (name asked for, the certificate's DER): a service shows the same certificate run
+# after run, and decoding it (ssl's dict, two strptime dates) cost more than the rest of a
+# plain run's Python. Bounded: cleared when it reaches this many.
+_CERTS_KEPT = 256
+_certs: dict[tuple[str, bytes], CertInfo | None] = {}
+
+
+def peer_cert(host: str, tls: ssl.SSLSocket) -> CertInfo | None:
+    """The verified certificate of a finished handshake, as CertInfo; None when there is none."""
+    der = tls.getpeercert(binary_form=True)
+    if der is None:
+        return None
+    key = (host, der)
+    try:
+        return _certs[key]
+    except KeyError:
+        pass
+    if len(_certs) >= _CERTS_KEPT:
+        _certs.clear()
+    info = _certs[key] = cert_info(host, tls.getpeercert())
+    return info
+
+
 # -- TLS contexts -------------------------------------------------------------------------------
 
 
@@ -104,6 +133,12 @@ def _context(ca_key: tuple[str, int, int] | None, diagnostic: bool) -> ssl.SSLCo
 
 # -- sockets ------------------------------------------------------------------------------------
 
+# Bytes asked of the kernel per read: a probe's answer head, or a chunk of its body.
+READ_SIZE = 1 << 16
+# A line (an HTTP head) longer than this without its separator is not what we expect
+# (asyncio.StreamReader's default limit, which the probes used before).
+LINE_LIMIT = 1 << 16
+
 
 def open_socket(
     family: int, kind: int, *, interface: str | None = None, source: str | None = None
@@ -127,19 +162,169 @@ def family_of(address: str) -> int:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Connection:
+    """One connected socket on the event loop: TCP (plain, or TLS after `start_tls`) or UDP.
+
+    Each call goes to the socket at once and waits on the loop's selector only when it would
+    block, so a TLS handshake is `do_handshake()` again as soon as the server's flight is
+    readable. `read()`, `readuntil()` and `readexactly()` behave as asyncio.StreamReader's do
+    (IncompleteReadError at an early end, LimitOverrunError past LINE_LIMIT), over a buffer of
+    what the socket gave; `receive()` is one read of the socket itself (a datagram).
+    """
+
+    def __init__(self, sock: socket.socket, address: str) -> None:
+        self.sock = sock  # an ssl.SSLSocket after start_tls()
+        self.address = address  # the peer's address
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray()
+        self._eof = False
+
+    async def _wait(self, *, writable: bool) -> None:
+        """Until the socket is readable (writable)."""
+        loop, fd = self._loop, self.sock.fileno()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if writable:
+            loop.add_writer(fd, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                loop.remove_writer(fd)
+        else:
+            loop.add_reader(fd, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                loop.remove_reader(fd)
+
+    async def connect(self, port: int) -> None:
+        """The TCP handshake (or a UDP socket's peer); OSError as asyncio's sock_connect raises."""
+        target = (self.address, port)
+        try:
+            self.sock.connect(target)
+        except BlockingIOError:
+            await self._wait(writable=True)
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code != 0:
+                # OSError() picks the subclass by errno (ConnectionRefusedError, ...).
+                raise OSError(code, f"Connect call failed {target}") from None
+
+    async def start_tls(self, context: ssl.SSLContext, server_name: str) -> CertInfo | None:
+        """The TLS handshake on this connection; the verified certificate it saw."""
+        tls = context.wrap_socket(
+            self.sock, server_hostname=server_name, do_handshake_on_connect=False
+        )
+        self.sock = tls
+        while True:
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._wait(writable=False)
+            except ssl.SSLWantWriteError:
+                await self._wait(writable=True)
+            else:
+                return peer_cert(server_name, tls)
+
+    async def send_all(self, data: bytes) -> None:
+        """Send all of `data`."""
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                await self._wait(writable=True)
+            except ssl.SSLWantReadError:
+                await self._wait(writable=False)
+            else:
+                view = view[sent:]
+
+    async def receive(self, size: int = READ_SIZE) -> bytes:
+        """One read of the socket (a datagram, or what a stream has); b"" at the end."""
+        while True:
+            try:
+                return self.sock.recv(size)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                await self._wait(writable=False)
+            except ssl.SSLWantWriteError:
+                await self._wait(writable=True)
+
+    async def _fill(self) -> bool:
+        """Read more into the buffer; False at the end of the stream."""
+        if self._eof:
+            return False
+        data = await self.receive()
+        if not data:
+            self._eof = True
+            return False
+        self._buffer += data
+        return True
+
+    async def read(self, size: int) -> bytes:
+        """Up to `size` bytes, as soon as there are any; b"" at the end of the stream."""
+        if not self._buffer and not await self._fill():
+            return b""
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        """Everything up to and including `separator`."""
+        start = 0
+        while True:
+            found = self._buffer.find(separator, start)
+            if found >= 0:
+                end = found + len(separator)
+                data = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                return data
+            if len(self._buffer) > LINE_LIMIT:
+                raise asyncio.LimitOverrunError(
+                    "Separator is not found, and chunk exceed the limit", len(self._buffer)
+                )
+            start = max(0, len(self._buffer) - len(separator) + 1)
+            if not await self._fill():
+                partial = bytes(self._buffer)
+                self._buffer.clear()
+                raise asyncio.IncompleteReadError(partial, None)
+
+    async def readexactly(self, size: int) -> bytes:
+        """Exactly `size` bytes."""
+        while len(self._buffer) < size:
+            if not await self._fill():
+                partial = bytes(self._buffer)
+                self._buffer.clear()
+                raise asyncio.IncompleteReadError(partial, size)
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def close(self, *, graceful: bool = True) -> None:
+        """Close now. Gracefully, a TLS connection says close_notify first, without waiting for
+        the server's (as curl and Go do), so closing never stretches a run."""
+        sock = self.sock
+        if graceful and isinstance(sock, ssl.SSLSocket):
+            # Sends our close_notify; reads the server's only if it is already there.
+            with contextlib.suppress(OSError, ValueError):
+                sock.unwrap()
+        sock.close()
+
+
 async def connect_tcp(
     address: str, port: int, *, interface: str | None = None, source: str | None = None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection to an IP literal, as asyncio streams; OSError when it fails."""
-    loop = asyncio.get_running_loop()
+) -> Connection:
+    """A TCP connection to an IP literal; OSError when it fails."""
     sock = open_socket(family_of(address), socket.SOCK_STREAM, interface=interface, source=source)
+    connection = Connection(sock, address)
     try:
-        await loop.sock_connect(sock, (address, port))
-        # Wrapping a connected socket does no I/O: the phase above is the TCP handshake alone.
-        return await asyncio.open_connection(sock=sock)
+        await connection.connect(port)
     except BaseException:
         sock.close()
         raise
+    return connection
 
 
 async def resolve(host: str, port: int, *, source: str | None = None) -> list[str]:
@@ -167,48 +352,20 @@ async def connect_first(
     interface: str | None = None,
     source: str | None = None,
     trying: Callable[[str], None] | None = None,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+) -> Connection:
     """Connect to the first of `addresses` that accepts, in order, as browsers and curl do
-    (`localhost` is often ::1 first, for a server that listens on 127.0.0.1 only); the
-    connection and the address it reached. `trying(address)` is told each attempt."""
+    (`localhost` is often ::1 first, for a server that listens on 127.0.0.1 only); its
+    `address` is the one it reached. `trying(address)` is told each attempt."""
     last: ConnectError | None = None
     for address in addresses:
         if trying is not None:
             trying(address)
         try:
-            reader, writer = await connect_tcp(address, port, interface=interface, source=source)
+            return await connect_tcp(address, port, interface=interface, source=source)
         except OSError as exc:
             last = ConnectError(exc, address)
-            continue
-        return reader, writer, address
     assert last is not None, "connect_first needs at least one address"
     raise last
-
-
-async def start_tls(
-    writer: asyncio.StreamWriter, context: ssl.SSLContext, server_name: str
-) -> CertInfo | None:
-    """The TLS handshake on an open connection; the verified certificate it saw."""
-    await writer.start_tls(context, server_hostname=server_name)
-    return cert_info(server_name, writer.get_extra_info("peercert"))
-
-
-async def close(writer: asyncio.StreamWriter | None, *, graceful: bool = True) -> None:
-    """Close a connection: gracefully (TLS close_notify, FIN) for at most half a second, or at
-    once (`graceful=False`, or a run being cancelled at its timeout), so cleaning up never
-    stretches a run past its budget."""
-    if writer is None:
-        return
-    task = asyncio.current_task()
-    if not graceful or (task is not None and task.cancelling()):
-        writer.transport.abort()
-        return
-    writer.close()
-    try:
-        async with asyncio.timeout(0.5):
-            await writer.wait_closed()
-    except (OSError, TimeoutError, ssl.SSLError):
-        pass  # the connection is closed on our side either way
 
 
 async def diagnose(
@@ -225,14 +382,15 @@ async def diagnose(
     A second handshake with a context that checks the chain but not the name or the dates:
     what it shows comes from a CA we trust, so its dates and names can be reported.
     """
-    writer = None
+    connection = None
     try:
-        _reader, writer = await connect_tcp(address, port, interface=interface, source=source)
-        return await start_tls(writer, client_context(ca_file, diagnostic=True), server_name)
+        connection = await connect_tcp(address, port, interface=interface, source=source)
+        return await connection.start_tls(client_context(ca_file, diagnostic=True), server_name)
     except (OSError, TlsSetupError):  # ssl.SSLError is an OSError: untrusted or no TLS at all
         return None
     finally:
-        await close(writer)
+        if connection is not None:
+            connection.close()
 
 
 # -- failures in words --------------------------------------------------------------------------

@@ -26,13 +26,11 @@ from fieldmon.agent.probes.netconn import (
     Failure,
     TlsSetupError,
     client_context,
-    close,
     connect_failure,
     connect_first,
     diagnose,
     host_port,
     resolve,
-    start_tls,
     tls_failure,
 )
 from fieldmon.agent.probes.service import ServiceProbe, Trace, cert_words
@@ -63,10 +61,10 @@ class TcpProbe(ServiceProbe):
         def trying(address: str) -> None:
             trace.stage = f"connecting to {host_port(address, config.port)}"
 
-        writer = None
+        connection = None
         try:
             try:
-                _reader, writer, address = await connect_first(
+                connection = await connect_first(
                     addresses,
                     config.port,
                     interface=config.interface,
@@ -88,10 +86,11 @@ class TcpProbe(ServiceProbe):
             if self._context is None:
                 trace.done()
                 return
+            address = connection.address
             where = host_port(address, config.port)
             trace.stage = f"TLS handshake with {where}"
             try:
-                trace.saw(await start_tls(writer, self._context, config.tls_name))
+                trace.saw(await connection.start_tls(self._context, config.tls_name))
             except ssl.SSLError as exc:
                 trace.fail(tls_failure(exc, config.tls_name, where, None))
                 await self._diagnose(trace, exc, address)
@@ -106,7 +105,8 @@ class TcpProbe(ServiceProbe):
             trace.mark("tls_ms")
             trace.done()
         finally:
-            await close(writer, graceful=trace.up)
+            if connection is not None:
+                connection.close(graceful=trace.up)
 
     async def _resolve(self, trace: Trace) -> list[str]:
         config = self.config
