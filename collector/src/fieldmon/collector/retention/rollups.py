@@ -93,7 +93,7 @@ ROLLUPS: dict[str, tuple[Output, ...]] = {
     "service": (
         _samples("duration_ms"),
         Output("failures", COUNT, "error"),  # `error` is there only when `up` is false
-        *_field("up", LAST),  # boolean
+        *_fields(("up", "error"), LAST),  # a boolean; `error` only in a bucket with a failure
         *_field("duration_ms", MEAN, MAX, MIN),
         *_fields(_PHASES, MEAN, MAX),
         *_field("cert_days_left", MIN),
