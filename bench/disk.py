@@ -11,7 +11,8 @@ empty and the TSM files stop changing), and measures the files of each retention
 `site_day()` is the generator, for other tools (a fleet simulator) to reuse: it yields the
 day's `Sample`s in time order, deterministic for a seed.
 
-Run: .venv/bin/python -m bench.disk [--links 100] [--devices 50] [--hours 24] [--keep DIR]
+Run: .venv/bin/python -m bench.disk [--links 100] [--devices 50] [--hours 24]
+     [--rollups 5m:730d,1h:1825d] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bench._report import print_result
 from fieldmon.collector.retention import influxql
 from fieldmon.collector.retention.config import RetentionConfig
 from fieldmon.collector.storage.lineprotocol import encode_samples
+from fieldmon.core.config.types import format_duration
 from fieldmon.core.wire.models import Sample
 from fieldmon.lab.servers import InfluxdServer
 
@@ -320,11 +322,12 @@ class _Server:
         self.server.write(lines, DATABASE, rp=policy)
 
 
-def measure(workdir: Path, *, hours: float, links: int, devices: int) -> dict[str, object]:
+def measure(
+    workdir: Path, *, hours: float, links: int, devices: int, retention: RetentionConfig
+) -> dict[str, object]:
     """Write the day, roll it up, compact, measure."""
     day_start = (time.time_ns() // (DAY_S * NS) - 2) * DAY_S * NS  # two days ago, 00:00 UTC
     rows: Counter[str] = Counter()
-    retention = RetentionConfig()
     with CompactingInfluxd(workdir / "influxd") as server:
         server.create_database(DATABASE)
         client = _Server(server)
@@ -348,32 +351,43 @@ def measure(workdir: Path, *, hours: float, links: int, devices: int) -> dict[st
         for step in influxql.backfill(DATABASE, plan.raw_policy, retention, day_start, end):
             server.query(step.statement, db=DATABASE)
         rollup_s = time.monotonic() - started
-        level = retention.rollups[0]
-        rollup_rows = server.query(
-            f'SELECT count("samples") FROM "{level.policy}"./.*/ GROUP BY *', db=DATABASE
-        )
         _settled(server)
         raw = policy_bytes(server, DATABASE, plan.raw_policy)
-        rolled = policy_bytes(server, DATABASE, level.policy)
+        levels = {}
+        for level in retention.rollups:
+            counted = server.query(
+                f'SELECT count("samples") FROM "{level.policy}"./.*/ GROUP BY *', db=DATABASE
+            )
+            levels[level.policy] = (
+                level,
+                sum(int(str(row["count"])) for row in counted),
+                policy_bytes(server, DATABASE, level.policy),
+            )
     total = sum(rows.values())
     scale = 24 / hours
-    return {
+    result: dict[str, object] = {
         "links": links,
         "snmp_devices": devices,
         "hours_written": hours,
         "raw_rows": total,
         "raw_rows_by_measurement": dict(rows),
-        "rollup_rows": sum(int(str(row["count"])) for row in rollup_rows),
         "raw_bytes": raw,
-        "rollup_bytes": rolled,
         "raw_bytes_per_row": round(raw / total, 2),
         "raw_mb_per_site_day": round(raw * scale / 1e6, 2),
-        "rollup_mb_per_site_day": round(rolled * scale / 1e6, 3),
-        "raw_30d_gb_per_site": round(raw * scale * 30 / 1e9, 2),
-        "rollup_2y_gb_per_site": round(rolled * scale * 730 / 1e9, 2),
-        "write_s": round(write_s, 1),
-        "rollup_s": round(rollup_s, 1),
+        f"raw_gb_per_site_{format_duration(retention.raw)}": round(
+            raw * scale * retention.raw / DAY_S / 1e9, 2
+        ),
     }
+    for name, (level, count, size) in levels.items():
+        keep = format_duration(level.keep)
+        result |= {
+            f"{name}_rows": count,
+            f"{name}_bytes": size,
+            f"{name}_bytes_per_row": round(size / count, 1) if count else None,
+            f"{name}_mb_per_site_day": round(size * scale / 1e6, 3),
+            f"{name}_gb_per_site_{keep}": round(size * scale * level.keep / DAY_S / 1e9, 2),
+        }
+    return result | {"write_s": round(write_s, 1), "rollup_s": round(rollup_s, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,11 +396,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--links", type=int, default=100)
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--hours", type=float, default=24.0)
+    parser.add_argument(
+        "--rollups",
+        default="5m:730d",
+        help="rollup levels as EVERY:KEEP,... (default 5m:730d, the collector's default)",
+    )
     parser.add_argument("--keep", type=Path, help="keep influxd's data here (default: removed)")
     args = parser.parse_args(argv)
+    levels = [
+        dict(zip(("every", "keep"), item.split(":"), strict=True))
+        for item in args.rollups.split(",")
+    ]
+    retention = RetentionConfig.model_validate({"rollups": levels})
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="fieldmon-disk-"))
     try:
-        result = measure(workdir, hours=args.hours, links=args.links, devices=args.devices)
+        result = measure(
+            workdir, hours=args.hours, links=args.links, devices=args.devices, retention=retention
+        )
     finally:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)

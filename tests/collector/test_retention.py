@@ -389,3 +389,25 @@ def _raw_fields(influxd: InfluxdServer, db: str, measurement: str) -> set[str]:
     return {
         row["fieldKey"] for row in influxd.query(f'SHOW FIELD KEYS FROM "{measurement}"', db=db)
     }
+
+
+def test_no_retention_section_or_no_influxd_is_said_in_words(tmp_path: Path) -> None:
+    sites = tmp_path / "site_configs"
+    sites.mkdir()
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(
+        'broker: {host: 127.0.0.1}\ninfluxdb: {api: v1, url: "http://127.0.0.1:9", '
+        "database: fieldmon}\nsite_configs: ./site_configs\n",
+        encoding="utf-8",
+    )
+    missing = _retention(bare)
+    assert missing.returncode == 2
+    assert "no retention: section" in missing.stderr
+    unreachable = bare.with_name("unreachable.yaml")
+    unreachable.write_text(bare.read_text(encoding="utf-8") + "retention: {}\n", encoding="utf-8")
+    refused = _retention(unreachable, "--apply")
+    assert refused.returncode == 1
+    assert "retention: running 'SHOW DATABASES' at http://127.0.0.1:9" in refused.stderr
+    assert "does not answer" in refused.stderr
+    both = _retention(unreachable, "--apply", "--dry-run")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
