@@ -140,6 +140,17 @@ CASES: list[tuple[str, str, Any, list[Any], list[tuple[int, str]]]] = [
      [95, 95, 95, 95, 85, 95, 74, 90, 73, 95], [(3, "firing")]),
     ("uplink short burst under the duration", "UplinkSaturated",
      lambda i, v: iface(i, {"oper_up": 1, "util_pct": v}), [95, 95, 95, 50, 95, 95, 95], []),
+    # A device's counter cache: polled faster than it, a steady 95 % reads 0, 0, 285 per poll.
+    ("uplink judged across the window, not on the cached per-poll saw-tooth", "UplinkSaturated",
+     lambda i, v: iface(i, {"oper_up": 1, "util_pct": (0, 0, 285)[i % 3],
+                            "util_pct_window": v, "window_s": 120.0}),
+     [50, 95, 94, 96, 95, 93, 95, 96, 94], [(4, "firing")]),
+    ("the same saw-tooth judged per poll (no window fields) never fires", "UplinkSaturated",
+     lambda i, v: iface(i, {"oper_up": 1, "util_pct": v}), [0, 0, 285] * 4, []),
+    ("a window wavering around the threshold fires once and never flaps", "UplinkSaturated",
+     lambda i, v: iface(i, {"oper_up": 1, "util_pct": (0, 0, 270)[i % 3],
+                            "util_pct_window": v, "window_s": 120.0}),
+     [91, 92, 90, 93, 88, 91, 86, 92, 89, 90, 85, 91, 87], [(3, "firing")]),
     ("power under-voltage for 20 s", "AgentPower", lambda i, v: host(i, {"undervoltage": v}),
      [False, True, True, True, False, False, False], [(3, "firing"), (6, "resolved")]),
     ("power flags flickering never fire", "AgentPower",
@@ -333,6 +344,24 @@ def test_labels_are_fixed_and_values_are_annotations() -> None:
     assert fired[0].annotations["util_pct"] == "97.3"
     assert "97.3" not in "".join(fired[0].labels.values())
     assert "interface wan0 on router saturated" in fired[0].annotations["summary"]
+
+
+def test_windowed_rows_report_the_window_in_the_alert() -> None:
+    clock = Clock(T0)
+    engine = _engine(clock)
+    fields = {"oper_up": 1, "util_pct": 0.0, "in_bps": 0.0, "out_bps": 0.0,
+              "util_pct_window": 96.04, "in_bps_window": 96.04e6, "out_bps_window": 2e6,
+              "window_s": 120.4}  # fmt: skip
+    rows = [iface(i, fields) for i in range(4)]
+    fired = [t for _, t in _feed(engine, clock, rows) if t.alertname == "UplinkSaturated"]
+    assert len(fired) == 1
+    annotations = fired[0].annotations
+    assert (annotations["util_pct"], annotations["in_bps"], annotations["window_s"]) == (
+        "96.0",
+        "96040000",
+        "120",
+    )
+    assert annotations["summary"].endswith("(util 96.0 % over 120 s)")
 
 
 # --- ApDown for a radio that stops reporting ---------------------------------------------------

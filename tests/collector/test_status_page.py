@@ -45,11 +45,15 @@ CHROMIUM_FLAGS = [
 
 
 def _site_file(folder: Path, site: str, port: int) -> None:
+    if not (folder / "community").exists():
+        write_secret(folder / "community")
     (folder / f"{site}.yaml").write_text(
         f"site: {site}\nname: Hall {site}\nparent_hospital: central\n"
         f"agent: {{id: {site}-pi, broker: {{host: 127.0.0.1, port: {port}}}}}\n"
         "links:\n  - {name: parent-gw, address: 127.0.0.1, role: parent}\n"
-        "services:\n  - {name: his, kind: http, url: 'https://his.example/', interval: 10s}\n",
+        "services:\n  - {name: his, kind: http, url: 'https://his.example/', interval: 10s}\n"
+        "snmp_devices:\n  - {name: router, address: 127.0.0.1, profile: if-mib,\n"
+        "     snmp: {version: 2c, community_file: community}}\n",
         encoding="utf-8",
     )
 
@@ -79,6 +83,20 @@ def _service_run(site: str, target: str, up: bool, at_ns: int) -> Sample:
         fields=fields,
         time=at_ns,
     )
+
+
+def _interface(site: str, seq: int, at_ns: int) -> bytes:
+    # Polled faster than the router's counter cache: 0 this poll, the window says 95 %.
+    fields: dict[str, float | int] = {"oper_up": 1, "in_bps": 0.0, "out_bps": 0.0}
+    fields |= {"util_pct": 0.0, "in_bps_window": 3.8e6, "out_bps_window": 2.5e5}
+    fields |= {"util_pct_window": 95.0, "window_s": 120.0}
+    sample = Sample(
+        measurement="snmp_if",
+        tags={"site": site, "agent": f"{site}-pi", "device": "router", "ifname": "wan0"},
+        fields=fields,  # type: ignore[arg-type]
+        time=at_ns,
+    )
+    return encode(Envelope(site=site, agent=f"{site}-pi", seq=seq, sent_at=at_ns, samples=[sample]))
 
 
 def _sites(http_port: int, password: str) -> dict[str, dict[str, object]]:
@@ -136,6 +154,9 @@ def test_status_page_shows_every_site_and_the_degraded_one(
                 client.publish(
                     f"fieldmon/v1/{site}/{site}-pi/samples", _round(site, seq, loss, at), qos=1
                 ).wait_for_publish(5)
+        client.publish(
+            "fieldmon/v1/hall-a/hall-a-pi/samples", _interface("hall-a", 4, now), qos=1
+        ).wait_for_publish(5)
         client.loop_stop()
         client.disconnect()
         wait_for(
@@ -154,6 +175,12 @@ def test_status_page_shows_every_site_and_the_degraded_one(
             "hall-b": ["his"],
         }
         assert services["hall-b"][0]["alerts"] == ["ServiceDown"]  # type: ignore[index]
+        wait_for(
+            lambda: _sites(http_port, password)["hall-a"]["interfaces"],
+            "hall-a's interface row on the board",
+            20,
+            daemons=collector,
+        )
 
         # The page's own fetches carry the credentials the browser was given for the page.
         url = f"http://noc:{password}@127.0.0.1:{http_port}/"
@@ -167,6 +194,9 @@ def test_status_page_shows_every_site_and_the_degraded_one(
         assert 'data-service="his" data-state="down"' in dom
         assert "failed: refused" in dom and "41.2" in dom and "12.5 ms" in dom
         assert "ServiceDown his" in dom
+        # The interface row shows the window (3.8 Mbit/s, 95 %), not the cached poll's 0.
+        row = dom[dom.index('data-interface="router/wan0"') :].split("</tr>")[0]
+        assert "3.8 Mbit/s" in row and 'data-util="95"' in row and "120 s" in row, row
         ARTIFACTS.mkdir(exist_ok=True)
         screenshot = ARTIFACTS / "status-page.png"
         screenshot.unlink(missing_ok=True)

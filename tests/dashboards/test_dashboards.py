@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from fieldmon.collector.retention import influxql
+from fieldmon.collector.retention.config import RetentionConfig
 from fieldmon.collector.storage.lineprotocol import encode_samples
 from fieldmon.core.wire.models import FieldValue, Sample
 from fieldmon.lab.demo import DATABASE as DEMO_DATABASE
@@ -37,12 +39,24 @@ EXPECTED_BOARDS = {"fleet-overview.json", "site-detail.json", "alerts-outages.js
 DATASOURCE_REF = {"type": "influxdb", "uid": "${datasource}"}
 
 # Grafana's own variables that an InfluxQL query may use, and what the test expands them to:
-# the data test covers the last hour in one-minute buckets.
+# the data test covers the last hour in one-minute buckets (${__from} and ${__to} are epoch ms).
+_NOW_MS = int(time.time() * 1000)
 BUILTINS = {
     "timeFilter": "time > now() - 1h",
     "__interval": "1m",
     "__interval_ms": "60000",
+    "__from": str(_NOW_MS - 3_600_000),
+    "__to": str(_NOW_MS),
 }
+# What `fieldmon-collector retention` sets up by default: raw rows in the database's default
+# policy, 5-minute rollups in rollup_5m; every panel reads the one the `rp` variable picks.
+RETENTION = RetentionConfig()
+RAW_RP, ROLLUP_RP = "autogen", RETENTION.rollups[0].policy
+RP_QUERY = (
+    'SELECT "rp" FROM "fieldmon_meta"."rp_config" '
+    'WHERE ${__to} - ${__from} > "from_ms" AND ${__to} - ${__from} <= "to_ms"'
+)
+MEASUREMENT_RE = re.compile(r'FROM\s+("[^"]*"\.)?"(\w+)"')
 # $name, ${name}, ${name:format} and the deprecated [[name]].
 VARIABLE_RE = re.compile(r"\$(\w+)|\$\{(\w+)(?::[\w]+)?\}|\[\[(\w+)\]\]")
 GRID_WIDTH = 24
@@ -154,6 +168,21 @@ def test_dashboard_metadata(path: Path) -> None:
             assert var["type"] == "query" and var["query"].startswith("SHOW TAG VALUES"), name
             assert var["datasource"] == DATASOURCE_REF, name
     assert "site" in variables
+    rp = variables.get("rp")
+    assert rp is not None, "no `rp` variable: panels would read raw rows the retention dropped"
+    assert (rp["type"], rp["query"], rp["refresh"]) == ("query", RP_QUERY, 2)
+    assert rp["datasource"] == DATASOURCE_REF
+
+
+@pytest.mark.parametrize("path", GRAFANA_FILES, ids=lambda path: path.name)
+def test_every_panel_reads_the_policy_the_rp_variable_picks(path: Path) -> None:
+    for query in _queries(path):
+        if "variable" in query.where:
+            continue
+        sources = MEASUREMENT_RE.findall(query.query)
+        assert sources, f"{query.where}: reads no measurement"
+        for policy, measurement in sources:
+            assert policy == '"$rp".', f"{query.where}: FROM {policy}{measurement!r}"
 
 
 def test_dashboard_uids_are_unique() -> None:
@@ -346,6 +375,7 @@ def _site_samples(site: str, agent: str, now: int, rng: random.Random) -> list[S
                 )
         for ifname, speed in (("wan0", 100e6), ("lte0", 50e6)):
             in_bps, out_bps = rng.uniform(0, speed / 2), rng.uniform(0, speed / 4)
+            in_window, out_window = in_bps * rng.uniform(0.9, 1.1), out_bps
             rows.append(
                 Sample(
                     measurement="snmp_if",
@@ -364,6 +394,10 @@ def _site_samples(site: str, agent: str, now: int, rng: random.Random) -> list[S
                         "in_discards": rng.choice((0.0, 1.5)),
                         "out_discards": 0.0,
                         "util_pct": 100 * max(in_bps, out_bps) / speed,
+                        "in_bps_window": in_window,
+                        "out_bps_window": out_window,
+                        "util_pct_window": 100 * max(in_window, out_window) / speed,
+                        "window_s": 120.0,
                     },
                     time=at,
                 )
@@ -461,15 +495,33 @@ def _has_value(series: dict[str, Any]) -> bool:
     )
 
 
+class _InfluxQL:
+    """fieldmon.collector.retention.influxql.InfluxQL on the test's influxd, for one database."""
+
+    def __init__(self, influxd: InfluxdServer, db: str) -> None:
+        self.influxd, self.db = influxd, db
+
+    def query(self, statement: str) -> list[dict[str, object]]:
+        return self.influxd.query(statement, db=self.db)
+
+    def write(self, lines: str, policy: str) -> None:
+        self.influxd.write(lines, self.db, rp=policy)
+
+
 @pytest.fixture(scope="module")
 def fleet_db(influxd: InfluxdServer) -> Iterator[str]:
-    """A database holding the last hour of two sites, every measurement the dashboards read."""
+    """A database holding the last hour of two sites, every measurement the dashboards read,
+    raw and rolled up (the retention section's policies, continuous queries and rp_config)."""
     name = f"dash_{uuid.uuid4().hex[:12]}"
     influxd.create_database(name)
     rng = random.Random(6)
     now = time.time_ns()
     for site, agent in SITES.items():
         influxd.write(encode_samples(_site_samples(site, agent, now, rng)).decode(), db=name)
+    server = _InfluxQL(influxd, name)
+    influxql.apply(server, influxql.plan(server, name, RETENTION, None))
+    for step in influxql.backfill(name, RAW_RP, RETENTION, now - 3600 * 10**9, now):
+        server.query(step.statement)
     yield name
     if influxd.running():
         influxd.query(f'DROP DATABASE "{name}"')
@@ -490,19 +542,22 @@ def check_returns_data(
     assert not tagged or tagged == sites, f"{query.where}: sites {tagged}, selected {sites}"
 
 
+@pytest.mark.parametrize("rp", [RAW_RP, ROLLUP_RP])
 @pytest.mark.parametrize("query", ALL_QUERIES, ids=lambda query: query.where)
 def test_query_returns_data_for_one_site(
-    influxd: InfluxdServer, fleet_db: str, query: PanelQuery
+    influxd: InfluxdServer, fleet_db: str, query: PanelQuery, rp: str
 ) -> None:
     values = {
         "site": "bravo-school", "link": "parent-gw", "service": "his", "datasource": "fieldmon",
+        "rp": rp,
     }  # fmt: skip
     check_returns_data(influxd, fleet_db, query, values, {"bravo-school"})
 
 
+@pytest.mark.parametrize("rp", [RAW_RP, ROLLUP_RP])
 @pytest.mark.parametrize("query", ALL_QUERIES, ids=lambda query: query.where)
 def test_query_returns_data_for_all_sites(
-    influxd: InfluxdServer, fleet_db: str, query: PanelQuery
+    influxd: InfluxdServer, fleet_db: str, query: PanelQuery, rp: str
 ) -> None:
     # Grafana sends a multi-value / All selection to InfluxQL as a group of regex-escaped values
     # (its escaping turns `-` into `\-`).
@@ -510,8 +565,22 @@ def test_query_returns_data_for_all_sites(
         "site": r"(alpha\-hall|bravo\-school)",
         "link": r"(parent\-gw|internet)",
         "service": r"(his|hospital\-dns|pacs)",
+        "rp": rp,
     }
     check_returns_data(influxd, fleet_db, query, values, set(SITES))
+
+
+@pytest.mark.parametrize(
+    ("hours", "expected"),
+    [(1, RAW_RP), (24 * 30, RAW_RP), (24 * 30 + 1, ROLLUP_RP), (24 * 90, ROLLUP_RP),
+     (24 * 365 * 5, ROLLUP_RP)],
+)  # fmt: skip
+def test_the_rp_variable_picks_raw_rows_within_their_retention_and_the_rollup_beyond(
+    influxd: InfluxdServer, fleet_db: str, hours: int, expected: str
+) -> None:
+    expanded = RP_QUERY.replace("${__from}", str(_NOW_MS - hours * 3_600_000))
+    rows = influxd.query(expanded.replace("${__to}", str(_NOW_MS)), db=fleet_db)
+    assert [row["rp"] for row in rows] == [expected]
 
 
 def test_site_and_link_variables_list_what_was_written(
@@ -542,14 +611,15 @@ CONTRACT_FIELDS = {
     "agent": {"envelopes_received", "envelopes_duplicate", "envelopes_lost", "envelopes_missing"},
     "ap": {"up", "clients", "channel", "channel_util_pct", "noise_dbm"},
     "snmp_if": {"oper_up", "in_bps", "out_bps", "in_errors", "out_errors", "in_discards",
-                "out_discards", "util_pct"},
+                "out_discards", "util_pct", "in_bps_window", "out_bps_window", "util_pct_window",
+                "window_s"},
     "outage": {"duration_s", "worst_loss_pct", "worst_rtt_ms", "samples_backfilled"},
     "service": {"up", "duration_ms", "dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "status_code",
                 "redirects", "redirect_ms", "cert_days_left", "rcode", "answers", "tcp", "error"},
 }  # fmt: skip
 # The host probe leaves these out where it cannot measure them (not a Pi, no sensor).
 PI_ONLY_FIELDS = {"temp_c", "undervoltage", "throttled"}
-FROM_RE = re.compile(r'FROM\s+"(\w+)"')
+FROM_RE = re.compile(r'FROM\s+(?:"[^"]*"\.)?"(\w+)"')
 QUOTED_RE = re.compile(r'"(\w+)"')
 
 
@@ -628,5 +698,12 @@ PIPELINE_QUERIES = [query for query in ALL_QUERIES if _reads_pipeline_data(query
 @pytest.mark.netns
 @pytest.mark.parametrize("query", PIPELINE_QUERIES, ids=lambda query: query.where)
 def test_query_returns_pipeline_data(demo_data: DemoData, query: PanelQuery) -> None:
-    values = {"site": demo_data.site, "link": demo_data.link, "service": demo_data.service}
+    # The demo set up its retention: the rp variable, asked as Grafana asks it, picks raw rows.
+    [picked] = demo_data.influxd.query(expand(RP_QUERY, {}), db=DEMO_DATABASE)
+    values = {
+        "site": demo_data.site,
+        "link": demo_data.link,
+        "service": demo_data.service,
+        "rp": str(picked["rp"]),
+    }
     check_returns_data(demo_data.influxd, DEMO_DATABASE, query, values, {demo_data.site})

@@ -1,5 +1,6 @@
 """What the status page shows: per site last seen, each link's latest round and recent history,
-and the summary of the agent's latest path trace of it, each service's latest run."""
+the summary of the agent's latest path trace of it, each service's latest run, and each polled
+interface's traffic."""
 
 from __future__ import annotations
 
@@ -28,6 +29,27 @@ class LinkView:
     )
     path: str | None = None  # the summary of the agent's latest path trace of the link
     path_at: int = 0
+
+
+# What an interface row shows: status and traffic, across the agent's window when it sends one
+# (devices answer from a counter cache, so a per-poll rate saw-tooths), else per poll.
+_WINDOWED = (
+    ("in_bps", "in_bps_window"),
+    ("out_bps", "out_bps_window"),
+    ("util_pct", "util_pct_window"),
+)
+
+
+@dataclass
+class InterfaceView:
+    """The latest poll of one interface (`snmp_if`): status and traffic."""
+
+    device: str
+    ifname: str
+    oper_up: int | None = None
+    rates: dict[str, float] = field(default_factory=dict)  # in_bps, out_bps, util_pct
+    window_s: float | None = None  # what `rates` span; None: per poll (an older agent)
+    latest_at: int = 0
 
 
 @dataclass
@@ -70,6 +92,8 @@ class SiteView:
     last_seen: float | None = None  # collector clock, seconds
     links: dict[str, LinkView] = field(default_factory=dict)
     services: dict[str, ServiceView] = field(default_factory=dict)
+    interfaces: dict[str, InterfaceView] = field(default_factory=dict)  # "device/ifname"
+    devices: set[str] = field(default_factory=set)  # the SNMP devices the site file names
 
 
 class StatusBoard:
@@ -93,12 +117,20 @@ class StatusBoard:
                 service.name: view.services.get(service.name) or ServiceView(service.kind)
                 for service in config.services
             }
+            # So do interfaces: those of a device no longer named are dropped.
+            view.devices = {device.name for device in config.snmp_devices}
+            view.interfaces = {
+                key: interface
+                for key, interface in view.interfaces.items()
+                if interface.device in view.devices
+            }
             fresh[site] = view
         self.sites = fresh
 
     def observe(self, envelope: Envelope) -> None:
-        """Take the `link`, `service` and path `event` rows of one envelope (replayed history
-        lands in its place; a service the site file does not name is left out)."""
+        """Take the `link`, `service`, `snmp_if` and path `event` rows of one envelope (replayed
+        history lands in its place; a service or device the site file does not name is left
+        out)."""
         view = self.sites.get(envelope.site)
         if view is None:
             return
@@ -109,6 +141,8 @@ class StatusBoard:
                     self._service(view, sample.tags.get("target", ""), sample.fields, sample.time)
                 elif sample.measurement == "event" and sample.tags.get("kind") == "path":
                     self._path(view, sample)
+                elif sample.measurement == "snmp_if":
+                    self._interface(view, sample)
                 continue
             link = view.links.get(sample.tags.get("target", ""))
             if link is None:
@@ -121,6 +155,31 @@ class StatusBoard:
             history.append((sample.time, fields.get("loss_pct", 0.0), fields.get("rtt_p95_ms")))  # type: ignore[arg-type]
             if len(history) > 1 and history[-2][0] > sample.time:
                 link.history = deque(sorted(history), maxlen=HISTORY_POINTS)
+
+    @staticmethod
+    def _interface(view: SiteView, sample: Sample) -> None:
+        device, ifname = sample.tags.get("device", ""), sample.tags.get("ifname", "")
+        if device not in view.devices:
+            return  # a device the site file does not name: not shown
+        key = f"{device}/{ifname}"
+        interface = view.interfaces.get(key)
+        if interface is None:
+            interface = view.interfaces[key] = InterfaceView(device, ifname)
+        if sample.time < interface.latest_at:
+            return  # replayed history: the board shows the latest poll
+        fields = sample.fields
+        windowed = "window_s" in fields
+        rates: dict[str, float] = {}
+        for per_poll, across in _WINDOWED:
+            value = fields.get(across if windowed else per_poll)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                rates[per_poll] = float(value)
+        oper_up = fields.get("oper_up")
+        interface.oper_up = int(oper_up) if isinstance(oper_up, int | float) else None
+        interface.rates = rates
+        window = fields.get("window_s")
+        interface.window_s = float(window) if isinstance(window, int | float) else None
+        interface.latest_at = sample.time
 
     @staticmethod
     def _path(view: SiteView, sample: Sample) -> None:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fieldmon.core.config.types import parse_duration
 from fieldmon.core.logsetup import add_logging_arguments, configure_logging
 
 
@@ -35,6 +36,23 @@ def _build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="write agents.acl, agents.passwd, collector.acl, collector.passwd and "
         "secrets/AGENT.mqtt.pass (kept when present, generated 0600 for new agents) here",
+    )
+    retention = commands.add_parser(
+        "retention",
+        help="set up InfluxDB's retention and rollups from the retention: section",
+        description="Compare the collector file's retention: section with InfluxDB and print "
+        "what differs; --apply changes it (retention policies and continuous queries on 1.x, "
+        "bucket retention and tasks on 2.x). Running it again changes nothing.",
+    )
+    retention.add_argument("--config", required=True, type=Path, help="collector.yaml")
+    mode = retention.add_mutually_exclusive_group()
+    mode.add_argument("--apply", action="store_true", help="make the changes")
+    mode.add_argument("--dry-run", action="store_true", help="only print them (the default)")
+    retention.add_argument(
+        "--backfill",
+        type=parse_duration,
+        metavar="DURATION",
+        help="also roll up this much of the raw rows already stored (e.g. 7d; InfluxDB 1.x)",
     )
     return parser
 
@@ -110,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         print(f"OK  {args.config}: {len(inventory.sites)} sites in {config.site_configs}")
         return 1 if problems else 0
+    if args.command == "retention":
+        from fieldmon.collector.retention.command import main as retention
+
+        return retention(args.config, apply=args.apply, backfill=args.backfill, out=sys.stdout)
     configure_logging(args.log_format, args.log_level)
     from fieldmon.collector.daemon import run_collector
 

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from fieldmon.collector.retention.config import RetentionConfig
 from fieldmon.collector.storage.config import InfluxConfig
 from fieldmon.core.config.errors import FieldValueError
 from fieldmon.core.config.hosts import is_loopback_host
@@ -277,6 +278,9 @@ class CollectorConfig(StrictModel):
     # judged: the agent's clock is wrong (see ingest.split_by_clock).
     max_time_ahead: Annotated[Duration, Field(gt=0)] = DEFAULT_MAX_TIME_AHEAD_S
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    # Raw rows' retention and the rollups kept longer: `fieldmon-collector retention --apply`
+    # sets them up in InfluxDB (the daemon itself never changes them).
+    retention: RetentionConfig | None = None
 
     @property
     def spool_dir(self) -> Path:

@@ -198,6 +198,17 @@ def _site_json(site: str, view: SiteView, alerts: list[Transition]) -> dict[str,
         candidate = _STATE_BY_ALERT.get(str(alert.alertname), "degraded")
         if _STATE_RANK[candidate] > _STATE_RANK[site_state]:
             site_state = candidate
+    interfaces = [
+        {
+            "device": interface.device,
+            "ifname": interface.ifname,
+            "oper_up": interface.oper_up,
+            **interface.rates,
+            "window_s": interface.window_s,
+            "latest_at": interface.latest_at,
+        }
+        for _key, interface in sorted(view.interfaces.items())
+    ]
     return {
         "site": site,
         "name": view.name,
@@ -206,6 +217,7 @@ def _site_json(site: str, view: SiteView, alerts: list[Transition]) -> dict[str,
         "last_seen": view.last_seen,
         "links": links,
         "services": [svc.to_json(name, mine) for name, svc in sorted(view.services.items())],
+        "interfaces": interfaces,
         "alerts": [_alert_json(alert) for alert in mine],
     }
 

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -312,6 +313,7 @@ http: {{listen: "127.0.0.1:{http_port}"}}
 data_dir: ./collector-data
 alerting: {{silence_timeout: 30s, for_rounds: 2, clear_rounds: 3}}
 notify: {{alertmanager: {{url: "{am_url}"}}}}
+retention: {{raw: 30d, rollups: [{{every: 5m, keep: 730d}}]}}
 """,
         encoding="utf-8",
     )
@@ -544,6 +546,13 @@ def run_demo(duration: float, workdir: Path, console: Console) -> int:
         collector_file, http_port = write_collector_file(
             workdir, mosquitto.port, influxd.url, alertmanager.url
         )
+        # Raw rows for 30 days and 5-minute rollups for two years, as a NOC would set it up;
+        # the dashboards read the rollups for ranges beyond the raw rows (`rp` variable).
+        subprocess.run(
+            [script("fieldmon-collector"), "retention", "--config", str(collector_file),
+             "--apply"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
         with contextlib.ExitStack() as processes:  # stopped (and flushed) before the summary
             collector = start(
                 [script("fieldmon-collector"), "run", "--config", collector_file,

@@ -621,9 +621,11 @@ bind-address = "{LOOPBACK}:{self.rpc_port}"
         """CREATE DATABASE (idempotent in InfluxDB 1.x)."""
         self.query(f'CREATE DATABASE "{_influxql_ident(name)}"')
 
-    def write(self, lines: str, db: str) -> None:
-        """POST line protocol (nanosecond timestamps) to /write."""
-        self._post("/write", {"db": db, "precision": "ns"}, lines.encode("utf-8"))
+    def write(self, lines: str, db: str, rp: str | None = None) -> None:
+        """POST line protocol (nanosecond timestamps) to /write, into retention policy `rp`
+        (default: the database's default policy)."""
+        params = {"db": db, "precision": "ns"} | ({"rp": rp} if rp else {})
+        self._post("/write", params, lines.encode("utf-8"))
 
 
 def _influxql_ident(name: str) -> str:

@@ -1,8 +1,9 @@
 """SNMP polling of interfaces (IF-MIB) and access points (vendor profiles as data files).
 
 Emits `snmp_if` (tags: site, agent, device, ifname | fields: oper_up, in_bps, out_bps,
-in_errors, out_errors, in_discards, out_discards, util_pct) and `ap` (tags: site, agent,
-device, radio | fields: up, clients, channel, channel_util_pct, noise_dbm).
+in_errors, out_errors, in_discards, out_discards, util_pct, and across the device's
+`rate_window`: in_bps_window, out_bps_window, util_pct_window, window_s) and `ap` (tags: site,
+agent, device, radio | fields: up, clients, channel, channel_util_pct, noise_dbm).
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ class SnmpProbe:
         if self._poller is None:
             target = await self.client.target(self.config, self._auth)
             if self._profile is None:
-                self._poller = IfMibPoller(target, self.config.interfaces)
+                self._poller = IfMibPoller(
+                    target, self.config.interfaces, rate_window=self.config.rate_window
+                )
             else:
                 self._poller = ApPoller(target, self._profile)
         return self._poller

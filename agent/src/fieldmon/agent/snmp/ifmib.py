@@ -4,6 +4,12 @@ The ifName index is walked once and cached; each poll then GETs only the instanc
 (about ten per interface), so no var-bind is wasted on rows the config filtered out. The index
 is walked again when ifNumber, ifTableLastChange or a reboot (sysUpTime going backwards) says
 the interfaces changed, or when a cached ifIndex stops answering.
+
+Traffic comes twice: per poll (`in_bps`, `out_bps`, `util_pct`: the counters' delta since the
+previous poll) and across the device's `rate_window` (`in_bps_window`, `out_bps_window`,
+`util_pct_window`, over `window_s` seconds): devices answer from a cache of their counters, so
+the per-poll figure of a steady link saw-tooths while the windowed one holds (counters.py,
+CounterWindow).
 """
 
 from __future__ import annotations
@@ -13,7 +19,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fieldmon.agent.snmp.counters import COUNTER32, COUNTER64, Rate, Reading, counter_rate, util_pct
+from fieldmon.agent.snmp.counters import (
+    COUNTER32,
+    COUNTER64,
+    CounterWindow,
+    Rate,
+    Reading,
+    counter_rate,
+    util_pct,
+)
 from fieldmon.agent.snmp.values import Value
 
 if TYPE_CHECKING:
@@ -43,6 +57,7 @@ EVENTS = {
     "out_discards": "1.3.6.1.2.1.2.2.1.19",
 }
 IF_OPER_UP = 1
+DEFAULT_RATE_WINDOW_S = 120.0  # the site file's `rate_window` default (core.site.snmp)
 _GET_CHUNK = 40  # var-binds per GET: the answer stays under a 1500-byte MTU on real devices
 
 
@@ -52,6 +67,7 @@ class _Interface:
     name: str
     hc: bool  # ifHCIn/OutOctets answer; otherwise the 32-bit ifIn/OutOctets
     previous: dict[str, Reading] = field(default_factory=dict)  # counter column -> last reading
+    windows: dict[str, CounterWindow] = field(default_factory=dict)  # in_bps/out_bps -> window
 
 
 @dataclass
@@ -68,6 +84,7 @@ class IfMibPoller:
 
     target: SnmpTarget
     interfaces: list[str] | None = None  # ifName filter; None keeps all
+    rate_window: float = DEFAULT_RATE_WINDOW_S  # seconds the *_window fields span
     index_walks: int = 0  # how often the ifName index was walked (tests check the cache)
     # Interface polls whose counters restarted (reboot, reset, discontinuity time changed).
     discontinuities: int = 0
@@ -111,8 +128,14 @@ class IfMibPoller:
             if not name or (wanted is not None and name not in wanted):
                 continue
             old = self._cache.get(index)
-            keep = old.previous if old is not None and old.name == name else {}
-            fresh[index] = _Interface(index, name, index in hc_in, keep)
+            same = old is not None and old.name == name
+            fresh[index] = _Interface(
+                index,
+                name,
+                index in hc_in,
+                old.previous if same and old is not None else {},
+                old.windows if same and old is not None else {},
+            )
         if wanted is not None:
             absent = wanted - {iface.name for iface in fresh.values()}
             if absent:
@@ -140,21 +163,26 @@ class IfMibPoller:
         self._restarted_now = False
         speed = _int(values.get(f"{IF_HIGH_SPEED}.{iface.index}"))
         discontinuity = _int(values.get(f"{IF_DISCONTINUITY}.{iface.index}"))
+        spans: list[float] = []
         for name, hc_column, column in OCTETS:
             col, width = (hc_column, COUNTER64) if iface.hc else (column, COUNTER32)
             # A "wrap" implying over twice the line rate was a reset, not a wrap.
             limit = speed * 1e6 / 8 * 2 if speed else None
             rate = self._rate(iface, col, values, now, uptime, discontinuity, width, limit)
+            if rate is None:
+                continue
             if rate.per_second is not None:
                 fields[name] = rate.per_second * 8
+            window = iface.windows.setdefault(name, CounterWindow(self.rate_window))
+            windowed = _advance(window, rate, now)
+            if windowed is not None:
+                fields[f"{name}_window"] = windowed[0] * 8
+                spans.append(windowed[1])
         for name, col in EVENTS.items():
             rate = self._rate(iface, col, values, now, uptime, discontinuity, COUNTER32, None)
-            if rate.per_second is not None:
+            if rate is not None and rate.per_second is not None:
                 fields[name] = rate.per_second
-        if speed and "in_bps" in fields and "out_bps" in fields:
-            # The busier direction: links are full duplex, each way has the whole speed.
-            busier = max(fields["in_bps"], fields["out_bps"])
-            fields["util_pct"] = util_pct(busier, speed) or 0.0
+        _utilisation(fields, speed, spans)
         if self._restarted_now:
             self.discontinuities += 1
             logger.info(
@@ -174,15 +202,37 @@ class IfMibPoller:
         discontinuity: int | None,
         width: int,
         limit: float | None,
-    ) -> Rate:
+    ) -> Rate | None:
+        """The column's rate since the last poll; None when the device did not return it."""
         value = _int(values.get(f"{column}.{iface.index}"))
         if value is None:
-            return Rate(None)
+            return None
         reading = Reading(value, now, uptime, discontinuity)
         rate = counter_rate(iface.previous.get(column), reading, width=width, max_per_second=limit)
         iface.previous[column] = reading
         self._restarted_now = self._restarted_now or rate.discontinuity
         return rate
+
+
+def _advance(window: CounterWindow, rate: Rate, now: float) -> tuple[float, float] | None:
+    """Take one poll's increase into the window; (per second, span) across it."""
+    if rate.increase is None:  # the first reading, or nothing before it counts
+        window.restart(now)
+    else:
+        window.add(now, rate.increase)
+    return window.rate()
+
+
+def _utilisation(fields: dict[str, int | float], speed: int | None, spans: list[float]) -> None:
+    """util_pct per poll and across the window, and the window's span, where known."""
+    # The busier direction: links are full duplex, each way has the whole speed.
+    if speed and "in_bps" in fields and "out_bps" in fields:
+        fields["util_pct"] = util_pct(max(fields["in_bps"], fields["out_bps"]), speed) or 0.0
+    if "in_bps_window" in fields and "out_bps_window" in fields:
+        fields["window_s"] = round(max(spans), 3)
+        if speed:
+            busier = max(fields["in_bps_window"], fields["out_bps_window"])
+            fields["util_pct_window"] = util_pct(busier, speed) or 0.0
 
 
 def _instance_oids(iface: _Interface) -> list[str]:

@@ -8,7 +8,12 @@ sample time.
 - InterfaceDown (`snmp_if`, per device + ifname): `oper_up=0` for `interface_down_polls` polls,
   for an interface the agent polls (the device's `interfaces` list, or all of them without one)
   once it was seen up: a standby LTE modem or a switch port never used stays quiet.
-- UplinkSaturated (`snmp_if`): `util_pct` at or over `uplink_util_pct` for `uplink_saturated_for`.
+- UplinkSaturated (`snmp_if`): `util_pct_window` (the utilisation across the agent's
+  `rate_window`, from the counters' increase over it) at or over `uplink_util_pct` for
+  `uplink_saturated_for`. Devices answer from a cache of their counters, so the per-poll
+  `util_pct` of a steady link saw-tooths (0, 0, 3x when polled faster than the cache): judged
+  per poll, a saturated uplink never holds for long enough and one near the threshold flaps.
+  Rows from agents that do not send the window fields are judged on `util_pct`.
 - AgentPower (`host`): `undervoltage` or `throttled` true for `power_for`.
 - AgentBacklog (`host`): `outbox_depth` at or over `backlog_depth` samples, or `outbox_age_s`
   (the oldest unacknowledged sample's age, where the agent reports it) at or over `backlog_age`,
@@ -282,13 +287,19 @@ def _snmp_if(view: SiteView, sample: Sample) -> list[Reading]:
                 cause="down",
             )
         )
-    util = _number(sample.fields.get("util_pct"))
+    # Across the agent's window when it sends one; per poll from agents that do not.
+    windowed = "util_pct_window" in sample.fields
+    suffix = "_window" if windowed else ""
+    util = _number(sample.fields.get(f"util_pct{suffix}"))
     if util is not None:
         measured = {"util_pct": f"{util:.1f}"}
         for name in ("in_bps", "out_bps"):
-            value = _number(sample.fields.get(name))
+            value = _number(sample.fields.get(f"{name}{suffix}"))
             if value is not None:
                 measured[name] = f"{value:.0f}"
+        window = _number(sample.fields.get("window_s")) if windowed else None
+        if window is not None:
+            measured["window_s"] = f"{window:.0f}"
         out.append(
             Reading(
                 AlertName.UPLINK_SATURATED,
@@ -513,7 +524,8 @@ def _headline(alertname: AlertName, what: str, firing: Firing, measured: dict[st
     if alertname in (AlertName.AP_DOWN, AlertName.INTERFACE_DOWN):
         return f"{what} down since {since}"
     if alertname is AlertName.UPLINK_SATURATED:
-        return f"{what} saturated since {since} (util {measured.get('util_pct', '?')} %)"
+        over = f" over {measured['window_s']} s" if "window_s" in measured else ""
+        return f"{what} saturated since {since} (util {measured.get('util_pct', '?')} %{over})"
     if alertname is AlertName.AGENT_POWER:
         return f"{what} power problem since {since}: {firing.cause or 'flags set'}"
     held = [

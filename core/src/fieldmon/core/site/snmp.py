@@ -61,4 +61,7 @@ class SnmpDeviceConfig(StrictModel):
     profile: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")]  # if-mib, generic-ap, unifi, ...
     interval: Annotated[Duration, Field(gt=0)] = 30.0
     interfaces: list[str] | None = None  # ifName filter for if-mib; None polls all
+    # if-mib: the *_window traffic fields span this much of the latest polls (the counters'
+    # increase across it), so a device's counter cache cannot make a steady link saw-tooth.
+    rate_window: Annotated[Duration, Field(gt=0, le=3600)] = 120.0
     snmp: Annotated[SnmpV2cCredentials | SnmpV3Credentials, Field(discriminator="version")]
