@@ -28,7 +28,7 @@ from collections.abc import Callable
 # a drain stays within 0.6 s of the lag without one).
 TARGET_S = 0.25
 UNIT = 16 * 1024  # growth per round trip once out of slow start, like LEDBAT's MSS
-INITIAL_WINDOW = 64 * 1024
+INITIAL_WINDOW = 32 * 1024
 # LEDBAT keeps two segments; a message larger than the window still goes, alone.
 MIN_WINDOW = 4 * 1024
 MAX_WINDOW = 4 * 1024 * 1024
