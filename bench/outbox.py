@@ -5,24 +5,31 @@
 - Sustained: Outbox.append (SQLite commit) -> Sender (32 in flight) -> Mosquitto ->
   `fieldmon-collector run` (writes influxd, acks the seqs) -> delete from the outbox. N
   envelopes are enqueued at once; the clock runs until the last one is deleted.
-- Backlog drain: `fieldmon-agent run` in a network namespace whose veth to this host is limited
-  to 1 Mbit/s each way (tbf), probing 100 links every 10 s (the live data keeps flowing), its
-  outbox pre-filled with one hour of that site's rounds (36,000 `link` samples in 10-sample
-  envelopes, as the batcher commits them). The clock runs from the agent's start until the
-  backlog is gone; the live envelopes' lag (arrival - measurement) during the drain says whether
-  the backlog got in their way.
+- Backlog drains: `fieldmon-agent run` in a network namespace whose veth to this host is rate
+  limited each way (tbf), probing 100 links every 10 s (the live data keeps flowing), its outbox
+  pre-filled with the site's rounds as the batcher commits them (10-sample envelopes, one a
+  second, through Outbox.append): one hour over 1 Mbit/s, and a day (86,400 envelopes, 864,000
+  samples, 276 MB) over 10 Mbit/s. The clock runs from the agent's start until the backlog is
+  gone; the live envelopes' lag (arrival - measurement) during the drain says whether the
+  backlog got in their way, the tbf counters how much of the link it used (and whether the link
+  dropped anything), /proc what it cost the agent and the collector in CPU, and the collector's
+  seq accounting whether it counted anything lost or twice. `--agent-from CHECKOUT` runs another
+  checkout's agent (an earlier commit) on the same outboxes, for before / after in one session;
+  `--drain-limit S` stops a drain that takes longer and projects its time from its rate.
 - Write cost: the outbox's own disk writes for an hour of a 100-link site (one 10-sample
   envelope committed and one ack deleted each second), in compressed time, in a subprocess:
   bytes handed to write() (/proc/self/io wchar) and fsync calls (strace, if installed); with
   the power-cut loss window they imply.
 
 Needs root (namespaces, tc, raw ICMP). Run: .venv/bin/python -m bench.outbox [--quick]
+[--only day] [--replay-rate N] [--agent-from PATH] [--drain-limit S]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +42,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -49,16 +57,27 @@ from fieldmon.core.mqtt.settings import BrokerConfig
 from fieldmon.core.site.config import SiteConfig
 from fieldmon.core.site.outbox import OutboxConfig
 from fieldmon.core.wire import topics
-from fieldmon.core.wire.codec import encode
+from fieldmon.core.wire.codec import encode, inflate
 from fieldmon.core.wire.models import Envelope, Sample
 from fieldmon.lab.netns import Namespace, unique_name, veth
-from fieldmon.lab.process import Daemon, script, start, wait_subscribed
+from fieldmon.lab.process import Daemon, http_get, script, start, wait_subscribed
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
 
 LINKS = 100  # a 100-link site
 ROUND_S = 10  # every link probed every 10 s
 SAMPLES_PER_ENVELOPE = 10  # 100 links / 10 s, committed once a second (the batcher's linger)
-UPLINK = "1mbit"
+HOUR, DAY = 3600, 86_400
+SCENARIOS = ("ceiling", "sustained", "hour", "day", "disk")
+
+
+@dataclass(frozen=True)
+class Drain:
+    """One backlog-drain scenario: how much backlog, over what link."""
+
+    name: str
+    envelopes: int
+    uplink_mbit: float
+    max_mb: float | None = None  # the agent's outbox cap, when the default would not hold it
 
 
 # -- shared pieces ---------------------------------------------------------------------------
@@ -84,9 +103,16 @@ def site_samples(envelopes: int, start_ns: int) -> list[list[Sample]]:
 
 
 def write_site_file(
-    path: Path, broker: tuple[str, int], outbox: Path, links: int, replay_rate: float | None = None
+    path: Path,
+    broker: tuple[str, int],
+    outbox: Path,
+    links: int,
+    *,
+    replay_rate: float | None = None,
+    max_mb: float | None = None,
 ) -> None:
     replay = f", replay_rate: {replay_rate}" if replay_rate else ""
+    replay += f", max_mb: {max_mb}" if max_mb else ""
     rows = "\n".join(
         f"  - {{name: link-{i:03d}, address: 127.0.0.1, role: {'parent' if i == 0 else 'ap'},"
         f" interval: {ROUND_S}s}}"
@@ -225,7 +251,7 @@ async def _sustained(
     return len(batches) / elapsed
 
 
-# -- one hour's backlog over 1 Mbit/s --------------------------------------------------------
+# -- a backlog drained through a rate-limited uplink -----------------------------------------
 
 
 class ArrivalClock:
@@ -236,7 +262,9 @@ class ArrivalClock:
         self.live_lags: list[float] = []
         self.after_drain_lags: list[float] = []  # the same site once the backlog is gone
         self.drained = False
-        self.backlog_arrivals = 0
+        self.backlog_messages = 0
+        self.backlog_envelopes = 0  # a joined message carries several
+        self.compressed_messages = 0
         self.first_live_at: float | None = None
         subscribed = threading.Event()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -251,9 +279,11 @@ class ArrivalClock:
         subscribed.wait(5)
 
     def _record(self, _client: object, _userdata: object, message: mqtt.MQTTMessage) -> None:
-        envelope = json.loads(message.payload)
+        envelope = json.loads(inflate(message.payload))
         if envelope["seq"] < self.backlog_end:
-            self.backlog_arrivals += 1
+            self.backlog_messages += 1
+            self.backlog_envelopes += len(envelope.get("parts") or [None])
+            self.compressed_messages += message.payload[:1] == b"x"
             return
         if self.first_live_at is None:
             self.first_live_at = time.monotonic()
@@ -266,13 +296,30 @@ class ArrivalClock:
         self._client.disconnect()
 
 
-def _limit(namespace: Namespace | None, device: str) -> None:
+def _limit(namespace: Namespace | None, device: str, mbit: float) -> None:
     prefix = [] if namespace is None else ["ip", "netns", "exec", namespace.name]
     subprocess.run(
-        [*prefix, "tc", "qdisc", "add", "dev", device, "root", "tbf", "rate", UPLINK,
+        [*prefix, "tc", "qdisc", "add", "dev", device, "root", "tbf", "rate", f"{mbit}mbit",
          "burst", "16kb", "latency", "500ms"],
         check=True,
     )  # fmt: skip
+
+
+def _tbf_counts(namespace: Namespace | None, device: str) -> tuple[int, int]:
+    """(bytes sent, packets dropped) by the device's tbf so far."""
+    prefix = [] if namespace is None else ["ip", "netns", "exec", namespace.name]
+    out = subprocess.run(
+        [*prefix, "tc", "-s", "-j", "qdisc", "show", "dev", device],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    [qdisc] = [q for q in json.loads(out) if q.get("kind") == "tbf"]
+    return int(qdisc["bytes"]), int(qdisc["drops"])
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _backlog_left(outbox: Path, backlog_end: int) -> int:
@@ -283,17 +330,50 @@ def _backlog_left(outbox: Path, backlog_end: int) -> int:
 
 
 def prefill(outbox_path: Path, envelopes: int) -> tuple[int, int]:
-    """One hour (or `envelopes` seconds) of the site's rounds, aged as if held by an outage;
-    returns (seqs, payload bytes)."""
+    """`envelopes` seconds of the site's rounds, aged as if held by an outage; returns (seqs,
+    payload bytes). Seq 0 is the round before the outage: the caller hands it to the collector
+    and acknowledges it, as the uplink did before it went."""
     start = time.time_ns() - (envelopes + 60) * 1_000_000_000
     outbox = Outbox(outbox_path, site=SITE, agent=AGENT)
-    for batch in site_samples(envelopes, start):
+    for batch in site_samples(envelopes + 1, start):
         outbox.append(batch)
-    stored = outbox.stored_bytes
     outbox.close()
     with sqlite3.connect(outbox_path) as db:
         db.execute("UPDATE envelopes SET created_ns = created_ns - 3600000000000")
-    return envelopes, stored
+        query = "SELECT SUM(length(payload)) FROM envelopes WHERE seq > 0"
+        (stored,) = db.execute(query).fetchone()
+    return envelopes + 1, int(stored)
+
+
+def _hand_over_before_outage(outbox_path: Path, port: int) -> None:
+    """Publish seq 0 to the collector and delete it: the collector knew the agent before the
+    outage, so its seq accounting has a start (a fresh one would count the backlog, arriving
+    after the newest round, as duplicates)."""
+    with sqlite3.connect(outbox_path) as db:
+        (payload,) = db.execute("SELECT payload FROM envelopes WHERE seq = 0").fetchone()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        client.publish(topics.samples_topic(SITE, AGENT), payload, qos=1).wait_for_publish(10)
+        client.loop_stop()
+        client.disconnect()
+        db.execute("DELETE FROM envelopes WHERE seq = 0")
+
+
+def _collector_counts(http_port: int) -> dict[str, float]:
+    """The collector's seq accounting for the bench agent, from its /metrics."""
+    _status, body = http_get(f"http://127.0.0.1:{http_port}/metrics")
+    names = {
+        "duplicate": "fieldmon_envelopes_duplicate_total{",
+        "lost": "fieldmon_envelopes_lost_total{",
+        "missing": "fieldmon_envelopes_missing{",
+    }
+    counts = dict.fromkeys(names, 0.0)
+    for line in body.decode().splitlines():
+        for name, prefix in names.items():
+            if line.startswith(prefix) and f'agent="{AGENT}"' in line:
+                counts[name] = float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 def _p(values: list[float], share: float) -> float | None:
@@ -303,66 +383,108 @@ def _p(values: list[float], share: float) -> float | None:
 
 def drain(
     workdir: Path,
-    mosquitto_dir: Path,
     influxd: InfluxdServer,
-    envelopes: int,
+    scenario: Drain,
     *,
     baseline_s: float,
     replay_rate: float | None,
+    agent_script: Path,
+    limit_s: float,
 ) -> dict:
-    """Seconds to drain `envelopes` of backlog through 1 Mbit/s while 100 links keep probing;
+    """Seconds to drain the scenario's backlog through its uplink while 100 links keep probing;
     then `baseline_s` more of live data alone, for the live lag without a backlog."""
+    folder = workdir / f"drain-{scenario.name}"
     with Namespace(unique_name("bench-site")) as site:
         pair = veth(None, site)
-        _limit(None, pair.a_name)  # host -> site (acks)
-        _limit(site, pair.b_name)  # site -> host (the uplink)
+        _limit(None, pair.a_name, scenario.uplink_mbit)  # host -> site (acks)
+        _limit(site, pair.b_name, scenario.uplink_mbit)  # site -> host (the uplink)
         site_port = free_port()
         broker = MosquittoServer(
-            mosquitto_dir,
+            folder / "mosquitto",
             max_queued_messages=100_000,
             extra_config=f"listener {site_port} {pair.a_v4.ip}",
         )
         with broker as mosquitto:
-            outbox_path = workdir / "drain" / "outbox.db"
-            backlog_end, backlog_bytes = prefill(outbox_path, envelopes)
-            site_file = workdir / "drain-site.yaml"
+            outbox_path = folder / "outbox.db"
+            backlog_end, backlog_bytes = prefill(outbox_path, scenario.envelopes)
+            site_file = folder / "site.yaml"
             address = (str(pair.a_v4.ip), site_port)
-            write_site_file(site_file, address, outbox_path, LINKS, replay_rate)
-            with Collector(workdir, mosquitto, influxd):
+            write_site_file(
+                site_file,
+                address,
+                outbox_path,
+                LINKS,
+                replay_rate=replay_rate,
+                max_mb=scenario.max_mb,
+            )
+            with Collector(workdir, mosquitto, influxd) as collector:
+                assert collector.process is not None
+                _hand_over_before_outage(outbox_path, mosquitto.port)
                 clock = ArrivalClock(mosquitto.port, backlog_end)
+                uplink_before = _tbf_counts(site, pair.b_name)
+                collector_cpu = _cpu_s(collector.process.pid)
                 agent = start(
-                    ["ip", "netns", "exec", site.name, script("fieldmon-agent"), "run",
-                     "--config", site_file],
-                    workdir / "drain-agent.log",
+                    ["ip", "netns", "exec", site.name, agent_script, "run", "--config", site_file],
+                    folder / "agent.log",
                 )  # fmt: skip
                 started = time.monotonic()
+                left = scenario.envelopes
                 try:
                     while (left := _backlog_left(outbox_path, backlog_end)) > 0:
                         if not agent.running():
-                            raise RuntimeError(f"the agent died; see {workdir}/drain-agent.log")
-                        if time.monotonic() - started > 3600:
-                            raise RuntimeError(f"{left} backlog envelopes left after an hour")
+                            raise RuntimeError(f"the agent died; see {folder}/agent.log")
+                        if time.monotonic() - started > limit_s:
+                            break
                         time.sleep(0.25)
                     elapsed = time.monotonic() - started
+                    agent_cpu = _cpu_s(agent.pid)
+                    collector_cpu = _cpu_s(collector.process.pid) - collector_cpu
+                    uplink_after = _tbf_counts(site, pair.b_name)
                     clock.drained = True
                     time.sleep(baseline_s)  # live data alone, for the lag without a backlog
+                    seqs = _collector_counts(collector.http_port)
                 finally:
                     agent.stop(timeout=30)
                     clock.close()
     lags = clock.live_lags
+    ours = agent_script == script("fieldmon-agent")
+    drained = scenario.envelopes - left
+    wire_bytes = uplink_after[0] - uplink_before[0]
+    capacity_bits = scenario.uplink_mbit * 1e6 * elapsed
     return {
-        "replay_rate_per_s": replay_rate or OutboxConfig().replay_rate,
-        "backlog_envelopes": envelopes,
-        "backlog_samples": envelopes * SAMPLES_PER_ENVELOPE,
-        "backlog_payload_mb": round(backlog_bytes / 1e6, 2),
-        "drain_s": round(elapsed, 1),
-        "drain_goodput_kbit_s": round(backlog_bytes * 8 / elapsed / 1000),
+        "uplink_mbit_s": scenario.uplink_mbit,
+        "replay_rate_per_s": replay_rate
+        or (OutboxConfig().replay_rate if ours else "that checkout's default"),
+        "agent": "this checkout" if ours else str(agent_script),
+        "backlog_envelopes": scenario.envelopes,
+        "backlog_samples": scenario.envelopes * SAMPLES_PER_ENVELOPE,
+        "backlog_payload_mb": round(backlog_bytes / 1e6, 1),
+        "drain_s": round(elapsed, 1) if not left else None,
+        "drained_envelopes": drained,
+        "projected_drain_s": round(elapsed * scenario.envelopes / drained) if left else None,
+        "goodput_json_mbit_s": round(
+            backlog_bytes * drained / scenario.envelopes * 8 / elapsed / 1e6, 2
+        ),
+        "uplink_used_mbit_s": round(wire_bytes * 8 / elapsed / 1e6, 2),
+        "uplink_used_share": round(wire_bytes * 8 / capacity_bits, 3),
+        "uplink_tbf_drops": uplink_after[1] - uplink_before[1],
+        "backlog_messages": clock.backlog_messages,
+        "backlog_envelopes_per_message": round(
+            clock.backlog_envelopes / max(1, clock.backlog_messages), 1
+        ),
+        "backlog_messages_compressed": clock.compressed_messages,
+        "agent_cpu_share_during_drain": round(agent_cpu / elapsed, 3),
+        "collector_cpu_share_during_drain": round(collector_cpu / elapsed, 3),
+        "collector_duplicates": seqs["duplicate"],
+        "collector_lost": seqs["lost"],
+        "collector_missing": seqs["missing"],
         "first_live_envelope_after_s": (
             round(clock.first_live_at - started, 1) if clock.first_live_at else None
         ),
         "live_envelopes_during_drain": len(lags),
         "live_lag_p50_s": _p(lags, 0.5),
         "live_lag_p95_s": _p(lags, 0.95),
+        "live_lag_max_s": _p(lags, 1.0),
         "live_lag_after_drain_p50_s": _p(clock.after_drain_lags, 0.5),
         "live_lag_after_drain_p95_s": _p(clock.after_drain_lags, 0.95),
     }
@@ -452,11 +574,25 @@ def write_cost(workdir: Path, seconds: int) -> dict:
 def main() -> None:
     """Run every measurement and print one table and one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test < 1 min")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    parser.add_argument(
+        "--only", choices=SCENARIOS, action="append", help="run only these (repeatable)"
+    )
     parser.add_argument(
         "--replay-rate",
         type=float,
-        help="the agent's outbox.replay_rate for the drain (default: the agent's default)",
+        help="the agent's outbox.replay_rate for the drains (default: the agent's default)",
+    )
+    parser.add_argument(
+        "--agent-from",
+        type=Path,
+        help="a checkout whose .venv/bin/fieldmon-agent drains instead (before / after)",
+    )
+    parser.add_argument(
+        "--drain-limit", type=float, default=3600.0, help="stop a drain after S seconds"
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="work in this (new) folder and keep it: logs, outboxes"
     )
     parser.add_argument("--write-cost-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=int, default=3600, help=argparse.SUPPRESS)
@@ -468,63 +604,90 @@ def main() -> None:
         sys.exit("bench.outbox needs root: network namespaces, tc and raw ICMP sockets")
     # The in-process sender's connect / disconnect notices are not results.
     logging.getLogger("fieldmon").setLevel(logging.ERROR)
-    ceiling_n, sustained_n, backlog_n, write_s, baseline_s = (
-        (2000, 200, 300, 600, 5.0) if args.quick else (20_000, 2000, 3600, 3600, 20.0)
+    chosen = set(args.only or SCENARIOS)
+    ceiling_n, sustained_n, write_s, baseline_s = (
+        (2000, 200, 600, 5.0) if args.quick else (20_000, 2000, 3600, 20.0)
     )
+    drains = [
+        Drain("hour", 300 if args.quick else HOUR, 1.0),
+        # A day does not fit the default 200 MiB cap (276 MB of payload): a site that must ride
+        # out a day's outage sets max_mb above it.
+        Drain("day", 7200 if args.quick else DAY, 10.0, max_mb=400),
+    ]
+    agent_script = script("fieldmon-agent")
+    if args.agent_from:
+        agent_script = args.agent_from.resolve() / ".venv" / "bin" / "fieldmon-agent"
     batches = site_samples(max(ceiling_n, sustained_n), time.time_ns() - 86_400 * 10**9)
     payloads = [
         encode(Envelope(site=SITE, agent=AGENT, seq=i, sent_at=time.time_ns(), samples=batch))
         for i, batch in enumerate(batches[:ceiling_n])
     ]
-    with tempfile.TemporaryDirectory(prefix="fieldmon-bench-outbox-") as tmp:
+    result: dict[str, object] = {
+        "envelope_bytes": round(statistics.mean(map(len, payloads))),
+        "samples_per_envelope": SAMPLES_PER_ENVELOPE,
+    }
+    if args.keep:
+        args.keep.mkdir(parents=True)
+    with (
+        contextlib.nullcontext(str(args.keep))
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="fieldmon-bench-outbox-")
+    ) as tmp:
         workdir = Path(tmp)
         sites = workdir / "site_configs"
         sites.mkdir()
         # Every link the envelopes name: the collector refuses targets the site file does not.
-        write_site_file(
-            sites / f"{SITE}.yaml",
-            ("127.0.0.1", 1883),
-            workdir / "unused.db",
-            SAMPLES_PER_ENVELOPE,
-        )
-        with (
-            MosquittoServer(workdir / "mosquitto", max_queued_messages=100_000) as mosquitto,
-            InfluxdServer(workdir / "influxd") as influxd,
-        ):
-            influxd.create_database("bench")
-            ceiling = mqtt_ceiling(mosquitto.port, payloads)
-            with Collector(workdir, mosquitto, influxd):
-                sustained = asyncio.run(_sustained(workdir, mosquitto.port, batches[:sustained_n]))
-            # The same with a collector that acks every 100 ms: the window's round trip shrinks.
-            with Collector(workdir, mosquitto, influxd, flush_interval="100ms"):
-                fast = asyncio.run(
-                    _sustained(workdir, mosquitto.port, batches[:sustained_n], "fast")
+        write_site_file(sites / f"{SITE}.yaml", ("127.0.0.1", 1883), workdir / "unused.db", LINKS)
+        if chosen & {"ceiling", "sustained"}:
+            result |= _throughput(workdir, chosen, payloads, batches[:sustained_n])
+        for scenario in drains:
+            if scenario.name not in chosen:
+                continue
+            with InfluxdServer(workdir / f"influxd-{scenario.name}") as influxd:
+                influxd.create_database("bench")
+                measured = drain(
+                    workdir,
+                    influxd,
+                    scenario,
+                    baseline_s=baseline_s,
+                    replay_rate=args.replay_rate,
+                    agent_script=agent_script,
+                    limit_s=args.drain_limit,
                 )
-        with InfluxdServer(workdir / "influxd-drain") as influxd:
-            influxd.create_database("bench")
-            backlog = drain(
-                workdir,
-                workdir / "mosquitto-drain",
-                influxd,
-                backlog_n,
-                baseline_s=baseline_s,
-                replay_rate=args.replay_rate,
-            )
-        cost = write_cost(workdir, write_s)
-    result = {
-        "envelope_bytes": round(statistics.mean(map(len, payloads))),
-        "samples_per_envelope": SAMPLES_PER_ENVELOPE,
-        "mqtt_ceiling_envelopes_per_s": round(ceiling),
+            result |= {f"drain_{scenario.name}_{key}": value for key, value in measured.items()}
+        if "disk" in chosen:
+            cost = write_cost(workdir, write_s)
+            result |= {f"disk_{key}": value for key, value in cost.items()}
+    result |= {"quick": args.quick, "cpus": os.cpu_count()}
+    print_result(result)
+
+
+def _throughput(
+    workdir: Path, chosen: set[str], payloads: list[bytes], batches: list[list[Sample]]
+) -> dict[str, object]:
+    """The MQTT ceiling and the outbox's sustained rate, beside each other."""
+    out: dict[str, object] = {}
+    with (
+        MosquittoServer(workdir / "mosquitto", max_queued_messages=100_000) as mosquitto,
+        InfluxdServer(workdir / "influxd") as influxd,
+    ):
+        influxd.create_database("bench")
+        ceiling = mqtt_ceiling(mosquitto.port, payloads)
+        out["mqtt_ceiling_envelopes_per_s"] = round(ceiling)
+        if "sustained" not in chosen:
+            return out
+        with Collector(workdir, mosquitto, influxd):
+            sustained = asyncio.run(_sustained(workdir, mosquitto.port, batches))
+        # The same with a collector that acks every 100 ms: the window's round trip shrinks.
+        with Collector(workdir, mosquitto, influxd, flush_interval="100ms"):
+            fast = asyncio.run(_sustained(workdir, mosquitto.port, batches, "fast"))
+    out |= {
         "outbox_sustained_envelopes_per_s": round(sustained, 1),
         "outbox_sustained_samples_per_s": round(sustained * SAMPLES_PER_ENVELOPE),
         "ratio_to_mqtt_ceiling": round(sustained / ceiling, 3),
         "outbox_sustained_acks_every_100ms_envelopes_per_s": round(fast, 1),
-        **{f"drain_{key}": value for key, value in backlog.items()},
-        **{f"disk_{key}": value for key, value in cost.items()},
-        "quick": args.quick,
-        "cpus": os.cpu_count(),
     }
-    print_result(result)
+    return out
 
 
 if __name__ == "__main__":

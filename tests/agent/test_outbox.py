@@ -174,23 +174,59 @@ def test_events_are_classed_and_selected_before_bulk(tmp_path: Path) -> None:
     event = outbox.append([_event(4)])
     assert event.priority == Priority.EVENT
     outbox.append([_link(5)])
-    # Everything is backlog (live_from beyond the end): events first, then bulk oldest first.
-    chosen = outbox.select(10, set(), live_from=100, backlog_limit=3)
-    assert [e.seq for e in chosen.envelopes] == [4, 0, 1]
-    assert (chosen.backlog, chosen.backlog_left) == (3, True)
+    # Everything is backlog (live_from beyond the end): events first, then bulk oldest first,
+    # one class per run (one topic per message).
+    take = {"live_from": 100, "max_envelopes": 3, "max_bytes": 10**6}
+    assert [e.seq for e in outbox.take_backlog(**take)] == [4]
+    assert [e.seq for e in outbox.take_backlog(**take)] == [0, 1, 2]
+    assert [e.seq for e in outbox.take_backlog(**take)] == [3, 5]
+    assert outbox.take_backlog(**take) == []
+    assert outbox.in_flight == set(range(6))
 
 
-def test_live_envelopes_go_first_newest_first_and_backlog_is_limited(tmp_path: Path) -> None:
+def test_live_envelopes_go_newest_first_skipping_those_in_flight(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.db", site="s", agent="a")
     for i in range(10):
         outbox.append([_link(i)])
-    chosen = outbox.select(5, {9}, live_from=7, backlog_limit=2)
-    assert [e.seq for e in chosen.envelopes] == [8, 7, 0, 1]
-    assert chosen.backlog == 2
-    assert chosen.backlog_left
-    nothing_old = outbox.select(5, set(), live_from=7, backlog_limit=0)
-    assert [e.seq for e in nothing_old.envelopes] == [9, 8, 7]
-    assert nothing_old.backlog_left
+    outbox.in_flight.add(9)
+    assert [e.seq for e in outbox.select_live(5, live_from=7)] == [8, 7]
+    assert outbox.select_live(5, live_from=7) == []
+    outbox.append([_event(10)])
+    assert [e.seq for e in outbox.select_live(5, live_from=7)] == [10]
+    # The backlog is what lies below the live set, whatever is in flight up there.
+    assert [e.seq for e in outbox.take_backlog(live_from=7, max_envelopes=10, max_bytes=10**6)] == [
+        0, 1, 2, 3, 4, 5, 6
+    ]  # fmt: skip
+
+
+def test_a_backlog_run_is_bounded_by_count_and_bytes_but_takes_at_least_one(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db", site="s", agent="a")
+    stored = [outbox.append([_link(i)] * (1 + i % 3)) for i in range(10)]
+    size = [len(e.payload) for e in stored]
+    run = outbox.take_backlog(live_from=10, max_envelopes=100, max_bytes=size[0] + size[1])
+    assert [e.seq for e in run] == [0, 1]
+    assert [(e.payload, e.samples) for e in run] == [(e.payload, e.samples) for e in stored[:2]]
+    assert [e.seq for e in outbox.take_backlog(live_from=10, max_envelopes=100, max_bytes=1)] == [2]
+    assert [e.seq for e in outbox.take_backlog(live_from=10, max_envelopes=3, max_bytes=10**6)] == [
+        3, 4, 5
+    ]  # fmt: skip
+
+
+def test_a_released_backlog_envelope_is_taken_again_and_one_marked_alone_by_itself(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.db", site="s", agent="a")
+    for i in range(8):
+        outbox.append([_link(i)])
+    take = {"live_from": 8, "max_envelopes": 4, "max_bytes": 10**6}
+    assert [e.seq for e in outbox.take_backlog(**take)] == [0, 1, 2, 3]
+    outbox.acknowledge([(0, 0), (2, 2)])
+    outbox.release([1, 3])  # the ack timed out for those
+    # 3 went unacknowledged in a joined message: it goes alone; the others join around it.
+    alone = {3}
+    assert [e.seq for e in outbox.take_backlog(**take, alone=alone)] == [1]
+    assert [e.seq for e in outbox.take_backlog(**take, alone=alone)] == [3]
+    assert [e.seq for e in outbox.take_backlog(**take, alone=alone)] == [4, 5, 6, 7]
 
 
 def test_fresh_from_takes_recent_envelopes_and_at_least_the_newest(tmp_path: Path) -> None:
@@ -330,8 +366,8 @@ def test_envelopes_in_flight_are_spared_by_the_cap(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.db", site="s", agent="a", max_bytes=size * 5)
     stored = [outbox.append([_link(i)]) for i in range(5)]
     # The sender takes the two oldest (published, awaiting acks).
-    chosen = outbox.select(2, set(), live_from=100, backlog_limit=2)
-    assert [e.seq for e in chosen.envelopes] == [stored[0].seq, stored[1].seq]
+    chosen = outbox.take_backlog(live_from=100, max_envelopes=2, max_bytes=10**6)
+    assert [e.seq for e in chosen] == [stored[0].seq, stored[1].seq]
     # Their bytes do not count against the cap: two more fit without a drop.
     outbox.append([_link(5)])
     outbox.append([_link(6)])
@@ -357,7 +393,8 @@ def test_a_fresh_envelope_is_not_dropped_because_every_older_one_is_in_flight(
     size = len(probe.append([_link(1)]).payload)
     outbox = Outbox(tmp_path / "o.db", site="s", agent="a", max_bytes=size * 4)
     stored = [outbox.append([_link(i)]) for i in range(4)]
-    outbox.select(32, set(), live_from=stored[-1].seq, backlog_limit=32)
+    outbox.select_live(32, live_from=stored[-1].seq)
+    outbox.take_backlog(live_from=stored[-1].seq, max_envelopes=32, max_bytes=10**6)
     assert outbox.in_flight == {e.seq for e in stored}
     fresh = [outbox.append([_link(i)]) for i in range(4, 7)]
     assert outbox.dropped_envelopes == 0

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from paho.mqtt.properties import Properties
 
 from fieldmon.collector.deadletter import DeadLetterFile
 from fieldmon.collector.ingest import IngestPipeline
@@ -37,12 +39,16 @@ class _Message:
 class _Client:
     acked: list[int] = field(default_factory=list)
     published: list[tuple[str, bytes]] = field(default_factory=list)
+    properties: list[Properties | None] = field(default_factory=list)
 
     def ack(self, mid: int, _qos: int) -> None:
         self.acked.append(mid)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 0, properties: Properties | None = None
+    ) -> None:
         self.published.append((topic, payload))
+        self.properties.append(properties)
 
 
 @dataclass
@@ -269,3 +275,85 @@ def test_seq_accounting_counts_resends_and_writes_agent_rows(tmp_path: Path) -> 
         "agent,agent=pi1,site=pavilion-2 envelopes_received=3i,envelopes_duplicate=1i,"
         "envelopes_lost=0i,envelopes_missing=2i 1800000000000000000"
     )
+
+
+def _coalesced(parts: list[tuple[int, list[str]]], *, compress: bool = False) -> bytes:
+    """One envelope carrying several, each seq with its own targets (as an agent's backlog)."""
+    samples = [
+        Sample(
+            measurement="link",
+            tags={"site": "pavilion-2", "agent": "pi1", "target": target},
+            fields={"loss_pct": 0.0},
+            time=1_700_000_000_000_000_000 + seq,
+        )
+        for seq, targets in parts
+        for target in targets
+    ]
+    envelope = Envelope(
+        site="pavilion-2",
+        agent="pi1",
+        seq=parts[0][0],
+        sent_at=1,
+        parts=[(seq, len(targets)) for seq, targets in parts],
+        samples=samples,
+    )
+    payload = encode(envelope)
+    return zlib.compress(payload) if compress else payload
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["json", "zlib"])
+def test_a_coalesced_envelope_is_stored_and_every_part_acknowledged(
+    tmp_path: Path, compress: bool
+) -> None:
+    writer = _Writer()
+    pipeline, link, metrics = _pipeline(writer, tmp_path)
+    pipeline._seqs = SeqTracker(loss_grace=3600)
+    pipeline.handle(_Message(TOPIC, _envelope(3, ["before"]), mid=1))  # before the outage
+    pipeline.handle(_Message(TOPIC, _envelope(9, ["live"]), mid=2))  # fresh-first: the newest
+    backlog = [(4, ["a", "b"]), (5, ["c"]), (7, []), (8, ["d"])]
+    pipeline.handle(_Message(TOPIC, _coalesced(backlog, compress=compress), mid=3))
+    pipeline.handle(_Message(TOPIC, _envelope(6, ["e"]), mid=4))
+    asyncio.run(pipeline.flush())
+    assert sorted(line.split("target=")[1].split(" ")[0] for line in writer.stored) == [
+        "a", "b", "before", "c", "d", "e", "live"
+    ]  # fmt: skip
+    assert link.client.acked == [1, 2, 3, 4]
+    [(_topic, payload)] = link.client.published
+    assert AckMessage.model_validate_json(payload).ranges == [(3, 9)]
+    # Each part counted as one envelope: none lost, none duplicated, none missing.
+    labels = {"site": "pavilion-2", "agent": "pi1"}
+    assert _counter(metrics, "fieldmon_envelopes_duplicate_total", **labels) == 0
+    assert _counter(metrics, "fieldmon_envelopes_missing", **labels) == 0
+    assert _counter(metrics, "fieldmon_envelopes_lost_total", **labels) == 0
+    state = pipeline._seqs.agents[("pavilion-2", "pi1")]
+    assert (state.received, state.contiguous) == (7, 9)
+
+
+def test_a_coalesced_resend_counts_each_part_already_received_as_a_duplicate(
+    tmp_path: Path,
+) -> None:
+    writer = _Writer()
+    pipeline, link, metrics = _pipeline(writer, tmp_path)
+    pipeline._seqs = SeqTracker(loss_grace=3600)
+    pipeline.handle(_Message(TOPIC, _envelope(3, ["a"]), mid=1))
+    pipeline.handle(_Message(TOPIC, _coalesced([(4, ["b"]), (5, ["c"])]), mid=2))
+    # The agent's ack timed out; it sends 4..6 again, joined differently.
+    pipeline.handle(_Message(TOPIC, _coalesced([(4, ["b"]), (5, ["c"]), (6, ["d"])]), mid=3))
+    asyncio.run(pipeline.flush())
+    labels = {"site": "pavilion-2", "agent": "pi1"}
+    assert _counter(metrics, "fieldmon_envelopes_duplicate_total", **labels) == 2
+    [(_topic, payload)] = link.client.published
+    assert AckMessage.model_validate_json(payload).ranges == [(3, 6)]
+
+
+def test_acks_say_what_the_collector_reads_beyond_plain_envelopes(tmp_path: Path) -> None:
+    writer = _Writer()
+    pipeline, link, _metrics = _pipeline(writer, tmp_path)
+    pipeline.handle(_Message(TOPIC, _envelope(1, ["a"]), mid=1))
+    asyncio.run(pipeline.flush())
+    [properties] = link.client.properties
+    assert properties is not None
+    assert dict(properties.UserProperty) == {
+        "accept": "parts,zlib",
+        "max_payload_bytes": str(64 * 1024),
+    }

@@ -410,7 +410,7 @@ class _Client:
     def ack(self, mid: int, _qos: int) -> None:
         self.acked.append(mid)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, properties: object = None) -> None:
         self.published.append((topic, payload))
 
 

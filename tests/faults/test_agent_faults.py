@@ -15,6 +15,10 @@ still in the outbox, or counted in the outbox's own drop counter. The checks (`_
 - a seq seen twice carried the same samples (a re-send, never a reuse);
 - no (measurement, agent, target, time) key was committed under two seqs;
 - influxd holds exactly the keys of the envelopes seen, each once: same set, same count.
+
+A joined backlog message (several envelopes in one, `parts`, perhaps zlib-compressed) is split
+by the observer into one arrival per seq, with that seq's own samples, so every check holds for
+replayed backlog exactly as for envelopes sent alone.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from fieldmon.core.wire.codec import inflate
 from fieldmon.lab.netns import Namespace, run, unique_name, veth
-from fieldmon.lab.process import Daemon, script, start, wait_for, wait_subscribed
+from fieldmon.lab.process import Daemon, http_get, script, start, wait_for, wait_subscribed
 from fieldmon.lab.servers import InfluxdServer, MosquittoServer, free_port
 
 SITE, AGENT = "fault-site", "fault-pi"
@@ -70,6 +75,7 @@ class Observer:
 
     def __init__(self, port: int) -> None:
         self.arrivals: list[Arrival] = []
+        self.messages: list[tuple[int, bool]] = []  # (envelopes carried, compressed) per message
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._client = mqtt.Client(
@@ -89,12 +95,23 @@ class Observer:
         assert self._subscribed.wait(5)
 
     def _record(self, _client: object, _userdata: object, message: mqtt.MQTTMessage) -> None:
-        envelope = json.loads(message.payload)
-        arrival = Arrival(
-            time.monotonic(), envelope["seq"], json.dumps(envelope["samples"], sort_keys=True)
-        )
+        at = time.monotonic()
+        envelope = json.loads(inflate(message.payload))
+        samples = envelope["samples"]
+        parts = envelope.get("parts") or [[envelope["seq"], len(samples)]]
+        arrivals, offset = [], 0
+        for seq, count in parts:  # a joined message: each seq with its own samples
+            own = samples[offset : offset + count]
+            offset += count
+            arrivals.append(Arrival(at, seq, json.dumps(own, sort_keys=True)))
         with self._lock:
-            self.arrivals.append(arrival)
+            self.arrivals.extend(arrivals)
+            self.messages.append((len(parts), message.payload[:1] == b"x"))
+
+    def joined(self) -> list[tuple[int, bool]]:
+        """(envelopes, compressed) of every message that carried more than one envelope."""
+        with self._lock:
+            return [entry for entry in self.messages if entry[0] > 1]
 
     def snapshot(self) -> dict[int, list[str]]:
         """seq -> the samples of each delivery of it."""
@@ -210,6 +227,21 @@ class Rig:
 
     def logs(self) -> str:
         return (self.tmp / "agent.log").read_text()[-3000:]
+
+    def collector_seqs(self) -> dict[str, float]:
+        """The collector's seq accounting for the agent (its /metrics): duplicate, lost, missing."""
+        _status, body = http_get(f"http://127.0.0.1:{self.http_port}/metrics")
+        names = {
+            "duplicate": "fieldmon_envelopes_duplicate_total{",
+            "lost": "fieldmon_envelopes_lost_total{",
+            "missing": "fieldmon_envelopes_missing{",
+        }
+        counts = dict.fromkeys(names, 0.0)
+        for line in body.decode().splitlines():
+            for name, prefix in names.items():
+                if line.startswith(prefix) and f'agent="{AGENT}"' in line:
+                    counts[name] = float(line.rsplit(" ", 1)[1])
+        return counts
 
     def influx_keys(self) -> list[Key]:
         """Every stored row of this agent, as a key (one per row, duplicates kept)."""
@@ -450,6 +482,7 @@ def test_uplink_cut_then_restored_replays_fresh_first_and_loses_nothing(
         assert agent.stop() == 0, rig.logs()
         result = _check_accounting(rig, observer)
         after = [a for a in observer.ordered() if a.at >= restored_at and a.seq not in before_cut]
+        joined = observer.joined()
     finally:
         observer.close()
         collector.stop()
@@ -469,9 +502,77 @@ def test_uplink_cut_then_restored_replays_fresh_first_and_loses_nothing(
     assert first.seq > oldest.seq
     assert after.index(first) < after.index(oldest)
     assert measured(oldest) < cut_ns + 1_000_000_000, "the backlog should start at the cut"
-    # Behind the live rounds the backlog itself drains oldest first.
+    # Behind the live rounds the backlog itself drains oldest first, joined several to a message.
     backlog_seqs = [a.seq for a in backlog]
     assert backlog_seqs == sorted(backlog_seqs)
+    assert joined, "the backlog was never replayed joined"
+
+
+def test_agent_killed_during_a_joined_replay_loses_and_duplicates_nothing(
+    tmp_path: Path,
+    rig_for: Callable[..., Rig],
+    uplink: tuple[Namespace, str, str],
+) -> None:
+    site, host_side, host_address = uplink
+    site_port = free_port()
+    broker = MosquittoServer(
+        tmp_path / "mosquitto", extra_config=f"listener {site_port} {host_address}"
+    )
+    broker.start()
+    rig = rig_for(
+        broker,
+        agent_broker=(host_address, site_port),
+        namespace=site,
+        # 10 envelopes/s: the backlog of a 20 s outage (~11 envelopes a second) takes about as
+        # long to replay, in messages of up to 10 envelopes, so the kills land in the middle.
+        outbox_extra=", fresh_window: 1s, replay_rate: 10",
+    )
+    seed = random.randrange(2**32)
+    chance = random.Random(seed)
+    assert broker.port is not None
+    observer = Observer(broker.port)
+    collector = rig.collector()
+    agent = rig.agent()
+    kills: list[float] = []
+    try:
+        wait_for(lambda: len(observer.snapshot()) >= 5, "the first envelopes", 20)
+        run(None, "ip", "link", "set", host_side, "down")
+        wait_for(lambda: "disconnected from broker" in rig.agent_log(), "the agent to notice", 20)
+        time.sleep(12.0)  # the outage goes on: a backlog of rounds builds up in the outbox
+        run(None, "ip", "link", "set", host_side, "up")
+        for _kill in range(3):
+            joined_before = len(observer.joined())
+            wait_for(
+                lambda n=joined_before: len(observer.joined()) > n, "a joined backlog message", 40
+            )
+            moment = round(chance.uniform(0.0, 1.0), 3)
+            time.sleep(moment)  # the kill moment, random by design: mid-replay
+            agent.kill()
+            kills.append(moment)
+            agent = rig.agent()
+        wait_for(lambda: not rig.outbox_state().left or len(rig.outbox_state().left) < 5,
+                 "the backlog to drain", 60)  # fmt: skip
+        assert agent.running(), rig.logs()
+        assert agent.stop() == 0, rig.logs()
+        result = _check_accounting(rig, observer)
+        resent = sum(len(copies) - 1 for copies in observer.snapshot().values())
+        # The collector counted what the observer saw: every re-sent seq a duplicate, nothing
+        # else; every seq in the end (no gap left open), so no loss either.
+        try:
+            wait_for(lambda: rig.collector_seqs()["duplicate"] == resent, "the duplicates", 10)
+        finally:
+            counts = rig.collector_seqs()
+            print(f"observer: {resent} re-sent; collector: {counts}")
+        joined = observer.joined()
+    finally:
+        observer.close()
+        collector.stop()
+        broker.stop()
+    assert result.state.dropped_envelopes == 0
+    assert (counts["lost"], counts["missing"]) == (0, 0), counts
+    assert len(joined) >= 3 and all(compressed for _, compressed in joined), joined
+    print(f"seed {seed}: kills {kills} s into joined replays; {result.state.next_seq} seqs, "
+          f"{len(joined)} joined messages, {resent} re-sent")  # fmt: skip
 
 
 def test_outbox_cap_drops_the_oldest_bulk_counts_exactly_and_keeps_events(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wire_strategies import envelopes
+from wire_strategies import coalesced_envelopes, envelopes
 
 from fieldmon.core.wire import codec
 from fieldmon.core.wire.codec import Rejection, RejectReason, decode_envelope, encode
@@ -75,6 +76,47 @@ def test_oversized_is_rejected_before_parsing(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(codec, "Envelope", _NoParsing)
     valid_but_big = _payload(_document(samples=_document()["samples"] * 50))
     assert _reason(valid_but_big, max_bytes=len(valid_but_big) - 1) == RejectReason.OVERSIZED
+
+
+@given(st.one_of(envelopes, coalesced_envelopes()), st.integers(min_value=0, max_value=9))
+def test_a_zlib_payload_decodes_as_the_json_it_holds(envelope: Envelope, level: int) -> None:
+    compressed = zlib.compress(encode(envelope), level)
+    assert compressed[0] == codec.ZLIB_FIRST_BYTE
+    assert decode_envelope(compressed) == envelope
+    assert codec.inflate(compressed) == encode(envelope)
+
+
+def test_a_zlib_payload_is_bounded_by_what_it_inflates_to() -> None:
+    document = _payload(_document(samples=_document()["samples"] * 2000))
+    bomb = zlib.compress(document, 9)
+    assert len(bomb) * 20 < len(document)
+    assert isinstance(decode_envelope(bomb, max_bytes=len(document)), Envelope)
+    result = decode_envelope(bomb, max_bytes=len(document) - 1)
+    assert isinstance(result, Rejection)
+    assert result.reason == RejectReason.OVERSIZED
+    assert "inflates past the limit" in result.detail
+    with pytest.raises(codec.InflatedTooLargeError):
+        codec.inflate(bomb, max_bytes=len(document) - 1)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda stream: stream[:-5],  # cut short
+        lambda stream: stream + b"more",  # data after its end
+        lambda stream: stream[:2] + bytes(b ^ 0x55 for b in stream[2:]),  # garbled
+        lambda stream: b"x",  # the first byte alone
+    ],
+    ids=["truncated", "trailing", "garbled", "first-byte-only"],
+)
+def test_a_broken_zlib_stream_is_not_json(damage: Any) -> None:
+    broken = damage(zlib.compress(_payload(_document())))
+    assert _reason(broken) == RejectReason.NOT_JSON
+
+
+def test_a_zlib_stream_of_something_else_is_judged_like_that_something() -> None:
+    assert _reason(zlib.compress(b"not json")) == RejectReason.NOT_JSON
+    assert _reason(zlib.compress(_payload(_document(seq=-1)))) == RejectReason.INVALID
 
 
 def test_payload_at_the_limit_is_accepted() -> None:

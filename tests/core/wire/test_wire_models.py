@@ -8,10 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
-from wire_strategies import envelopes, samples, statuses
+from wire_strategies import coalesced_envelopes, envelopes, samples, statuses
 
 from fieldmon.core.wire.codec import decode_envelope, encode
-from fieldmon.core.wire.models import SCHEMA_VERSION, AckMessage, Envelope, Sample, StatusMessage
+from fieldmon.core.wire.models import (
+    MAX_PARTS,
+    SCHEMA_VERSION,
+    AckMessage,
+    Envelope,
+    Sample,
+    StatusMessage,
+)
 
 _SAMPLE = TypeAdapter(Sample)
 
@@ -29,6 +36,70 @@ def test_envelope_round_trip(envelope: Envelope) -> None:
     decoded = decode_envelope(payload)
     assert decoded == envelope
     assert encode(decoded) == payload  # same bytes: true stays true, 1 stays 1, 1.0 stays 1.0
+
+
+@given(envelopes)
+def test_a_plain_envelope_has_no_parts_and_stands_for_its_own_seq(envelope: Envelope) -> None:
+    assert b'"parts"' not in encode(envelope)
+    assert envelope.carried_seqs() == [envelope.seq]
+
+
+@given(coalesced_envelopes())
+def test_coalesced_envelope_round_trip(envelope: Envelope) -> None:
+    payload = encode(envelope)
+    assert decode_envelope(payload) == envelope
+    assert encode(decode_envelope(payload)) == payload  # type: ignore[arg-type]
+    assert envelope.parts is not None
+    assert envelope.carried_seqs() == [seq for seq, _ in envelope.parts]
+    assert envelope.carried_seqs()[0] == envelope.seq
+    # The parts come before the samples: a header, then every part's samples spliced together.
+    assert payload.index(b'"parts"') < payload.index(b'"samples"')
+
+
+def _coalesced(**changes: object) -> dict[str, object]:
+    sample = _sample(v=1)
+    document: dict[str, object] = {
+        "site": "s",
+        "agent": "a",
+        "seq": 10,
+        "sent_at": 0,
+        "parts": [[10, 2], [12, 0], [13, 1]],
+        "samples": [sample, sample, sample],
+    }
+    return document | changes
+
+
+def test_parts_may_skip_seqs_and_carry_no_samples() -> None:
+    envelope = Envelope.model_validate(_coalesced())
+    assert envelope.carried_seqs() == [10, 12, 13]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seq": 11}, "first part's seq 10 is not seq 11"),
+        ({"parts": [[10, 2], [10, 1]]}, "seq 10 does not follow 10"),
+        ({"parts": [[10, 2], [13, 1], [12, 0]]}, "seq 12 does not follow 13"),
+        ({"parts": [[10, 2], [12, 0], [13, 2]]}, "they count 4 samples, the envelope has 3"),
+        ({"parts": [[10, 3], [12, -1], [13, 1]]}, "greater than or equal to 0"),
+        ({"parts": []}, "at least 1 item"),
+        ({"parts": [[10, 3, 1]]}, "at most 2 items"),
+        ({"parts": [[2**63, 3]], "seq": 2**63}, "less than 9223372036854775808"),
+    ],
+    ids=["seq-not-first", "repeated", "descending", "count-mismatch", "negative-count", "empty",
+         "three-numbers", "over-int64"],
+)  # fmt: skip
+def test_parts_that_do_not_add_up_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Envelope.model_validate(_coalesced(**changes))
+
+
+def test_parts_are_bounded_whatever_an_agent_claims() -> None:
+    # The collector's work per message (seq accounting, acks) stays bounded.
+    parts = [[seq, 0] for seq in range(MAX_PARTS + 1)]
+    with pytest.raises(ValidationError, match=f"at most {MAX_PARTS} items"):
+        Envelope.model_validate(_coalesced(seq=0, parts=parts, samples=[]))
+    assert len(Envelope.model_validate(_coalesced(seq=0, parts=parts[:-1], samples=[])).parts or [])
 
 
 @given(samples)

@@ -42,3 +42,20 @@ statuses = st.builds(
     version=st.none() | st.text(max_size=10),
     reason=st.none() | st.text(max_size=30),
 )
+
+
+@st.composite
+def coalesced_envelopes(draw: st.DrawFn) -> Envelope:
+    """Envelopes carrying parts: ascending seqs, each with its share of the samples."""
+    counts = draw(st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=6))
+    first = draw(st.integers(min_value=0, max_value=2**62))
+    steps = draw(st.lists(st.integers(1, 5), min_size=len(counts), max_size=len(counts)))
+    seqs = [first + sum(steps[:index]) for index in range(len(counts))]
+    return Envelope(
+        site=draw(IDS),
+        agent=draw(IDS),
+        seq=seqs[0],
+        sent_at=draw(TIMESTAMPS),
+        parts=list(zip(seqs, counts, strict=True)),
+        samples=draw(st.lists(samples, min_size=sum(counts), max_size=sum(counts))),
+    )

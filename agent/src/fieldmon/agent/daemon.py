@@ -446,7 +446,9 @@ def build_pipeline(
 
     def on_message(message: object) -> None:
         if getattr(message, "topic", None) == ack_topic:
-            task = asyncio.create_task(sender.handle_ack(message.payload))  # type: ignore[attr-defined]
+            task = asyncio.create_task(
+                sender.handle_ack(message.payload, getattr(message, "properties", None))  # type: ignore[attr-defined]
+            )
             ack_tasks.add(task)
             task.add_done_callback(ack_tasks.discard)
 

@@ -5,12 +5,14 @@ only means "in flight"). `seq` is allocated in the same transaction that stores 
 so it survives restarts and is never reused.
 
 Priorities: each envelope has a class, `Priority.EVENT` (alerts, state changes) or
-`Priority.BULK` (measurements). `select()` hands the sender the live envelopes (newest round
-first) before the backlog, and events before bulk within each; when the outbox is full the
+`Priority.BULK` (measurements). The sender takes the live envelopes (`select_live`: newest round
+first) before the backlog (`take_backlog`: oldest first, a run of one class at a time, for one
+coalesced message), events before bulk within each; when the outbox is full the
 oldest bulk envelopes are dropped first and counted exactly (`dropped_envelopes`,
 `dropped_samples`, persisted in the file); envelopes in flight (published, awaiting their ack)
 are spared, so a drop is counted only for what never left on the current connection (the cap
-may be exceeded by the sender's window, 32 envelopes). A drop episode starts at the first drop
+may be exceeded by the sender's window: 32 messages, at most 4 MiB of stored backlog). A drop
+episode starts at the first drop
 and ends once acknowledgements bring the stored bytes under `RESUME_FRACTION` of the cap;
 `take_drop_start()` tells the caller once per episode, so it can send one event rather than
 one per envelope.
@@ -125,15 +127,7 @@ class StoredEnvelope:
     seq: int
     payload: bytes
     priority: int = Priority.BULK
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What the sender may publish now: live envelopes first, then (rate-limited) backlog."""
-
-    envelopes: list[StoredEnvelope]
-    backlog: int  # how many of `envelopes` are backlog (they are at the end)
-    backlog_left: bool  # more backlog waits beyond what was returned
+    samples: int = 0  # how many samples `payload` holds
 
 
 def _is_full(exc: sqlite3.OperationalError) -> bool:
@@ -171,6 +165,10 @@ class Outbox:
         # then counted as lost though it was not. Kept here, in the one disk thread, so that
         # no append can drop an envelope between its selection and its publication.
         self.in_flight: set[int] = set()
+        # Where the next backlog run starts: (live_from, priority, seq) of the last one taken.
+        # Nothing can appear behind it but a released seq (the sender's ack timeout, a new
+        # connection), which rewinds it; new envelopes are live.
+        self._backlog_cursor: tuple[int, int, int] | None = None
         self.dropping = False  # in a drop episode: full, and not yet drained under the cap
         self._drop_started = False
 
@@ -347,7 +345,7 @@ class Outbox:
         self.stored_bytes += len(payload)
         if dropped[0] or self.oldest_created_ns is None:
             self._refresh_oldest()
-        return StoredEnvelope(seq, payload, int(priority))
+        return StoredEnvelope(seq, payload, int(priority), len(samples))
 
     def _refresh_oldest(self) -> None:
         # By seq, the primary key (one index step): creation times follow seqs. Runs in the disk
@@ -494,7 +492,7 @@ class Outbox:
         """Up to `limit` unacknowledged envelopes, oldest first, skipping seqs in `exclude`."""
         exclude = exclude or set()
         rows = self._db.execute(
-            "SELECT seq, payload, priority FROM envelopes ORDER BY seq LIMIT ?",
+            "SELECT seq, payload, priority, samples FROM envelopes ORDER BY seq LIMIT ?",
             (limit + len(exclude),),
         ).fetchall()
         return [StoredEnvelope(*row) for row in rows if row[0] not in exclude][:limit]
@@ -514,31 +512,72 @@ class Outbox:
             boundary = seq
         return self._next_seq() if boundary is None else boundary
 
-    def select(
-        self, limit: int, exclude: set[int], *, live_from: int, backlog_limit: int
-    ) -> Selection:
-        """Up to `limit` envelopes to publish, skipping `exclude` (those in flight).
-
-        Live ones (seq >= live_from) come first, events before bulk, newest first, so the
-        present state of every link arrives at once; then at most `backlog_limit` older ones,
-        events before bulk, oldest first.
-        """
-        live = self._db.execute(
-            "SELECT seq, payload, priority FROM envelopes WHERE seq >= ? "
-            "ORDER BY priority, seq DESC LIMIT ?",
-            (live_from, limit + len(exclude)),
-        ).fetchall()
-        chosen = [StoredEnvelope(*row) for row in live if row[0] not in exclude][:limit]
-        room = min(limit - len(chosen), backlog_limit)
+    def select_live(self, limit: int, *, live_from: int) -> list[StoredEnvelope]:
+        """Up to `limit` live envelopes (seq >= live_from) not in flight, events before bulk,
+        newest first, so the present state of every link arrives at once; now in flight."""
         rows = self._db.execute(
-            "SELECT seq, payload, priority FROM envelopes WHERE seq < ? "
-            "ORDER BY priority, seq LIMIT ?",
-            (live_from, max(room, 0) + len(exclude) + 1),
+            "SELECT seq, payload, priority, samples FROM envelopes WHERE seq >= ? "
+            "ORDER BY priority, seq DESC LIMIT ?",
+            (live_from, limit + len(self.in_flight)),
         ).fetchall()
-        backlog = [StoredEnvelope(*row) for row in rows if row[0] not in exclude]
-        taken = backlog[: max(room, 0)]
-        self.in_flight.update(envelope.seq for envelope in chosen + taken)
-        return Selection(chosen + taken, len(taken), len(backlog) > len(taken))
+        chosen = [StoredEnvelope(*row) for row in rows if row[0] not in self.in_flight][:limit]
+        self.in_flight.update(envelope.seq for envelope in chosen)
+        return chosen
+
+    def take_backlog(
+        self,
+        *,
+        live_from: int,
+        max_envelopes: int,
+        max_bytes: int,
+        alone: frozenset[int] | set[int] = frozenset(),
+    ) -> list[StoredEnvelope]:
+        """The oldest backlog envelopes (seq < live_from) not in flight, for one message: events
+        before bulk, oldest first, all of one class (one topic), at most `max_envelopes` and
+        `max_bytes` of payload (but at least one). A seq in `alone` is taken only by itself.
+        Empty when no backlog is left outside the flight. They are in flight from here on.
+        """
+        cursor = self._backlog_cursor
+        if cursor is None or cursor[0] != live_from:
+            cursor = (live_from, -1, -1)
+        _, after_priority, after_seq = cursor
+        # Seqs and sizes first (SQLite reads a blob's length from its record header), payloads
+        # only for what is chosen: the envelopes in flight are skipped without being read.
+        rows = self._db.execute(
+            "SELECT priority, seq, length(payload) FROM envelopes "
+            "WHERE seq < ? AND (priority > ? OR (priority = ? AND seq > ?)) "
+            "ORDER BY priority, seq",
+            (live_from, after_priority, after_priority, after_seq),
+        )
+        chosen: list[int] = []
+        klass = size = 0
+        for priority, seq, length in rows:
+            if seq in self.in_flight:
+                continue
+            if chosen and (
+                priority != klass or size + length > max_bytes or seq in alone or chosen[0] in alone
+            ):
+                break
+            klass = priority
+            chosen.append(seq)
+            size += length
+            if len(chosen) >= max_envelopes:
+                break
+        rows.close()
+        if not chosen:
+            return []
+        self._backlog_cursor = (live_from, klass, chosen[-1])
+        marks = ",".join("?" * len(chosen))
+        taken = [
+            StoredEnvelope(*row)
+            for row in self._db.execute(
+                "SELECT seq, payload, priority, samples FROM envelopes "
+                f"WHERE seq IN ({marks}) ORDER BY seq",
+                chosen,
+            )
+        ]
+        self.in_flight.update(envelope.seq for envelope in taken)
+        return taken
 
     def release(self, seqs: list[int] | None = None) -> None:
         """Selected seqs that were not published, or whose ack timed out (None: all of them)."""
@@ -546,6 +585,7 @@ class Outbox:
             self.in_flight.clear()
         else:
             self.in_flight.difference_update(seqs)
+        self._backlog_cursor = None  # they may lie behind it: look from the start again
 
     def depth(self) -> int:
         """Envelopes waiting for a collector's ack."""

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fieldmon.collector.config import DEFAULT_MAX_TIME_AHEAD_S
 from fieldmon.collector.inventory import Inventory
@@ -31,7 +33,16 @@ from fieldmon.collector.storage.lineprotocol import LineEncoder
 from fieldmon.collector.trust import EpisodeLog, Screened, screen
 from fieldmon.core.mqtt.link import MqttLink
 from fieldmon.core.wire import topics
-from fieldmon.core.wire.codec import Rejection, RejectReason, decode_envelope, encode
+from fieldmon.core.wire.codec import (
+    ACCEPT_PARTS,
+    ACCEPT_PROPERTY,
+    ACCEPT_ZLIB,
+    MAX_PAYLOAD_PROPERTY,
+    Rejection,
+    RejectReason,
+    decode_envelope,
+    encode,
+)
 from fieldmon.core.wire.models import AckMessage, Envelope, Sample
 
 logger = logging.getLogger(__name__)
@@ -192,7 +203,7 @@ class IngestPipeline:
         batch.lines.extend(encode(sample) for sample in envelope.samples)
         if message.qos:
             batch.deliveries.append((self._link.generation, message.mid, message.qos))
-        batch.seqs[(envelope.site, envelope.agent)].append(envelope.seq)
+        batch.seqs[(envelope.site, envelope.agent)].extend(envelope.carried_seqs())
         self._metrics.samples_accepted.inc(len(envelope.samples))
         self._metrics.pending_points.set(len(batch))
         for callback in self.on_accepted:
@@ -225,10 +236,12 @@ class IngestPipeline:
     def _account(self, envelope: Envelope) -> None:
         if self._seqs is None:
             return
-        verdict = self._seqs.observe(envelope.site, envelope.agent, envelope.seq, time.monotonic())
+        verdict = self._seqs.observe_seqs(
+            envelope.site, envelope.agent, envelope.carried_seqs(), time.monotonic()
+        )
         labels = {"site": envelope.site, "agent": envelope.agent}
-        if verdict.duplicate:
-            self._metrics.envelopes_duplicate.labels(**labels).inc()
+        if verdict.duplicates:
+            self._metrics.envelopes_duplicate.labels(**labels).inc(verdict.duplicates)
         if verdict.newly_lost:
             self._data_loss(envelope.site, envelope.agent, verdict.newly_lost)
         state = self._seqs.agents[(envelope.site, envelope.agent)]
@@ -313,6 +326,22 @@ class IngestPipeline:
             # After a reconnect the broker re-delivers these itself; an old mid could name another.
             if generation == self._link.generation:
                 client.ack(mid, qos)
+        properties = self._ack_properties()
         for (site, agent), seqs in batch.seqs.items():
-            client.publish(topics.ack_topic(site, agent), encode(AckMessage.from_seqs(seqs)), qos=1)
+            client.publish(
+                topics.ack_topic(site, agent),
+                encode(AckMessage.from_seqs(seqs)),
+                qos=1,
+                properties=properties,
+            )
             self._metrics.acks_published.inc()
+
+    def _ack_properties(self) -> Properties:
+        """What this collector reads beyond plain envelopes: agents coalesce and compress their
+        backlog only once an ack says so (fieldmon.core.wire.codec)."""
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.UserProperty = [
+            (ACCEPT_PROPERTY, f"{ACCEPT_PARTS},{ACCEPT_ZLIB}"),
+            (MAX_PAYLOAD_PROPERTY, str(self._max_payload)),
+        ]
+        return properties

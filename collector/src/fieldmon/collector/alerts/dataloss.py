@@ -18,6 +18,7 @@ envelopes we did not hear while down are not called lost (ingest may have stored
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,18 +71,19 @@ class DataLossWatch:
         self._rebase: set[tuple[str, str]] = set()
         self.changed = False  # gaps opened, closed or given up: worth persisting
 
-    def observe(self, site: str, agent: str, seq: int, now: float) -> list[Transition]:
-        """One envelope's seq, on arrival (from the site's registered agent only)."""
+    def observe(self, site: str, agent: str, seqs: Sequence[int], now: float) -> list[Transition]:
+        """The seqs one envelope stands for (ascending; several when coalesced), on arrival,
+        from the site's registered agent only."""
         view = self._views.get(site)
         if view is None or agent != view.agent:
             return []
         key = (site, agent)
         if key in self._rebase:
             self._rebase.discard(key)
-            self._skip_unheard(key, seq)
+            self._skip_unheard(key, seqs[0])
         state = self.seqs.agents.get(key)
         open_before = state.missing if state is not None else 0
-        verdict = self.seqs.observe(site, agent, seq, now)
+        verdict = self.seqs.observe_seqs(site, agent, seqs, now)
         if self.seqs.agents[key].missing != open_before or verdict.newly_lost:
             self.changed = True
         return self._lost(site, agent, now, envelopes=verdict.newly_lost)

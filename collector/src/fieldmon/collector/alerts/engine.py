@@ -119,7 +119,9 @@ class AlertEngine:
         out = self._heard(envelope.site)
         now = self._clock()
         self._conditions.heard(envelope.site, now)
-        out.extend(self._data_loss.observe(envelope.site, envelope.agent, envelope.seq, now))
+        out.extend(
+            self._data_loss.observe(envelope.site, envelope.agent, envelope.carried_seqs(), now)
+        )
         for sample in envelope.samples:
             out.extend(self._judge_sample(envelope.site, sample))
         return self._record(out)

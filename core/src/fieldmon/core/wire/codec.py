@@ -1,8 +1,15 @@
-"""JSON encoding of wire messages, and a decoder that never raises."""
+"""JSON encoding of wire messages, and a decoder that never raises.
+
+A payload whose first byte is 0x78 is a zlib stream (RFC 1950, as `zlib.compress` writes it) of
+the JSON document: JSON itself never starts with that byte (`x`), so the payload says which it is.
+Agents compress only coalesced backlog envelopes, and only for a collector whose acks say it
+reads them (`ACCEPT_PROPERTY`); live envelopes stay plain JSON.
+"""
 
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -19,6 +26,17 @@ from fieldmon.core.wire.models import (
 )
 
 DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+# The first byte of a zlib stream with the default 32 KiB window (CMF 0x78).
+ZLIB_FIRST_BYTE = 0x78
+# The MQTT v5 user property a collector puts on its acks to say what it reads beyond plain
+# envelopes, comma-separated: `parts` (coalesced envelopes) and `zlib` (compressed payloads). An
+# agent sends either only after an ack on the current connection said so; older agents ignore
+# the property, and older collectors do not send it.
+ACCEPT_PROPERTY = "accept"
+ACCEPT_PARTS = "parts"
+ACCEPT_ZLIB = "zlib"
+# Beside it, `max_payload_bytes`: the largest payload (inflated) the collector decodes.
+MAX_PAYLOAD_PROPERTY = "max_payload_bytes"
 # Longest rejection detail kept: it goes to logs and the dead-letter record, and a hostile
 # payload can put a megabyte-long key into pydantic's error location.
 _MAX_DETAIL_CHARS = 300
@@ -122,12 +140,54 @@ def _problems(errors: list[ErrorDetails]) -> list[tuple[str, str]]:
     return list(problems.items())
 
 
+class InflatedTooLargeError(ValueError):
+    """A compressed payload whose document is larger than the limit."""
+
+
+def inflate(payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
+    """The JSON document of a payload: itself, or what its zlib stream holds.
+
+    Raises ValueError when the stream is broken, InflatedTooLargeError when it holds more than
+    `max_bytes` (a small payload may hold a huge document; at most `max_bytes` + 1 bytes are
+    ever inflated).
+    """
+    if not payload or payload[0] != ZLIB_FIRST_BYTE:
+        return payload
+    inflater = zlib.decompressobj()
+    try:
+        document = inflater.decompress(payload, max_bytes + 1)
+    except zlib.error as exc:
+        raise ValueError(f"broken zlib stream: {exc}") from exc
+    if len(document) > max_bytes or inflater.unconsumed_tail:
+        raise InflatedTooLargeError(f"inflates past the limit of {max_bytes} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise ValueError("broken zlib stream: truncated, or data after its end")
+    return document
+
+
+def _document(payload: bytes, max_bytes: int) -> bytes | Rejection:
+    """The JSON text of a payload no larger than `max_bytes`, compressed or not."""
+    if len(payload) > max_bytes:
+        return _rejection(RejectReason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+    try:
+        return inflate(payload, max_bytes=max_bytes)
+    except InflatedTooLargeError as exc:
+        return _rejection(RejectReason.OVERSIZED, f"zlib payload {exc}")
+    except ValueError as exc:
+        return _rejection(RejectReason.NOT_JSON, str(exc))
+
+
 def decode_envelope(
     payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 ) -> Envelope | Rejection:
-    """Turn any bytes into an Envelope or a Rejection with a reason; never raises."""
-    if len(payload) > max_bytes:
-        return _rejection(RejectReason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
+    """Turn any bytes into an Envelope or a Rejection with a reason; never raises.
+
+    `max_bytes` bounds the payload and, when it is compressed, what it inflates to.
+    """
+    document = _document(payload, max_bytes)
+    if isinstance(document, Rejection):
+        return document
+    payload = document
     try:
         # by_name=False: on the wire the key is `schema`; `schema_` is only the Python name.
         return Envelope.model_validate_json(payload, by_alias=True, by_name=False)

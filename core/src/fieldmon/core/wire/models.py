@@ -6,7 +6,15 @@ import re
 from dataclasses import field as dataclass_field
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 SCHEMA_VERSION: Final = 1
@@ -55,6 +63,9 @@ FieldValue = (
 TimestampNs = Annotated[int, Field(ge=0, lt=2**63)]
 # Envelope sequence numbers: stored as SQLite / InfluxDB 64-bit integers on both sides.
 Seq = Annotated[int, Field(ge=0, lt=2**63)]
+# Most envelopes one coalesced envelope may carry (`Envelope.parts`): the collector's work per
+# message stays bounded whatever an agent claims. An agent joins far fewer (bounded by size).
+MAX_PARTS = 4096
 
 _TAG_KEY = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_CHARS)]
 _TAG_VALUE = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG_VALUE_CHARS)]
@@ -96,7 +107,12 @@ class Sample:
 
 
 class Envelope(BaseModel):
-    """A batch of samples from one agent, numbered so the collector can count loss and replays."""
+    """A batch of samples from one agent, numbered so the collector can count loss and replays.
+
+    A coalesced envelope (an agent replaying its backlog) carries several envelopes committed
+    under their own seqs: `parts` lists each one's seq and how many of `samples`, in order, are
+    its own; `seq` is the first part's. Acknowledging it means acknowledging every part's seq.
+    """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -105,6 +121,17 @@ class Envelope(BaseModel):
     agent: Identifier
     seq: Seq
     sent_at: TimestampNs
+    # Declared before `samples` so that the encoding of a coalesced envelope is its header
+    # followed by the samples of its parts, spliced together (fieldmon.agent.coalesce).
+    parts: (
+        Annotated[
+            list[tuple[Seq, Annotated[int, Field(ge=0)]]],
+            Field(min_length=1, max_length=MAX_PARTS),
+        ]
+        | None
+    ) = None
+    # The cap holds for a coalesced envelope too: an agent joins at most 256 KiB of JSON
+    # (fieldmon.agent.coalesce), a few thousand samples.
     samples: Annotated[list[Sample], Field(max_length=MAX_SAMPLES_PER_ENVELOPE)]
 
     @field_validator("schema_", mode="before")
@@ -121,6 +148,31 @@ class Envelope(BaseModel):
         if value in RESERVED_IDS:
             raise ValueError(f"{value!r} is reserved")
         return value
+
+    @model_validator(mode="after")
+    def _parts_add_up(self) -> Envelope:
+        parts = self.parts
+        if parts is None:
+            return self
+        if parts[0][0] != self.seq:
+            raise ValueError(f"parts: the first part's seq {parts[0][0]} is not seq {self.seq}")
+        total, previous = 0, -1
+        for seq, count in parts:
+            if seq <= previous:
+                raise ValueError(f"parts: seq {seq} does not follow {previous}")
+            previous = seq
+            total += count
+        if total != len(self.samples):
+            raise ValueError(
+                f"parts: they count {total} samples, the envelope has {len(self.samples)}"
+            )
+        return self
+
+    def carried_seqs(self) -> list[int]:
+        """The seqs this envelope stands for: its parts' (ascending), or its own seq."""
+        if self.parts is None:
+            return [self.seq]
+        return [seq for seq, _count in self.parts]
 
 
 class StatusMessage(BaseModel):
