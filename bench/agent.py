@@ -268,10 +268,6 @@ def _instrument_echo_lateness(acct: Accounting, pinger_class: Any) -> None:
 
 def run_child(site_file: Path, report: Path, pysnmp_v2c: bool, profile: Path | None) -> int:
     """The agent as deployed, instrumented; writes snapshots and a final report to `report`."""
-    # First, as `fieldmon-agent run` does it (fieldmon/agent/cli.py), before anything else loads.
-    from fieldmon.agent.probes.icmp_socket import release_scapy_tables
-
-    release_scapy_tables()
     from fieldmon.agent.daemon import run_agent
     from fieldmon.core.site.config import load_site_config
 
