@@ -121,9 +121,12 @@ class Accounting:
     slow: list[tuple[float, float, str, str, float]] = field(default_factory=list)
     profile: Path | None = None  # cProfile the measured window into this file
     _profiler: cProfile.Profile | None = None
+    tracemalloc: Path | None = None  # Python's allocations at the window's end, into this file
 
     def snapshot(self, *_args: object) -> None:
         self._toggle_profile()
+        if self.snapshots:
+            self._write_tracemalloc()
         values = sum(client.values for client in self.snmp_clients)
         self.snapshots.append(
             {
@@ -152,6 +155,22 @@ class Accounting:
             pstats.Stats(self._profiler, stream=out).sort_stats("tottime").print_stats(45)
         self.profile = None
 
+    def _write_tracemalloc(self) -> None:
+        import tracemalloc
+
+        if self.tracemalloc is None or not tracemalloc.is_tracing():
+            return
+        current, peak = tracemalloc.get_traced_memory()
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(inclusive=False, filename_pattern=tracemalloc.__file__)]
+        )
+        lines = [f"traced now {current / 1e6:.1f} MB, peak {peak / 1e6:.1f} MB", "", "by file:"]
+        lines += [str(stat) for stat in snapshot.statistics("filename")[:40]]
+        lines += ["", "by line:"]
+        lines += [str(stat) for stat in snapshot.statistics("lineno")[:40]]
+        self.tracemalloc.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.tracemalloc = None
+
     def category(self, callback: Any) -> str:
         owner = getattr(callback, "__self__", None)
         if isinstance(owner, asyncio.Task):
@@ -178,7 +197,14 @@ class Accounting:
         pairs = zip(self.echo_sent_at, self.echo_late, strict=True)
         echoes = [late for when, late in pairs if first <= when <= last]
         slow = sorted(entry[:4] for entry in self.slow if first <= entry[4] <= last)[::-1][:10]
-        return {"round_late_s": dict(rounds), "echo_late_s": echoes, "slow_callbacks": slow}
+        # Libraries this site needs none of (scapy never; pysnmp for v3, dnspython for DNS).
+        heavy = {"scapy", "pysnmp", "pyasn1", "dns"} & {name.split(".")[0] for name in sys.modules}
+        return {
+            "round_late_s": dict(rounds),
+            "echo_late_s": echoes,
+            "slow_callbacks": slow,
+            "heavy_modules": sorted(heavy),
+        }
 
 
 def _instrument(acct: Accounting, pysnmp_v2c: bool) -> None:
@@ -279,8 +305,22 @@ def _instrument_echo_lateness(acct: Accounting, pinger_class: Any) -> None:
     pinger_class._send_all, pinger_class._send_one = send_all, send_one
 
 
-def run_child(site_file: Path, report: Path, pysnmp_v2c: bool, profile: Path | None) -> int:
+def run_child(
+    site_file: Path,
+    report: Path,
+    pysnmp_v2c: bool,
+    profile: Path | None,
+    tracemalloc_file: Path | None = None,
+) -> int:
     """The agent as deployed, instrumented; writes snapshots and a final report to `report`."""
+    if tracemalloc_file is not None:
+        import tracemalloc
+
+        tracemalloc.start()  # before the agent's imports: they are part of its memory
+    # First, as `fieldmon-agent run` does it (fieldmon/agent/cli.py), before anything else loads.
+    from fieldmon.agent.cli import import_paho_without_resolver
+
+    import_paho_without_resolver()
     from fieldmon.agent.daemon import run_agent
     from fieldmon.core.site.config import load_site_config
 
@@ -290,7 +330,7 @@ def run_child(site_file: Path, report: Path, pysnmp_v2c: bool, profile: Path | N
     kinds |= {service.name: "service" for service in config.services}
     intervals = {link.name: link.interval for link in config.links}
     intervals |= {device.name: device.interval for device in config.snmp_devices}
-    acct = Accounting(report, kinds, profile=profile)
+    acct = Accounting(report, kinds, profile=profile, tracemalloc=tracemalloc_file)
     _instrument(acct, pysnmp_v2c)
     signal.signal(signal.SIGUSR1, acct.snapshot)
     status = run_agent(site_file)
@@ -744,6 +784,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         command = [sys.executable, "-m", "bench.agent", "--child", str(lab.site_file())]
         command += ["--child-report", str(report)] + (["--pysnmp"] if args.pysnmp else [])
         command += ["--profile", str(args.profile.resolve())] if args.profile else []
+        if args.tracemalloc:
+            command += ["--tracemalloc", str(args.tracemalloc.resolve())]
         agent = start(command, workdir / "agent.log", cwd=ROOT, env=_bytecode_env())
         stack.callback(agent.stop, 30)  # on any failure too; by the PID we started
         print(f"agent PID {agent.pid}; warming up {WARMUP_S:g}s", file=sys.stderr)
@@ -833,6 +875,7 @@ def _result(  # noqa: PLR0917 - one place that turns the measurements into the t
         "echo_send_late_p99_ms": late["echo_send"]["p99_ms"],
         "spacing_ms": SPACING * 1000,
         "samples_acknowledged": dict(acker.samples),
+        "agent_loaded": final["heavy_modules"],
         "service_rows_down": acker.services_down[:5]
         + (["..."] if len(acker.services_down) > 5 else []),
         "slowest_callbacks": [
@@ -875,11 +918,18 @@ def main() -> None:
         "--services", type=int, default=0, help="also probe N HTTP/TCP/DNS services (e.g. 20)"
     )
     parser.add_argument("--profile", type=Path, help="cProfile the agent's window into FILE")
+    parser.add_argument(
+        "--tracemalloc",
+        type=Path,
+        help="the agent's Python allocations at the window's end into FILE (tracing costs RSS)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-report", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        sys.exit(run_child(args.child, args.child_report, args.pysnmp, args.profile))
+        sys.exit(
+            run_child(args.child, args.child_report, args.pysnmp, args.profile, args.tracemalloc)
+        )
     if os.geteuid() != 0:
         sys.exit("bench/agent needs root: it builds a network namespace and uses raw sockets")
     if args.quick:
