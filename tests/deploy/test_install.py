@@ -89,7 +89,7 @@ def _snapshot(pi: PiRoot) -> dict[str, object]:
             if "/releases/" in inner and inner.count("/") > 5:
                 continue  # the venv's own files
             if inner.startswith("/var/lib/fieldmon/."):
-                continue  # scapy's cache under the service user's home
+                continue  # caches under the service user's home
             status = os.lstat(path)
             if path.is_symlink():
                 what = f"-> {os.readlink(path)}"

@@ -14,6 +14,8 @@ from fieldmon.core.wire.models import Sample
 logger = logging.getLogger(__name__)
 
 SampleSink = Callable[[list[Sample]], None]
+# One generator for every probe's phase (each Random holds 2.5 KB of state: 0.5 MB at 200 probes).
+_PHASES = random.Random()
 
 
 async def run_probe_forever(
@@ -37,7 +39,7 @@ async def run_probe_forever(
     for it forever. So the run is awaited under `asyncio.timeout` (which counts cancellations
     correctly), and a cancellation a probe swallowed is raised again after its run.
     """
-    rng = rng or random.Random()
+    rng = rng or _PHASES
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     next_start = loop.time() + rng.uniform(0, probe.interval)

@@ -20,7 +20,7 @@ from fieldmon.core.site.config import SiteConfig
 from fieldmon.core.wire.models import Sample
 
 if TYPE_CHECKING:
-    # Types only: importing the pinger loads scapy, which this module must not force.
+    # Types only: the probe contract needs none of the probing code.
     from fieldmon.agent.probes.icmp_socket import IcmpPinger
     from fieldmon.agent.snmp.client import SnmpClient
 
