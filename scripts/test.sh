@@ -19,4 +19,6 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/lint-imports --no-cache
-exec .venv/bin/pytest "$@"
+# Two workers (pytest-xdist): the suite mostly waits on real servers. FIELDMON_TEST_WORKERS=0
+# runs it in this process; arguments given here come last and win.
+exec .venv/bin/pytest -n "${FIELDMON_TEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -30,7 +30,7 @@ from fieldmon.lab.servers import (
 
 # leakcheck: a test (or the session) whose logs carry a secret fails. pytester runs it on planted
 # leaks in tests/test_leakcheck.py.
-pytest_plugins = ["leakcheck", "pytester"]
+pytest_plugins = ["leakcheck", "pytester", "demo_run"]
 
 # The tests' own secret files, kept in git, which keeps no modes but the executable bit: made
 # private here, as the daemons require of a secret file (fieldmon.core.config.secrets).
@@ -63,6 +63,8 @@ def session_seed(environ: Mapping[str, str]) -> int:
 
 
 SEED = session_seed(os.environ)
+# pytest-xdist's workers start after this import, from this environment: one seed for the run.
+os.environ[SEED_VARIABLE] = str(SEED)
 
 
 def seed_for(nodeid: str) -> str:
@@ -109,11 +111,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# With pytest-xdist (`--dist loadgroup`, scripts/test.sh) a module runs on one worker, so its
+# module fixtures start once. The tests that kill, cut and time whole pipelines share one group:
+# they run one after another, never beside each other, while the other worker takes the rest.
+_SERIAL_FOLDERS = ("tests/faults/", "tests/e2e/")
+SERIAL_GROUP = "whole-pipelines"
+
+
+def xdist_group(item: pytest.Item) -> str:
+    """The xdist group a test runs in."""
+    path = item.nodeid.split("::", 1)[0]
+    if path.startswith(_SERIAL_FOLDERS) or "demo_run" in getattr(item, "fixturenames", ()):
+        return SERIAL_GROUP
+    return path
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that uses a server fixture `integration` (`-m "not integration"`); skip
-    the `long` ones unless `--long` is given."""
+    the `long` ones unless `--long` is given; put each test in its xdist group."""
     long_runs = config.getoption("--long")
     for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
         if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
         if not long_runs and item.get_closest_marker("long"):

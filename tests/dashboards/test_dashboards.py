@@ -7,10 +7,8 @@ then (as root) on what `fieldmon-lab demo` wrote through the real agent and coll
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from demo_run import DemoRun
 from ruamel.yaml import YAML
 
 from fieldmon.collector.retention import influxql
@@ -29,7 +28,6 @@ from fieldmon.collector.retention.config import RetentionConfig
 from fieldmon.collector.storage.lineprotocol import encode_samples
 from fieldmon.core.wire.models import FieldValue, Sample
 from fieldmon.lab.demo import DATABASE as DEMO_DATABASE
-from fieldmon.lab.process import script
 from fieldmon.lab.servers import InfluxdServer, ServerQueryError
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
@@ -598,9 +596,6 @@ def test_site_and_link_variables_list_what_was_written(
 
 # --- data the real pipeline wrote ------------------------------------------------------------
 
-# Long enough for the collector's first `agent` rows (written once a minute) and for the
-# parent link, degraded for the middle third of the run, to fire an alert.
-DEMO_SECONDS = 80
 PIPELINE_MEASUREMENTS = {"link", "host", "alert", "agent", "ap", "snmp_if", "service"}
 CONTRACT_FIELDS = {
     "link": {"sent", "received", "loss_pct", "rtt_min_ms", "rtt_avg_ms", "rtt_p50_ms",
@@ -634,24 +629,12 @@ class DemoData:
     fields: dict[str, set[str]]  # measurement -> field keys written
 
 
-def _run_demo(workdir: Path) -> None:
-    result = subprocess.run(
-        [script("fieldmon-lab"), "demo", "--duration", str(DEMO_SECONDS),
-         "--data-dir", str(workdir)],
-        capture_output=True, text=True, check=False, timeout=DEMO_SECONDS + 120,
-        env={**os.environ, "COLUMNS": "120"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoData]:
-    """Run the demo once, then serve the InfluxDB data it left behind."""
-    assert os.geteuid() == 0, "the lab demo creates namespaces and raw sockets (needs root)"
-    workdir = tmp_path_factory.mktemp("demo")
-    _run_demo(workdir)
+def demo_data(demo_run: DemoRun) -> Iterator[DemoData]:
+    """Serve the InfluxDB data the session's demo run left behind."""
+    assert demo_run.returncode == 0, demo_run.failure()
     # The demo stopped its influxd; a server of our own reopens the same data directory.
-    with InfluxdServer(workdir / "influxd") as influxd:
+    with InfluxdServer(demo_run.data_dir / "influxd") as influxd:
         fields: dict[str, set[str]] = {}
         for series in _series(influxd, "SHOW FIELD KEYS", DEMO_DATABASE):
             fields[series["name"]] = {row[0] for row in series["values"]}

@@ -604,6 +604,20 @@ def test_outbox_cap_drops_the_oldest_bulk_counts_exactly_and_keeps_events(
         reconnected_ns = time.time_ns()
         wait_for(lambda: observer.newest_time() > reconnected_ns + 1.5e9, "rounds after", 30)
         wait_for(lambda: len(rig.outbox_state().left) < 10, "the outbox to drain", 30)
+
+        def newest_reported() -> int | None:
+            rows = rig.influxd.query(
+                f"SELECT outbox_dropped FROM host WHERE agent = '{AGENT}' "
+                "ORDER BY time DESC LIMIT 1",
+                db=rig.db,
+            )
+            return rows[0]["outbox_dropped"] if rows else None
+
+        # Drops go on while the backlog is still over the cap; once drained, the next host row
+        # carries the final count.
+        wait_for(
+            lambda: newest_reported() == rig.dropped_so_far(), "a host row with the final count", 30
+        )
         assert agent.running(), rig.logs()
         assert agent.stop() == 0, rig.logs()
         result = _check_accounting(rig, observer)
@@ -615,11 +629,7 @@ def test_outbox_cap_drops_the_oldest_bulk_counts_exactly_and_keeps_events(
     # Reported dropped == measured - stored (every seq is one sample; none left unsent).
     unsent = set(state.left) - set(observer.snapshot())
     measured, stored = state.next_seq - len(unsent), len(result.keys)
-    host_rows = rig.influxd.query(
-        f"SELECT outbox_dropped FROM host WHERE agent = '{AGENT}' ORDER BY time DESC LIMIT 1",
-        db=rig.db,
-    )
-    assert host_rows[0]["outbox_dropped"] == state.dropped_samples == measured - stored
+    assert newest_reported() == state.dropped_samples == measured - stored
     # The drop episode's event was kept though it is older than bulk samples dropped after it.
     events = [key for key in result.keys if key[0] == "event"]
     assert [kind for _, kind, _ in events] == ["outbox_dropping"]

@@ -232,23 +232,25 @@ def start_parent_services(
 
 
 def demo_schedule(duration: float, services: ParentServices | None = None) -> list[Step]:
-    """Make the HIS slow, failing, then healthy (5 to 20 s into a 90 s run); then degrade the
-    impaired site's parent link (27 s), cut it, restore it."""
+    """Make the HIS slow, failing, then healthy (4 to 27 s into a 90 s run), each state about
+    five of its 2 s runs long, so each alert's three-run debounce has room even on a busy
+    machine; then degrade the impaired site's parent link (32 s), cut it (45 s), restore it
+    (63 s)."""
     link = f"{IMPAIRED_SITE}/parent"
     steps = [
-        Step(0.3 * duration, link, f"{IMPAIRED_SITE} parent link degraded: 20 % loss, "
+        Step(0.35 * duration, link, f"{IMPAIRED_SITE} parent link degraded: 20 % loss, "
              "60 ± 20 ms added", loss_pct=20, delay_ms=60, jitter_ms=20),
-        Step(0.45 * duration, link, f"{IMPAIRED_SITE} parent link cut", cut=True),
-        Step(0.67 * duration, link, f"{IMPAIRED_SITE} parent link restored", restore=True),
+        Step(0.5 * duration, link, f"{IMPAIRED_SITE} parent link cut", cut=True),
+        Step(0.7 * duration, link, f"{IMPAIRED_SITE} parent link restored", restore=True),
     ]  # fmt: skip
     if services is not None:
         his = f"{IMPAIRED_SITE}/his"
         steps += [
-            Step(0.05 * duration, his, f"{IMPAIRED_SITE} HIS slow: answers after "
+            Step(0.04 * duration, his, f"{IMPAIRED_SITE} HIS slow: answers after "
                  f"{HIS_SLOW_DELAY_MS} ms (slow_ms {HIS_SLOW_MS})", action=services.slow),
-            Step(0.14 * duration, his, f"{IMPAIRED_SITE} HIS failing: answers 503",
+            Step(0.17 * duration, his, f"{IMPAIRED_SITE} HIS failing: answers 503",
                  action=services.failing),
-            Step(0.22 * duration, his, f"{IMPAIRED_SITE} HIS healthy again",
+            Step(0.3 * duration, his, f"{IMPAIRED_SITE} HIS healthy again",
                  action=services.healthy),
         ]  # fmt: skip
     return steps
