@@ -474,3 +474,21 @@ def test_a_closed_sites_firing_alert_is_resolved_saying_why() -> None:
     assert resolved.state is AlertState.RESOLVED and resolved.page
     assert resolved.key == firing.key and resolved.ends_at == 2 * 10**18
     assert "site closed (decommissioned)" in resolved.annotations["summary"]
+
+
+def test_a_site_file_claiming_a_closed_sites_id_is_a_problem(noc: Path) -> None:
+    closed = noc / "site_configs" / "closed"
+    closed.mkdir()
+    _site(closed, "tent-3", "tent-3-pi1")
+    _site(closed, "broken", "broken-pi1").write_text("site: Broken\n", encoding="utf-8")
+    inventory = load_inventory(noc / "site_configs")
+    assert sorted(inventory.closed) == ["tent-3"] and sorted(inventory.sites) == ["pavilion-2"]
+    assert inventory.problems
+    assert all("broken.yaml" in problem for problem in inventory.problems)
+    assert all(problem.endswith("(a closed site's file)") for problem in inventory.problems)
+    (closed / "broken.yaml").unlink()
+    _site(noc / "site_configs", "tent-3", "tent-3-pi2")
+    inventory = load_inventory(noc / "site_configs")
+    assert "tent-3" in inventory.sites and "tent-3" not in inventory.closed
+    (problem,) = inventory.problems
+    assert "site 'tent-3' was closed" in problem and "is open again" in problem

@@ -190,8 +190,21 @@ def test_a_running_collector_raises_no_alert_for_a_closed_site(
         wait_subscribed(http_port, daemons=collector)
         staying, closing = broker.agent("a-pi"), broker.agent("b-pi")
 
-        # The NOC closes site-b; the collector re-reads site_configs. (The broker's reload is
-        # the test above: here b-pi may still publish, as a Pi shut down a moment later does.)
+        def offline(client: Client, site: str, agent: str, state: str = "offline") -> None:
+            """What the agent publishes as it stops (SIGTERM), or `online` as it starts."""
+            status = json.dumps({"state": state, "site": site, "agent": agent}).encode()
+            assert _granted(client.publish(_topic(site, agent, "status"), status, retain=True))
+
+        def alerting() -> list[tuple[object, ...]]:
+            return sorted(
+                (a["labels"]["alertname"], a["labels"]["site"]) for a in _alerts(http_port)
+            )  # type: ignore[index]
+
+        # site-b's Pi is shut down before the NOC closes the site: it pages (offline_grace 0).
+        offline(closing, "site-b", "b-pi")
+        wait_for(alerting, "site-b's SiteUnreachable", 15, daemons=collector)
+        # The NOC closes site-b; the collector re-reads site_configs and resolves its alert.
+        # (The broker's reload is the test above: here b-pi may still publish.)
         _run(
             noc, "decommission", "--config", "collector.yaml", "site-b",
             "--broker-files", noc.broker_files, "--collector-pid", collector.pid,
@@ -199,27 +212,26 @@ def test_a_running_collector_raises_no_alert_for_a_closed_site(
 
         def closed() -> bool:
             status, body = http_get(f"http://127.0.0.1:{http_port}/api/v1/sites")
-            return status == 200 and json.loads(body)["closed"] == ["site-b"]
+            return status == 200 and json.loads(body)["closed"] == ["site-b"] and not alerting()
 
-        wait_for(closed, "the collector's reload: site-b closed", 15, daemons=collector)
-        # Both agents stop as the agent does on SIGTERM: a retained `offline` status. site-a's
-        # pages at the next tick (offline_grace 0): the control, site-b's would come with it.
-        for client, site, agent in ((closing, "site-b", "b-pi"), (staying, "site-a", "a-pi")):
-            offline = json.dumps({"state": "offline", "site": site, "agent": agent}).encode()
-            assert _granted(client.publish(_topic(site, agent, "status"), offline, retain=True))
-        fired = wait_for(
-            lambda: _alerts(http_port), "site-a's SiteUnreachable", 15, daemons=collector
-        )
-        assert [(a["labels"]["alertname"], a["labels"]["site"]) for a in fired] == [  # type: ignore[index]
-            ("SiteUnreachable", "site-a")
-        ]
-        rows = wait_for(
-            lambda: influxd.query("SELECT * FROM alert", db=influx_db),
-            "the alert row in InfluxDB",
-            15,
-            daemons=collector,
-        )
-        assert {row["site"] for row in rows} == {"site-a"}
+        wait_for(closed, "site-b closed and its alert resolved", 15, daemons=collector)
+        # site-b's Pi comes up and goes again; site-a's stops too, and pages at the next tick:
+        # the control, site-b's would come with it.
+        offline(closing, "site-b", "b-pi", "online")
+        offline(closing, "site-b", "b-pi")
+        offline(staying, "site-a", "a-pi")
+        fired = wait_for(alerting, "site-a's SiteUnreachable", 15, daemons=collector)
+        assert fired == [("SiteUnreachable", "site-a")]
+
+        def states() -> dict[str, list[str]]:
+            rows = influxd.query("SELECT * FROM alert", db=influx_db)
+            found: dict[str, list[str]] = {}
+            for row in rows:
+                found.setdefault(str(row["site"]), []).append(str(row["state"]))
+            return found if "site-a" in found else {}
+
+        rows = wait_for(states, "site-a's alert row in InfluxDB", 15, daemons=collector)
+        assert rows == {"site-b": ["firing", "resolved"], "site-a": ["firing"]}
         assert collector.process.poll() is None
     finally:
         if collector is not None:
