@@ -492,3 +492,12 @@ def test_a_site_file_claiming_a_closed_sites_id_is_a_problem(noc: Path) -> None:
     assert "tent-3" in inventory.sites and "tent-3" not in inventory.closed
     (problem,) = inventory.problems
     assert "site 'tent-3' was closed" in problem and "is open again" in problem
+
+
+def test_decommission_refuses_a_folder_without_the_brokers_files(noc: Path, tmp_path: Path) -> None:
+    before = _snapshot(noc)
+    with pytest.raises(provisioning.ProvisionError, match=r"agents\.passwd does not exist"):
+        provisioning.decommission(
+            noc / "collector.yaml", "pavilion-2", broker_files=tmp_path / "elsewhere"
+        )
+    assert _snapshot(noc) == before

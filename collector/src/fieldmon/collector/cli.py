@@ -154,7 +154,8 @@ def _provision(args: argparse.Namespace) -> int:
     except provisioning.ProvisionError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(f"nothing changed: {args.site_file} was not provisioned", file=sys.stderr)
+        if not exc.changed:
+            print(f"nothing changed: {args.site_file} was not provisioned", file=sys.stderr)
         return 1
     for warning in plan.warnings:
         print(warning)
@@ -200,7 +201,8 @@ def _decommission(args: argparse.Namespace) -> int:
     except provisioning.ProvisionError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(f"nothing changed: {args.site} was not closed", file=sys.stderr)
+        if not exc.changed:
+            print(f"nothing changed: {args.site} was not closed", file=sys.stderr)
         return 1
     for warning in result.warnings:
         print(f"WARN  {warning}", file=sys.stderr)

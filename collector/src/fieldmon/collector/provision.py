@@ -71,11 +71,13 @@ BUNDLE_MEMBERS = ("install.sh", "bundle.json", "SHA256SUMS")
 
 
 class ProvisionError(Exception):
-    """Nothing was changed; `problems` says why, one line each (file:line where there is one)."""
+    """`problems` says why, one line each (file:line where there is one); nothing was changed
+    unless `changed` (then the last problem says what was done and how to finish)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], *, changed: bool = False) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.changed = changed
 
 
 Location = tuple[str | int, ...]
@@ -469,8 +471,8 @@ def sheet_text(plan: ProvisionPlan, now: datetime.datetime) -> str:
         else f"\nThe agent bundle is not in this folder: bring {tar_name} beside it.\n"
     )
     credentials = (
-        f"\n{CREDENTIALS}/ goes to /etc/fieldmon/{CREDENTIALS}/ (root only); the agent's unit gets "
-        "each file as a systemd credential.\n"
+        f"\n{CREDENTIALS}/ goes to /etc/fieldmon/{CREDENTIALS}/ (root only); the agent's unit\n"
+        "gets each file as a systemd credential.\n"
         if any(ref.handover.parts[0] == CREDENTIALS for ref in plan.references)
         else ""
     )
@@ -574,7 +576,11 @@ def provision(plan: ProvisionPlan, now: datetime.datetime | None = None) -> Prov
             raise ProvisionError(problems)
         site_path = _register(plan, password, kept is None)
         broker = _broker_files(plan, site_path, kept is None)
-        _swap_in(staged, plan.out)
+        try:
+            _swap_in(staged, plan.out)
+        except OSError as exc:
+            finish = "the site is registered: run the same command again to write its handover"
+            raise ProvisionError([f"--out {plan.out}: {exc}", finish], changed=True) from exc
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return ProvisionResult(plan, plan.out, site_path, kept is None, broker)
@@ -652,6 +658,13 @@ def decommission(
         config = load_collector_config(config_path)
     except ConfigError as exc:
         raise ProvisionError([str(issue) for issue in exc.issues]) from exc
+    if not (broker_files / "agents.passwd").is_file():
+        raise ProvisionError(
+            [
+                f"{broker_files}/agents.passwd does not exist: give --broker-files the folder "
+                "deploy/mosquitto.conf reads (`broker-acl --out`)"
+            ]
+        )
     inventory = load_inventory(config.site_configs)
     moved_from = inventory.paths.get(site)
     if moved_from is None and site in inventory.closed:
@@ -682,20 +695,22 @@ def _revoke(result: DecommissionResult, config: CollectorConfig, broker_files: P
     working, remove the agent's lines in place: the login must go either way."""
     inventory = load_inventory(config.site_configs)
     secret = broker_files / brokeracl.SECRETS_DIR / f"{result.agent}.mqtt.pass"
-    if not (broker_files / "agents.passwd").exists():
-        result.warnings.append(
-            f"{broker_files}/agents.passwd does not exist: is --broker-files the folder "
-            "deploy/mosquitto.conf reads (`broker-acl --out`)?"
-        )
     try:
-        files = brokeracl.write_broker_files(inventory, config.broker, broker_files)
-    except brokeracl.BrokerAclError as exc:
-        result.warnings += [
-            *exc.problems,
-            f"so {result.agent}'s lines were removed from the existing files instead",
-        ]
-        result.broker_changed = brokeracl.revoke_agent(broker_files, result.agent)
-        return
+        try:
+            files = brokeracl.write_broker_files(inventory, config.broker, broker_files)
+        except brokeracl.BrokerAclError as exc:
+            result.warnings += [
+                *exc.problems,
+                f"so {result.agent}'s lines were removed from the existing files instead",
+            ]
+            result.broker_changed = brokeracl.revoke_agent(broker_files, result.agent)
+            return
+    except OSError as exc:
+        finish = (
+            f"site {result.site} is closed but {result.agent}'s login is not revoked yet: "
+            "fix that and run decommission again"
+        )
+        raise ProvisionError([f"{broker_files}: {exc}", finish], changed=True) from exc
     result.regenerated = True
     result.broker_changed = [files.directory / "agents.passwd", files.directory / "agents.acl"]
     if secret.exists():
