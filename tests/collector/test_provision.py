@@ -1,8 +1,8 @@
 """`fieldmon-collector provision` and `decommission`: the files they write, refuse and keep.
 
-What the broker then lets the new agent do, and refuses after decommission, is
-tests/security/test_provisioning.py (a real Mosquitto); that a running collector stops alerting
-for a closed site is tests/e2e/test_decommission.py.
+What the broker then lets the new agent do, and refuses after decommission (a real Mosquitto),
+and that a running collector stops alerting for a closed site, is
+tests/security/test_provisioning.py.
 """
 
 from __future__ import annotations

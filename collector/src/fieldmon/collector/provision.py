@@ -120,7 +120,7 @@ class BundleInfo:
 
 @dataclass
 class ProvisionPlan:
-    """Everything checked; what `commit` will do."""
+    """Everything checked; what `provision` will do."""
 
     config: CollectorConfig
     site_file: Path
