@@ -1,6 +1,8 @@
 """Commissioning a site, timed: from the bundle copied onto a blank Pi to the first row in InfluxDB.
 
-The README's "Deploying a site", steps 3 to 7, in the lab: the Pi is a fresh root
+The README's "Deploying a site", from the NOC's provisioning step (`fieldmon-collector
+provision` writes the handover folder, bundle included, and the broker's logins) through steps 3
+to 7, in the lab: the Pi is a fresh root
 (fieldmon.lab.piroot: Debian's python3.11, no ensurepip, no fieldmon) in a network namespace
 whose only network is the site's: a veth to the NOC, where a real Mosquitto (password file, a
 listener on the site network), a real collector and a real influxd run. The Pi has no route to
@@ -45,7 +47,9 @@ CLEAN_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The README's commands these steps run, with SITE and the version filled in (kept in sync by
 # test_the_readme_gives_the_commands_this_test_runs).
 README_STEPS = (
-    "tar -xf fieldmon-agent-bundle-{version}.tar",
+    "fieldmon-collector provision --config /etc/fieldmon/collector.yaml SITE.yaml "
+    "--out handover-SITE --bundle fieldmon-agent-bundle-{version}.tar",
+    "tar -xf handover-SITE/fieldmon-agent-bundle-{version}.tar",
     "sudo ./fieldmon-agent-bundle-{version}/install.sh --handover handover-SITE",
     "systemctl status fieldmon-agent",
     "sudo fieldmon-agent check --config /etc/fieldmon/site.yaml --report handover-SITE.md",
@@ -132,19 +136,47 @@ def test_a_blank_pi_reports_to_the_noc_within_three_minutes_of_the_bundle(
     no_route = run(pi_ns, "ip", "route", "get", PYPI, check=False)
     assert no_route.returncode != 0 and "unreachable" in no_route.stderr.lower()
 
-    # -- the NOC, already running before the engineer arrives (not timed) --
+    # -- the NOC, before the engineer arrives (not timed) --
     noc = tmp_path / "noc"
-    passwords = noc / "mosquitto.passwd"
-    passwords.parent.mkdir(parents=True)
-    pi_password, collector_password = "pi-" + os.urandom(8).hex(), "noc-" + os.urandom(8).hex()
-    for user, password in ((AGENT, pi_password), ("collector", collector_password)):
-        create = ["-c"] if user == AGENT else []
-        _run(["mosquitto_passwd", "-b", *create, str(passwords), user, password])
-    site_port = free_port(noc_address)
+    (noc / "site_configs").mkdir(parents=True)
+    write_secret(noc / "collector.mqtt.pass", "noc-" + os.urandom(8).hex())  # 0600, as required
+    broker_port, site_port, http_port = free_port(), free_port(noc_address), free_port()
+    collector_file = _write(
+        noc / "collector.yaml",
+        f"""\
+broker: {{host: 127.0.0.1, port: {broker_port}, client_id: bundle-collector,
+         username: collector, password_file: collector.mqtt.pass}}
+influxdb: {{api: v1, url: "{influxd.url}", database: {influx_db}, flush_interval: 200ms}}
+site_configs: ./site_configs
+http: {{listen: "127.0.0.1:{http_port}"}}
+data_dir: ./collector-data
+""",
+    )
+    # The NOC's provisioning step: the new site's file in, the handover folder (site file,
+    # the Pi's generated password, the bundle, HANDOVER.txt) and the broker's logins out.
+    new_site = _write(tmp_path / "new-site" / f"{SITE}.yaml", _site_file(noc_address, site_port))
+    handover = tmp_path / "usb" / "handover-SITE"
+    handover.parent.mkdir()
+    provision = _run(
+        [script("fieldmon-collector"), "provision", "--config", str(collector_file),
+         str(new_site), "--out", str(handover), "--bundle", str(host_bundle.path),
+         "--broker-files", str(noc / "broker")]
+    )  # fmt: skip
+    assert provision.returncode == 0, _shown(provision)
+    assert (noc / "site_configs" / f"{SITE}.yaml").read_text() == new_site.read_text()
+    assert (handover / host_bundle.path.name).exists()
+    # This broker has no per-listener settings: one password file and one ACL for both
+    # listeners, each the two generated files together.
+    broker_files = {}
+    for kind in ("passwd", "acl"):
+        parts = [(noc / "broker" / f"{who}.{kind}").read_text() for who in ("agents", "collector")]
+        broker_files[kind] = _write(noc / f"mosquitto.{kind}", "\n".join(parts))
     mosquitto = MosquittoServer(
-        noc / "broker",
+        noc / "mosquitto",
+        port=broker_port,
         allow_anonymous=False,
-        password_file=passwords,
+        password_file=broker_files["passwd"],
+        acl_file=broker_files["acl"],
         extra_config=f"listener {site_port} {noc_address}",
     )
     mosquitto.start()
@@ -157,30 +189,10 @@ def test_a_blank_pi_reports_to_the_noc_within_three_minutes_of_the_bundle(
             "the broker's site-network listener",
             15,
         )
-        site_text = _site_file(noc_address, site_port)
-        _write(noc / "site_configs" / f"{SITE}.yaml", site_text)
-        write_secret(noc / "collector.mqtt.pass", collector_password)  # 0600, as required
-        http_port = free_port()
-        collector_file = _write(
-            noc / "collector.yaml",
-            f"""\
-broker: {{host: 127.0.0.1, port: {mosquitto.port}, client_id: bundle-collector,
-         username: collector, password_file: collector.mqtt.pass}}
-influxdb: {{api: v1, url: "{influxd.url}", database: {influx_db}, flush_interval: 200ms}}
-site_configs: ./site_configs
-http: {{listen: "127.0.0.1:{http_port}"}}
-data_dir: ./collector-data
-""",
-        )
         collector = start(
             [script("fieldmon-collector"), "run", "--config", collector_file], noc / "collector.log"
         )
         wait_subscribed(http_port, daemons=collector)
-        # The handover folder the NOC hands the engineer with the bundle.
-        handover = tmp_path / "usb" / "handover-SITE"
-        _write(handover / "site.yaml", site_text)
-        (handover / "secrets").mkdir(parents=True, exist_ok=True)
-        write_secret(handover / "secrets" / f"{AGENT}.mqtt.pass", pi_password)
 
         timings: dict[str, float] = {}
         started = mark = time.monotonic()
@@ -191,14 +203,14 @@ data_dir: ./collector-data
             timings[step] = now - mark
             mark = now
 
-        # 3. Copy the bundle and the handover folder onto the Pi.
+        # 3. Copy the handover folder, the bundle in it, onto the Pi.
         home = pi.host_path("/root")
-        shutil.copy(host_bundle.path, home / host_bundle.path.name)
         shutil.copytree(handover, home / "handover-SITE")
-        timed("3. copy the bundle and the handover folder")
+        timed("3. copy the handover folder (the bundle in it)")
 
-        # 4. Unpack it (on the Pi, no network).
-        unpack = _run(pi.command(pi.chroot(["tar", "-xf", f"/root/{host_bundle.path.name}",
+        # 4. Unpack the bundle (on the Pi, no network).
+        unpack = _run(pi.command(pi.chroot(["tar", "-xf",
+                                            f"/root/handover-SITE/{host_bundle.path.name}",
                                             "-C", "/root"])))  # fmt: skip
         assert unpack.returncode == 0, _shown(unpack)
         (bundle_dir,) = [

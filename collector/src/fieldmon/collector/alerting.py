@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from fieldmon.collector.alerts import AlertEngine, AlertStateError, AlertStateStore, Transition
-from fieldmon.collector.alerts.model import OutageReport
+from fieldmon.collector.alerts.model import AlertState, OutageReport
 from fieldmon.collector.config import DEFAULT_MAX_TIME_AHEAD_S, AlertingConfig
 from fieldmon.collector.ingest import check_identity, split_by_clock
 from fieldmon.collector.inventory import Inventory
@@ -52,6 +53,20 @@ def outage_sample(report: OutageReport) -> Sample:
         tags={"site": report.site, "link": report.link},
         fields=fields,  # type: ignore[arg-type]
         time=report.start,
+    )
+
+
+def closed_site_resolution(alert: Transition, now_ns: int) -> Transition:
+    """`alert`, resolved because its site was closed (`fieldmon-collector decommission`)."""
+    site = alert.labels.get("site", "")
+    annotations = {
+        **alert.annotations,
+        "summary": f"{site}: site closed (decommissioned); {alert.alertname} silenced",
+        "description": "the site was decommissioned: its alerts are resolved and no new one "
+        "is raised; its data stays readable",
+    }
+    return dataclasses.replace(
+        alert, state=AlertState.RESOLVED, ends_at=now_ns, annotations=annotations, page=True
     )
 
 
@@ -95,13 +110,27 @@ class AlertRole:
             logger.error("alert state file unusable; starting fresh", extra={"error": str(exc)})
 
     def replace_inventory(self, inventory: Inventory) -> None:
-        """New site files (SIGHUP): a new engine that carries the old one's state over."""
+        """New site files (SIGHUP): a new engine that carries the old one's state over.
+
+        A site that was closed (its file moved to site_configs/closed/) loses its alert state:
+        nothing about it pages any more, whatever its agent does as it goes away. Its alerts
+        still firing are resolved, saying why, so a receiver that never sees them end (a
+        webhook, e-mail) is not left with an open alert.
+        """
         snapshot = self.engine.snapshot()
+        closing = [
+            alert
+            for alert in self.engine.active_alerts()
+            if alert.labels.get("site") in inventory.closed
+        ]
         self.engine = AlertEngine(
             inventory.sites, self._config, max_time_ahead=self._max_time_ahead
         )
         self.engine.restore(snapshot)
         self._inventory = inventory
+        if closing:
+            self.engine.dirty = True  # the saved state still holds them
+            self._emit([closed_site_resolution(alert, time.time_ns()) for alert in closing])
 
     def active_alerts(self) -> list[Transition]:
         """Alerts firing now (the engine is replaced on reload, so ask through us)."""

@@ -23,6 +23,7 @@ it wrote and which secret files are new.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import secrets
@@ -121,13 +122,24 @@ def collector_acl(username: str) -> str:
     )
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    """Replace `path` atomically, created with `mode` (never readable by others meanwhile)."""
+def write_file(path: Path, text: str, mode: int) -> None:
+    """Replace `path` atomically, created with `mode` (never readable by others meanwhile).
+
+    A file replaced keeps its owner and group where we may set them: after the `chown
+    root:mosquitto` of deploy/README.md, Mosquitto (its own user on SIGHUP) still reads it.
+    """
     temporary = path.with_name(f".{path.name}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.chmod(temporary, mode)  # O_CREAT's mode is masked by the umask; the mode is the point
+    try:
+        before = path.stat()
+    except FileNotFoundError:
+        before = None
+    if before is not None:
+        with contextlib.suppress(PermissionError):
+            os.chown(temporary, before.st_uid, before.st_gid)
     os.replace(temporary, path)
 
 
@@ -142,7 +154,7 @@ def agent_password(directory: Path, agent: str) -> tuple[str, Path, bool]:
         return read_secret(path), path, False
     password = secrets.token_urlsafe(PASSWORD_BYTES)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write(path, password + "\n", 0o600)
+    write_file(path, password + "\n", 0o600)
     return password, path, True
 
 
@@ -179,14 +191,14 @@ def write_broker_files(
     result.stale_secrets = _stale(directory / SECRETS_DIR, agents)
     # Hashes, not secrets, but nobody else needs them; deploy/README.md: root:mosquitto, 0640
     # (Mosquitto re-reads them on SIGHUP as its own user).
-    _write(directory / "agents.passwd", "\n".join(passwd) + "\n" if passwd else "", 0o640)
-    _write(directory / "agents.acl", agents_acl(inventory), 0o644)
-    _write(
+    write_file(directory / "agents.passwd", "\n".join(passwd) + "\n" if passwd else "", 0o640)
+    write_file(directory / "agents.acl", agents_acl(inventory), 0o644)
+    write_file(
         directory / "collector.passwd",
         password_line(collector_user, collector_password) + "\n",
         0o640,
     )
-    _write(directory / "collector.acl", collector_acl(collector_user), 0o644)
+    write_file(directory / "collector.acl", collector_acl(collector_user), 0o644)
     return result
 
 
@@ -195,3 +207,45 @@ def _stale(folder: Path, agents: Iterable[str]) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(path for path in folder.glob("*.mqtt.pass") if path.name not in wanted)
+
+
+def without_agent_acl(text: str, agent: str) -> str:
+    """`agents.acl` text without `agent`'s block (its `user` line, its topic lines and the
+    `# site` comment above them), the rest unchanged."""
+    blocks = text.split("\n\n")
+    kept = [
+        block
+        for block in blocks
+        if f"user {agent}" not in (line.strip() for line in block.splitlines())
+    ]
+    result = "\n\n".join(block.rstrip("\n") for block in kept)
+    return result + "\n" if result else ""
+
+
+def revoke_agent(directory: Path, agent: str) -> list[Path]:
+    """Remove `agent` from the agents' password file and ACL in `directory` in place, and delete
+    its secret file; returns the files changed.
+
+    For `decommission` when the inventory cannot be regenerated (another site file is invalid
+    and `write_broker_files` refuses): a stolen Pi's login must go anyway. Every other line stays.
+    """
+    changed = []
+    passwd = directory / "agents.passwd"
+    if passwd.exists():
+        lines = passwd.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.partition(":")[0] != agent]
+        if kept != lines:
+            write_file(passwd, "".join(f"{line}\n" for line in kept), 0o640)
+            changed.append(passwd)
+    acl = directory / "agents.acl"
+    if acl.exists():
+        text = acl.read_text(encoding="utf-8")
+        new_text = without_agent_acl(text, agent)
+        if new_text != text:
+            write_file(acl, new_text, 0o644)
+            changed.append(acl)
+    secret = directory / SECRETS_DIR / f"{agent}.mqtt.pass"
+    if secret.exists():
+        secret.unlink()
+        changed.append(secret)
+    return changed

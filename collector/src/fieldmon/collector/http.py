@@ -277,6 +277,8 @@ def build_app(state: HttpState) -> web.Application:
                     for site, view in sorted(state.board.sites.items())
                 ],
                 "problems": state.pipeline.inventory.problems,
+                # Known but closed (site_configs/closed/): no alerts; their rows stay readable.
+                "closed": sorted(state.pipeline.inventory.closed),
             }
         )
 

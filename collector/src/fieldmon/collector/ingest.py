@@ -75,6 +75,12 @@ def check_identity(envelope: Envelope, topic: str, inventory: Inventory) -> Reje
             RejectReason.TOPIC_MISMATCH,
             f"envelope says {envelope.site}/{envelope.agent}, topic is {topic}",
         )
+    if inventory.is_closed(envelope.site, envelope.agent):
+        return Rejection(
+            RejectReason.UNKNOWN_AGENT,
+            f"site {envelope.site!r} is closed (site_configs/closed/): its agent "
+            f"{envelope.agent!r} was decommissioned",
+        )
     if not inventory.is_registered(envelope.site, envelope.agent):
         return Rejection(
             RejectReason.UNKNOWN_AGENT,
