@@ -126,9 +126,12 @@ def xdist_group(item: pytest.Item) -> str:
     return path
 
 
+# Before xdist's own hook, which names each test's group from its marks.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that uses a server fixture `integration` (`-m "not integration"`); skip
-    the `long` ones unless `--long` is given; put each test in its xdist group."""
+    the `long` ones unless `--long` is given; put each test in its xdist group, the serial group
+    first (a worker starts on it at once while the other takes everything else)."""
     long_runs = config.getoption("--long")
     for item in items:
         if not item.get_closest_marker("xdist_group"):
@@ -137,6 +140,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if not long_runs and item.get_closest_marker("long"):
             item.add_marker(pytest.mark.skip(reason="a long run: pytest --long"))
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != SERIAL_GROUP)  # type: ignore[union-attr]
 
 
 @pytest.fixture

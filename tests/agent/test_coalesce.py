@@ -19,7 +19,9 @@ SITE, AGENT = "pavilion-2", "pavilion-2-pi1"
 samples = st.builds(
     Sample,
     measurement=st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True),
-    tags=st.dictionaries(st.text(min_size=1, max_size=8), st.text(min_size=1, max_size=12)),
+    tags=st.dictionaries(
+        st.text(min_size=1, max_size=8), st.text(min_size=1, max_size=12), max_size=6
+    ),
     fields=st.dictionaries(
         st.text(min_size=1, max_size=8),
         st.one_of(

@@ -80,14 +80,14 @@ def test_a_provisioned_agent_logs_in_on_its_own_topics_until_decommissioned(
 ) -> None:
     broker = start_broker(noc, tmp_path / "mosquitto", SHIPPED_CONF.read_text())
     try:
-        _provision_then_decommission(broker, noc, tmp_path)
+        _assert_provisioned_then_revoked(broker, noc, tmp_path)
     finally:
         for client in broker.clients:
             client.close()
         broker.server.stop()
 
 
-def _provision_then_decommission(broker: Broker, noc: Deployment, tmp_path: Path) -> None:
+def _assert_provisioned_then_revoked(broker: Broker, noc: Deployment, tmp_path: Path) -> None:
     pid = broker.server.pid
     assert pid is not None
     before = broker.agent("a-pi")  # an agent already in the field
