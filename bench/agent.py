@@ -39,7 +39,6 @@ import contextlib
 import cProfile
 import ipaddress
 import json
-import math
 import os
 import pstats
 import random
@@ -274,35 +273,17 @@ def _describe(callback: Any) -> str:
 
 
 def _instrument_echo_lateness(acct: Accounting, pinger_class: Any) -> None:
-    # id(round) -> [first echo due, spacing, echoes sent, when the round asked, aligned]
-    plans: dict[int, list[float]] = {}
-    original_send_all, original_send_one = pinger_class._send_all, pinger_class._send_one
+    """Each echo's send against the time the pinger planned it for: its round's grid (aligned
+    rounds: the shared clock's ticks from the round's first tick on)."""
+    original_send_echo = pinger_class._send_echo
 
-    async def send_all(self: Any, rnd: Any, **kwargs: Any) -> None:
-        # The pinger's own plan: aligned rounds start on the next tick of the shared clock.
-        now, spacing, align = time.monotonic(), kwargs["spacing"], bool(kwargs.get("align"))
-        first = math.ceil(now / spacing) * spacing if align else now
-        plans[id(rnd)] = [first, spacing, 0, now, align]
-        try:
-            await original_send_all(self, rnd, **kwargs)
-        finally:
-            del plans[id(rnd)]
+    def send_echo(self: Any, rnd: Any, when: float) -> None:
+        now = time.monotonic()  # the event loop's clock
+        acct.echo_sent_at.append(now)
+        acct.echo_late.append(now - when)
+        original_send_echo(self, rnd, when)
 
-    async def send_one(self: Any, rnd: Any, *args: Any) -> Any:
-        plan = plans.get(id(rnd))
-        if plan is not None:
-            now = time.monotonic()
-            first, spacing, sent, asked, align = plan
-            if align and not sent and first - asked < 1e-3 and now >= first + spacing:
-                # The pinger read its clock a moment after us, past the tick we computed: its
-                # first echo was due one tick later (not 100 ms late).
-                plan[0] = first = first + spacing
-            acct.echo_sent_at.append(now)
-            acct.echo_late.append(now - (first + sent * spacing))
-            plan[2] += 1
-        return await original_send_one(self, rnd, *args)
-
-    pinger_class._send_all, pinger_class._send_one = send_all, send_one
+    pinger_class._send_echo = send_echo
 
 
 def run_child(

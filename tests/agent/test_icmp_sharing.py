@@ -47,13 +47,13 @@ def test_aligned_rounds_send_together_on_the_shared_clock() -> None:
         sent: dict[str, list[float]] = {name: [] for name in addresses.values()}
         async with IcmpPinger() as pinger:
             loop = asyncio.get_running_loop()
-            send_one = pinger._send_one
+            send_echo = pinger._send_echo
 
-            async def recording(rnd: Any, channel: Any, sockaddr: Any) -> Any:
-                sent[addresses[sockaddr[0]]].append(loop.time())
-                return await send_one(rnd, channel, sockaddr)
+            def recording(rnd: Any, when: float) -> None:
+                sent[addresses[rnd.sockaddr[0]]].append(loop.time())
+                send_echo(rnd, when)
 
-            pinger._send_one = recording  # type: ignore[method-assign]
+            pinger._send_echo = recording  # type: ignore[method-assign]
 
             async def round_after(address: str, delay: float, align: bool) -> None:
                 await asyncio.sleep(delay)
