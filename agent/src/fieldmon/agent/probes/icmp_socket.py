@@ -65,6 +65,9 @@ _ICMP_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequ
 _MAX_PACKET = 65535 + 60  # largest IP datagram plus header room: a reply is never truncated
 _RECEIVE_BUFFER = 1 << 20  # a burst of replies from hundreds of rounds must not overflow
 _READS_PER_WAKEUP = 64  # drain in batches, but let other callbacks run between them
+# An aligned round that starts this soon after a tick sends its first echo at once, as part of
+# that tick: rounds the scheduler starts on the ticks (`start_grid`) then wait for none.
+_TICK_SLACK = 0.002
 
 
 @dataclass(slots=True)
@@ -407,7 +410,8 @@ class IcmpPinger:
         `align` puts the echoes on a clock shared by every round of the pinger (multiples of
         `spacing`), so concurrent rounds send together: one timer callback sends every echo due
         at a tick, whatever round it belongs to. The first echo then waits up to one spacing
-        for its tick; only ask for it when the interval has that slack.
+        for its tick (none when a tick began within the last 2 ms); only ask for it when the
+        interval has that slack.
 
         Never raises for network trouble: an address, interface or socket that cannot be used
         makes every echo lost, with the reason in `RoundResult.errors`.
@@ -432,8 +436,13 @@ class IcmpPinger:
         )
         # Absolute send times: a slow wakeup does not push every later echo back.
         if align:
-            rnd.aligned, rnd.first = True, math.ceil(loop.time() / spacing)
-            self._plan(rnd)
+            now = loop.time()
+            rnd.aligned, rnd.first = True, math.ceil((now - _TICK_SLACK) / spacing)
+            if rnd.due(0) <= now:
+                self._send_echo(rnd, rnd.due(0))  # its tick has just begun
+                self._next(rnd)
+            else:
+                self._plan(rnd)
         else:
             rnd.first = loop.time()
             self._send_echo(rnd, rnd.first)  # the first echo leaves at once
