@@ -39,7 +39,6 @@ import contextlib
 import cProfile
 import ipaddress
 import json
-import math
 import os
 import pstats
 import random
@@ -108,6 +107,10 @@ class Accounting:
     report: Path
     kinds: dict[str, str]  # probe name -> icmp | snmp | service
     cpu: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    # The ICMP share split by what ran: "kind: where" -> [CPU seconds, callbacks].
+    icmp_parts: dict[str, list[float]] = field(default_factory=dict)
+    # Python's cyclic garbage collector, by generation: [collections, CPU seconds].
+    gc: dict[str, list[float]] = field(default_factory=dict)
     handles: int = 0
     echoes: int = 0
     replies: int = 0
@@ -133,6 +136,8 @@ class Accounting:
                 "at": time.monotonic(),
                 "process_cpu_s": time.process_time(),
                 "cpu_s": dict(self.cpu),
+                "icmp_parts": {key: list(value) for key, value in self.icmp_parts.items()},
+                "gc": {key: list(value) for key, value in self.gc.items()},
                 "handles": self.handles,
                 "echoes": self.echoes,
                 "replies": self.replies,
@@ -152,7 +157,7 @@ class Accounting:
             return
         self._profiler.disable()
         with self.profile.open("w", encoding="utf-8") as out:
-            pstats.Stats(self._profiler, stream=out).sort_stats("tottime").print_stats(45)
+            pstats.Stats(self._profiler, stream=out).sort_stats("tottime").print_stats(60)
         self.profile = None
 
     def _write_tracemalloc(self) -> None:
@@ -218,17 +223,24 @@ def _instrument(acct: Accounting, pysnmp_v2c: bool) -> None:
     thread_time, perf_counter = time.thread_time, time.perf_counter
 
     def timed_run(handle: asyncio.Handle) -> None:
+        callback = handle._callback  # type: ignore[attr-defined]
+        resumes = _resumes_at(callback)  # read before the step moves the coroutine on
         started, wall = thread_time(), perf_counter()
         original_run(handle)
         cpu, wall = thread_time() - started, perf_counter() - wall
-        kind = acct.category(handle._callback)  # type: ignore[attr-defined]
+        kind = acct.category(callback)
         acct.cpu[kind] += cpu
         acct.handles += 1
+        if kind == "icmp":
+            part = acct.icmp_parts.setdefault(resumes, [0.0, 0])
+            part[0] += cpu
+            part[1] += 1
         if wall > 0.02:
             what = _describe(handle._callback)  # type: ignore[attr-defined]
             acct.slow.append((wall, cpu, kind, what, time.monotonic()))
 
     asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+    _time_garbage_collection(acct)
 
     def named(kind: str, original: Any) -> Any:
         async def collect(self: Any) -> Any:
@@ -263,6 +275,37 @@ def _instrument(acct: Accounting, pysnmp_v2c: bool) -> None:
     SnmpClient.__init__ = recorded_init  # type: ignore[method-assign]
 
 
+def _time_garbage_collection(acct: Accounting) -> None:
+    """Count the collector's runs and CPU (inside whichever callback allocated at the time)."""
+    import gc
+
+    began = [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.thread_time()
+            return
+        entry = acct.gc.setdefault(f"gen{info['generation']}", [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.thread_time() - began[0]
+
+    gc.callbacks.append(timed)
+
+
+def _resumes_at(callback: Any) -> str:
+    """What a loop callback is: a task step by where its coroutine resumes (the innermost
+    await of its chain), any other callback by its function's name."""
+    owner = getattr(callback, "__self__", None)
+    if not isinstance(owner, asyncio.Task):
+        return getattr(callback, "__qualname__", type(callback).__name__)
+    coro: Any = owner.get_coro()
+    where = "start"
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        where = f"{coro.cr_code.co_name}:{coro.cr_frame.f_lineno}"
+        coro = coro.cr_await
+    return f"task at {where}"
+
+
 def _describe(callback: Any) -> str:
     owner = getattr(callback, "__self__", None)
     if isinstance(owner, asyncio.Task):
@@ -274,35 +317,17 @@ def _describe(callback: Any) -> str:
 
 
 def _instrument_echo_lateness(acct: Accounting, pinger_class: Any) -> None:
-    # id(round) -> [first echo due, spacing, echoes sent, when the round asked, aligned]
-    plans: dict[int, list[float]] = {}
-    original_send_all, original_send_one = pinger_class._send_all, pinger_class._send_one
+    """Each echo's send against the time the pinger planned it for: its round's grid (aligned
+    rounds: the shared clock's ticks from the round's first tick on)."""
+    original_send_echo = pinger_class._send_echo
 
-    async def send_all(self: Any, rnd: Any, **kwargs: Any) -> None:
-        # The pinger's own plan: aligned rounds start on the next tick of the shared clock.
-        now, spacing, align = time.monotonic(), kwargs["spacing"], bool(kwargs.get("align"))
-        first = math.ceil(now / spacing) * spacing if align else now
-        plans[id(rnd)] = [first, spacing, 0, now, align]
-        try:
-            await original_send_all(self, rnd, **kwargs)
-        finally:
-            del plans[id(rnd)]
+    def send_echo(self: Any, rnd: Any, when: float) -> None:
+        now = time.monotonic()  # the event loop's clock
+        acct.echo_sent_at.append(now)
+        acct.echo_late.append(now - when)
+        original_send_echo(self, rnd, when)
 
-    async def send_one(self: Any, rnd: Any, *args: Any) -> Any:
-        plan = plans.get(id(rnd))
-        if plan is not None:
-            now = time.monotonic()
-            first, spacing, sent, asked, align = plan
-            if align and not sent and first - asked < 1e-3 and now >= first + spacing:
-                # The pinger read its clock a moment after us, past the tick we computed: its
-                # first echo was due one tick later (not 100 ms late).
-                plan[0] = first = first + spacing
-            acct.echo_sent_at.append(now)
-            acct.echo_late.append(now - (first + sent * spacing))
-            plan[2] += 1
-        return await original_send_one(self, rnd, *args)
-
-    pinger_class._send_all, pinger_class._send_one = send_all, send_one
+    pinger_class._send_echo = send_echo
 
 
 def run_child(
@@ -860,6 +885,12 @@ def _result(  # noqa: PLR0917 - one place that turns the measurements into the t
         ),
         "fping_cpu_per_echo_us": round(fping_per_echo, 1),
         "icmp_ratio_to_fping": round(per_echo / fping_per_echo, 2) if fping_per_echo else None,
+        "icmp_cpu_per_echo_by_part_us": _icmp_parts(begin, end, echoes),
+        "agent_gc": {
+            gen: f"{count - begin['gc'].get(gen, (0, 0.0))[0]:.0f} runs, "
+            f"{(cpu - begin['gc'].get(gen, (0, 0.0))[1]) * 1000:.1f} ms"
+            for gen, (count, cpu) in sorted(end["gc"].items())
+        },
         "snmp_oids": values,
         "snmp_requests": end["snmp_requests"] - begin["snmp_requests"],
         "agent_cpu_per_oid_us": round(per_oid, 1),
@@ -887,6 +918,16 @@ def _result(  # noqa: PLR0917 - one place that turns the measurements into the t
     }
     result["targets_met"] = _targets(result)
     return result
+
+
+def _icmp_parts(begin: dict[str, Any], end: dict[str, Any], echoes: int) -> dict[str, str]:
+    """The ICMP CPU per echo by what ran (largest first): "µs per echo (callbacks per echo)"."""
+    parts = []
+    for key, (cpu, calls) in end["icmp_parts"].items():
+        before_cpu, before_calls = begin["icmp_parts"].get(key, (0.0, 0))
+        parts.append(((cpu - before_cpu) / max(1, echoes) * 1e6, (calls - before_calls), key))
+    parts.sort(reverse=True)
+    return {key: f"{us:.1f} ({calls / max(1, echoes):.2f})" for us, calls, key in parts[:12]}
 
 
 def _targets(result: dict[str, Any]) -> dict[str, bool]:

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -23,7 +24,14 @@ from scapy.layers.inet6 import ICMPv6EchoRequest
 from scapy.packet import Raw
 
 from fieldmon.agent.probes.icmp import IcmpProbe
-from fieldmon.agent.probes.icmp_socket import IcmpPinger, RoundResult, _Channel, _EchoTemplate
+from fieldmon.agent.probes.icmp_socket import (
+    IcmpPinger,
+    RoundResult,
+    _Channel,
+    _EchoTemplate,
+    _Round,
+    _Target,
+)
 from fieldmon.core.site.links import IcmpLinkConfig
 from fieldmon.lab.netns import Namespace, unique_name, veth
 
@@ -91,29 +99,86 @@ def test_ipv6_echoes_are_scapys_bytes(identifier: int, seqs: list[int], payload:
         assert template.build(seq) == expected
 
 
-def test_a_full_send_buffer_is_waited_out_not_failed() -> None:
-    async def main() -> None:
-        full, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        with full, peer:
-            full.setblocking(False)
-            queued = 0
-            while True:
-                try:
-                    full.send(b"x" * 1000)
-                except BlockingIOError:
-                    break
-                queued += 1
-            loop = asyncio.get_running_loop()
-            drained: list[bytes] = []
-            loop.call_later(0.05, lambda: drained.extend(peer.recv(2000) for _ in range(queued)))
-            started = loop.time()
-            await IcmpPinger()._writable(_Channel(socket.AF_UNIX, full))
-            waited = loop.time() - started
-            assert len(drained) == queued  # it returned only once the peer made room
-            assert waited < 1.0  # woken by the room, not by its 1 s cap
-            assert full.send(b"x" * 1000) == 1000
+class _AddressFree(socket.socket):
+    """One end of an AF_UNIX datagram pair that ignores sendto's address (the pair has none)."""
 
-    asyncio.run(main())
+    def sendto(self, data: Any, address: Any) -> int:  # type: ignore[override]
+        return self.send(data)
+
+
+def _full_pair() -> tuple[socket.socket, socket.socket, int]:
+    """A connected datagram pair whose first end's send buffer is full; how many are queued."""
+    first, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    full = _AddressFree(socket.AF_UNIX, socket.SOCK_DGRAM, fileno=first.detach())
+    full.setblocking(False)
+    queued = 0
+    while True:
+        try:
+            full.send(b"x" * 1000)
+        except BlockingIOError:
+            return full, peer, queued
+        queued += 1
+
+
+def _one_echo_round(pinger: IcmpPinger, sock: socket.socket, timeout: float) -> _Round:
+    template = _EchoTemplate(socket.AF_INET, pinger.identifier, b"payload!")
+    target = _Target(_Channel(socket.AF_UNIX, sock), ("127.0.0.1", 0), template)
+    loop = asyncio.get_running_loop()
+    return _Round(
+        target,
+        count=1,
+        spacing=0.01,
+        timeout=timeout,
+        finished=loop.create_future(),
+    )
+
+
+def test_a_full_send_buffer_is_waited_out_not_failed() -> None:
+    async def scenario() -> None:
+        full, peer, queued = _full_pair()
+        with full, peer:
+            loop = asyncio.get_running_loop()
+            pinger = IcmpPinger()
+            pinger._loop = loop
+            rnd = _one_echo_round(pinger, full, timeout=0.2)
+            drained = asyncio.Event()
+
+            def drain() -> None:
+                for _ in range(queued):
+                    peer.recv(2000)
+                drained.set()
+
+            loop.call_later(0.05, drain)
+            started = loop.time()
+            pinger._send_echo(rnd, started)
+            assert (rnd.blocked, rnd.errors) == (1, {})  # waiting for room, not lost
+            await drained.wait()
+            peer.setblocking(False)
+            echo = await asyncio.wait_for(loop.sock_recv(peer, 2000), 1.0)
+            sent_after = loop.time() - started
+            await asyncio.wait_for(rnd.finished, 1.0)  # unanswered: its window closes
+            assert echo == rnd.template.build(rnd.echoes[0].seq)
+            assert sent_after < 1.0  # woken by the room, not by its 1 s cap
+            assert (rnd.blocked, rnd.errors, rnd.outstanding) == (0, {}, 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_send_buffer_that_stays_full_loses_the_echo_after_a_second() -> None:
+    async def scenario() -> None:
+        full, peer, _queued = _full_pair()
+        with full, peer:
+            loop = asyncio.get_running_loop()
+            pinger = IcmpPinger()
+            pinger._loop = loop
+            rnd = _one_echo_round(pinger, full, timeout=0.2)
+            started = loop.time()
+            pinger._send_echo(rnd, started)
+            await asyncio.wait_for(rnd.finished, 3.0)
+            assert loop.time() - started >= 0.99  # one more try after the 1 s cap
+            assert (rnd.errors, rnd.outstanding) == ({"EAGAIN": 1}, 0)
+
+    asyncio.run(scenario())
 
 
 class _FakePinger:

@@ -47,13 +47,13 @@ def test_aligned_rounds_send_together_on_the_shared_clock() -> None:
         sent: dict[str, list[float]] = {name: [] for name in addresses.values()}
         async with IcmpPinger() as pinger:
             loop = asyncio.get_running_loop()
-            send_one = pinger._send_one
+            send_echo = pinger._send_echo
 
-            async def recording(rnd: Any, channel: Any, sockaddr: Any) -> Any:
-                sent[addresses[sockaddr[0]]].append(loop.time())
-                return await send_one(rnd, channel, sockaddr)
+            def recording(rnd: Any, when: float) -> None:
+                sent[addresses[rnd.sockaddr[0]]].append(loop.time())
+                send_echo(rnd, when)
 
-            pinger._send_one = recording  # type: ignore[method-assign]
+            pinger._send_echo = recording  # type: ignore[method-assign]
 
             async def round_after(address: str, delay: float, align: bool) -> None:
                 await asyncio.sleep(delay)
@@ -77,3 +77,35 @@ def test_aligned_rounds_send_together_on_the_shared_clock() -> None:
     assert ticks["early"] == ticks["late"]
     # Unaligned: the first echo leaves at once, before the shared tick.
     assert sent["plain"][0] < sent["early"][0]
+
+
+def test_an_aligned_round_started_on_a_tick_sends_its_first_echo_at_once() -> None:
+    """The scheduler starts aligned rounds on their ticks (`start_grid`): no tick of waiting."""
+    spacing = 0.05
+
+    async def scenario() -> tuple[float, list[float]]:
+        sent: list[float] = []
+        async with IcmpPinger() as pinger:
+            loop = asyncio.get_running_loop()
+            send_echo = pinger._send_echo
+
+            def recording(rnd: Any, when: float) -> None:
+                sent.append(loop.time())
+                send_echo(rnd, when)
+
+            pinger._send_echo = recording  # type: ignore[method-assign]
+            for _attempt in range(20):
+                tick = (loop.time() // spacing + 2) * spacing
+                await asyncio.sleep(tick - loop.time())  # a timer never fires early
+                if loop.time() - tick < 0.001:  # else a busy host woke us too late to tell
+                    break
+            result = await pinger.round(
+                "127.0.0.1", count=3, spacing=spacing, timeout=0.3, align=True
+            )
+            assert result.received == 3
+        return tick, sent
+
+    tick, sent = asyncio.run(scenario())
+    assert tick <= sent[0] < tick + 0.002  # this tick, not the next one
+    ticks = [round(at / spacing) for at in sent]
+    assert ticks == [round(tick / spacing) + n for n in range(3)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 
 import pytest
@@ -130,3 +131,46 @@ def test_a_cancel_that_arrives_as_a_run_completes_stops_the_scheduler(
     stopped, delivered = asyncio.run(main())
     assert stopped, "the scheduler swallowed the cancellation and kept running"
     assert delivered <= 1
+
+
+class _JustAfterATick(random.Random):
+    """A phase that lands 1 ms after a tick of `grid` on the loop's clock."""
+
+    def __init__(self, grid: float) -> None:
+        super().__init__()
+        self.grid = grid
+        self.tick = 0.0
+
+    def uniform(self, a: float, b: float) -> float:
+        now = asyncio.get_running_loop().time()
+        self.tick = math.ceil(now / self.grid) * self.grid
+        return self.tick - now + 0.001
+
+
+def test_a_probe_with_a_start_grid_starts_on_its_grid() -> None:
+    """Aligned ICMP rounds start on their send clock's ticks (one wakeup for both)."""
+    probe = _Probe("gridded", 5.0, ["ok"])
+    probe.start_grid = 0.25  # type: ignore[attr-defined]
+    rng = _JustAfterATick(0.25)
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.create_future()
+        collect = probe.collect
+
+        async def timed() -> list[Sample]:
+            if not started.done():
+                started.set_result(loop.time())
+            return await collect()
+
+        probe.collect = timed  # type: ignore[method-assign]
+        task = asyncio.create_task(run_probe_forever(probe, lambda _s: None, rng=rng))
+        try:
+            return await asyncio.wait_for(started, 5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    start = asyncio.run(main())
+    # Not 1 ms after the tick the phase fell on: the next tick (a timer never fires early).
+    assert start >= rng.tick + 0.25 - 1e-6

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Simplified ITU-T G.107 E-model constants (see `mos_from`).
 R_BASE = 93.2  # R for a perfect G.711 call with default impairments
@@ -14,9 +14,12 @@ DELAY_KNEE_MS = 160.0  # beyond this one-way-ish latency the delay impairment gr
 LOSS_WEIGHT = 2.5  # R points lost per percent of packet loss
 
 
-@dataclass(frozen=True, slots=True)
-class RoundStats:
-    """What one round of echoes measured; RTT and jitter fields are None when not measurable."""
+class RoundStats(NamedTuple):
+    """What one round of echoes measured; RTT and jitter fields are None when not measurable.
+
+    A named tuple, immutable like the frozen dataclass it was, but built in a fifth of the time
+    (every link's every round builds one on the agent).
+    """
 
     sent: int
     received: int

@@ -54,6 +54,10 @@ class IcmpProbe:
         self.interval = config.interval
         self.last_round: RoundResult | None = None
         self._pinger = pinger
+        # Share the pinger's send clock when waiting up to one spacing still fits; the
+        # scheduler then starts the rounds on that clock's ticks too (`start_grid`).
+        self._align = config.count * config.spacing + config.timeout <= config.interval
+        self.start_grid: float | None = config.spacing if self._align else None
         self._tags = {
             "site": site,
             "agent": agent,
@@ -75,8 +79,7 @@ class IcmpProbe:
             tos=config.tos,
             ttl=config.ttl,
             interface=config.interface,
-            # Share the pinger's send clock when waiting up to one spacing still fits.
-            align=config.count * config.spacing + config.timeout <= config.interval,
+            align=self._align,
         )
         self.last_round = result
         if result.errors:

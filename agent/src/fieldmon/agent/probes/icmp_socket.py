@@ -24,7 +24,6 @@ sequence (plus identifier in raw mode, plus source address and payload) names ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import errno
 import ipaddress
@@ -66,6 +65,9 @@ _ICMP_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequ
 _MAX_PACKET = 65535 + 60  # largest IP datagram plus header room: a reply is never truncated
 _RECEIVE_BUFFER = 1 << 20  # a burst of replies from hundreds of rounds must not overflow
 _READS_PER_WAKEUP = 64  # drain in batches, but let other callbacks run between them
+# An aligned round that starts this soon after a tick sends its first echo at once, as part of
+# that tick: rounds the scheduler starts on the ticks (`start_grid`) then wait for none.
+_TICK_SLACK = 0.002
 
 
 @dataclass(slots=True)
@@ -99,13 +101,16 @@ class _SequencesExhaustedError(Exception):
 class _Channel:
     """One socket: the sender for a (family, interface, tos, ttl) key, a receiver, or both."""
 
-    __slots__ = ("buffer", "family", "sock", "view")
+    __slots__ = ("blocked", "buffer", "family", "give_up", "sock", "view")
 
     def __init__(self, family: int, sock: socket.socket) -> None:
         self.family = family
         self.sock = sock
         self.buffer = bytearray(_MAX_PACKET)
         self.view = memoryview(self.buffer)
+        # Echoes that met a full send buffer, waiting for room (at most a second).
+        self.blocked: list[tuple[_Echo, bytes]] = []
+        self.give_up: asyncio.TimerHandle | None = None
 
 
 def internet_checksum(data: bytes) -> int:
@@ -151,48 +156,105 @@ class _EchoTemplate:
 class _Echo:
     seq: int
     round: _Round
-    channel: _Channel
     sent_perf_ns: int = 0
     sent_wall_ns: int = 0
     rtt_ns: int | None = None
     replies: int = 0
+    retried: bool = False  # its send met a full buffer once already
+
+
+class _Target:
+    """Where a round's echoes go and what they look like: worked out once per address and
+    options, not for every round."""
+
+    __slots__ = ("channel", "sockaddr", "source", "source_text", "template")
+
+    def __init__(
+        self,
+        channel: _Channel,
+        sockaddr: tuple[str, int] | tuple[str, int, int, int],
+        template: _EchoTemplate,
+    ) -> None:
+        address = sockaddr[0]
+        self.channel = channel
+        self.sockaddr = sockaddr
+        self.template = template
+        # Replies must come from the target: as recvmsg spells its address, or packed, this.
+        self.source_text = address
+        self.source = socket.inet_pton(_family(address), address.split("%", 1)[0])
 
 
 class _Round:
-    """The echoes of one round in flight, and what came back for them."""
+    """One round in flight: where its echoes go and when, what came back, and its end.
+
+    The pinger's callbacks send its echoes and read its replies; the caller of `round()` only
+    awaits `finished`, set once every echo is sent and answered, or its window is over.
+    """
 
     __slots__ = (
-        "done",
+        "aligned",
+        "blocked",
+        "channel",
+        "closed",
+        "count",
+        "deadline",
         "duplicates",
         "echoes",
+        "errors",
+        "finished",
+        "first",
+        "issued",
         "late",
         "outstanding",
+        "sockaddr",
         "source",
+        "source_text",
+        "spacing",
         "template",
+        "timeout",
         "timeout_ns",
     )
 
-    def __init__(self, source: bytes, template: _EchoTemplate, timeout_ns: int) -> None:
-        self.source = source  # the target's packed address: replies must come from it
-        self.template = template
-        self.timeout_ns = timeout_ns
+    def __init__(
+        self,
+        target: _Target,
+        *,
+        count: int,
+        spacing: float,
+        timeout: float,
+        finished: asyncio.Future[None],
+    ) -> None:
+        self.source_text = target.source_text
+        self.source = target.source
+        self.channel = target.channel
+        self.sockaddr = target.sockaddr
+        self.template = target.template
+        self.count = count
+        self.spacing = spacing
+        self.timeout = timeout
+        self.timeout_ns = int(timeout * 1e9)
+        self.finished = finished
+        self.aligned = False
+        self.first = 0.0  # aligned: the first echo's tick number; else: its loop time
+        self.issued = 0  # echoes whose turn has come: sent, failed or waiting for buffer room
+        self.blocked = 0  # of those, waiting for room in the socket's send buffer
         self.echoes: list[_Echo] = []
-        self.outstanding = 0
+        self.outstanding = 0  # sent (or waiting to be), neither answered nor failed
         self.duplicates = 0
         self.late = 0
-        self.done = asyncio.Event()
+        self.errors: dict[str, int] = {}
+        self.deadline: asyncio.TimerHandle | None = None
+        self.closed = False
 
-    def reply(self, echo: _Echo, rtt_ns: int) -> None:
-        echo.replies += 1
-        if echo.replies > 1:
-            self.duplicates += 1
-        elif rtt_ns > self.timeout_ns:
-            self.late += 1
-        else:
-            echo.rtt_ns = rtt_ns
-            self.outstanding -= 1
-            if self.outstanding == 0:
-                self.done.set()
+    def due(self, index: int) -> float:
+        """When echo `index` is due (event loop time). Aligned rounds count whole ticks of the
+        shared clock, so equal ticks of different rounds are equal floats: one timer sends all."""
+        if self.aligned:
+            return (self.first + index) * self.spacing
+        return self.first + index * self.spacing
+
+    def fail(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
 
 
 class IcmpPinger:
@@ -215,6 +277,9 @@ class IcmpPinger:
         self._senders: dict[tuple[int, str | None, int, int], _Channel] = {}
         self._receivers: dict[int, _Channel] = {}
         self._templates: dict[tuple[int, int], _EchoTemplate] = {}
+        # (address, size, tos, ttl, interface) -> its target, once its sockets could be opened
+        self._targets: dict[tuple[str, int, int, int, str | None], _Target] = {}
+        self._due: dict[float, list[_Round]] = {}  # loop time -> rounds with an echo due then
         self._loop: asyncio.AbstractEventLoop | None = None
         self.unmatched = 0
 
@@ -244,9 +309,13 @@ class IcmpPinger:
         for channel in channels.values():
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(channel.sock.fileno())
+                self._loop.remove_writer(channel.sock.fileno())
+            if channel.give_up is not None:
+                channel.give_up.cancel()
             channel.sock.close()
         self._senders.clear()
         self._receivers.clear()
+        self._targets.clear()
 
     def _check_datagram_allowed(self) -> None:
         try:
@@ -339,131 +408,170 @@ class IcmpPinger:
         """Send `count` echoes `spacing` seconds apart; each may be answered within `timeout`.
 
         `align` puts the echoes on a clock shared by every round of the pinger (multiples of
-        `spacing`), so concurrent rounds send together and one wakeup of the event loop sends
-        several echoes: a spread-out site costs a third of the CPU. The first echo then waits
-        up to one spacing for its tick; only ask for it when the interval has that slack.
+        `spacing`), so concurrent rounds send together: one timer callback sends every echo due
+        at a tick, whatever round it belongs to. The first echo then waits up to one spacing
+        for its tick (none when a tick began within the last 2 ms); only ask for it when the
+        interval has that slack.
 
         Never raises for network trouble: an address, interface or socket that cannot be used
         makes every echo lost, with the reason in `RoundResult.errors`.
         """
         result = RoundResult(address=address, sent=count)
-        family = _family(address)
-        try:
-            sockaddr = _sockaddr(family, address)
-            channel = self._sender(family, interface, tos, ttl)
-            if self.mode == "raw":
-                self._receiver(family)
-        except OSError as exc:
-            result.errors[_errno_name(exc)] = count
-            return result
+        key = (address, size, tos, ttl, interface)
+        target = self._targets.get(key)
+        if target is None:
+            try:
+                target = self._target(address, size, tos, ttl, interface)
+            except OSError as exc:
+                result.errors[_errno_name(exc)] = count
+                return result
+            self._targets[key] = target
+        loop = asyncio.get_running_loop()
         rnd = _Round(
-            socket.inet_pton(family, address.split("%", 1)[0]),
-            self._template(family, size),
-            int(timeout * 1e9),
+            target,
+            count=count,
+            spacing=spacing,
+            timeout=timeout,
+            finished=loop.create_future(),
         )
+        # Absolute send times: a slow wakeup does not push every later echo back.
+        if align:
+            now = loop.time()
+            rnd.aligned, rnd.first = True, math.ceil((now - _TICK_SLACK) / spacing)
+            if rnd.due(0) <= now:
+                self._send_echo(rnd, rnd.due(0))  # its tick has just begun
+                self._next(rnd)
+            else:
+                self._plan(rnd)
+        else:
+            rnd.first = loop.time()
+            self._send_echo(rnd, rnd.first)  # the first echo leaves at once
+            self._next(rnd)
         try:
-            await self._send_all(
-                rnd,
-                channel=channel,
-                sockaddr=sockaddr,
-                count=count,
-                spacing=spacing,
-                result=result,
-                align=align,
-            )
-            if rnd.outstanding:
-                # A reply that came back before the next echo left emptied the round for a
-                # moment and set `done`; the echoes still out must get their full window.
-                rnd.done.clear()
-                # The last echo's window closes `timeout` after it left; earlier ones before.
-                since_last = (time.perf_counter_ns() - rnd.echoes[-1].sent_perf_ns) / 1e9
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(rnd.done.wait(), max(0.0, timeout - since_last))
+            await rnd.finished
         finally:
+            rnd.closed = True
+            if rnd.deadline is not None:
+                rnd.deadline.cancel()
             for echo in rnd.echoes:
-                self._pending.pop(echo.seq, None)
+                if self._pending.get(echo.seq) is echo:
+                    del self._pending[echo.seq]
         result.rtts_ms = [e.rtt_ns / 1e6 for e in rnd.echoes if e.rtt_ns is not None]
         result.duplicates = rnd.duplicates
         result.late = rnd.late
+        result.errors = rnd.errors
         return result
 
-    async def _send_all(
-        self,
-        rnd: _Round,
-        *,
-        channel: _Channel,
-        sockaddr: tuple[str, int] | tuple[str, int, int, int],
-        count: int,
-        spacing: float,
-        result: RoundResult,
-        align: bool = False,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        # Absolute send times: a slow wakeup does not push every later echo back. Aligned
-        # rounds count whole ticks, so equal ticks of different rounds are equal floats.
-        tick = math.ceil(loop.time() / spacing) if align else 0
-        start = 0.0 if align else loop.time()
-        for index in range(count):
-            if index or align:
-                due = (tick + index) * spacing if align else start + index * spacing
-                await asyncio.sleep(max(0.0, due - loop.time()))
-            failure = await self._send_one(rnd, channel, sockaddr)
-            if failure is not None:
-                result.errors[failure] = result.errors.get(failure, 0) + 1
+    def _target(
+        self, address: str, size: int, tos: int, ttl: int, interface: str | None
+    ) -> _Target:
+        family = _family(address)
+        sockaddr = _sockaddr(family, address)
+        channel = self._sender(family, interface, tos, ttl)
+        if self.mode == "raw":
+            self._receiver(family)
+        return _Target(channel, sockaddr, self._template(family, size))
 
-    async def _send_one(
-        self,
-        rnd: _Round,
-        channel: _Channel,
-        sockaddr: tuple[str, int] | tuple[str, int, int, int],
-    ) -> str | None:
-        """Send one echo; returns the errno name if it could not be sent."""
+    def _plan(self, rnd: _Round) -> None:
+        """Put the round's next echo on the timer of its due time (one timer per due time)."""
+        when = rnd.due(rnd.issued)
+        rounds = self._due.get(when)
+        if rounds is None:
+            self._due[when] = [rnd]
+            assert self._loop is not None, "use IcmpPinger as `async with`"
+            self._loop.call_at(when, self._send_due, when)
+        else:
+            rounds.append(rnd)
+
+    def _send_due(self, when: float) -> None:
+        """The timer of one due time: the next echo of every round planned for it."""
+        for rnd in self._due.pop(when, ()):
+            if not rnd.closed:
+                self._send_echo(rnd, when)
+                self._next(rnd)
+
+    def _next(self, rnd: _Round) -> None:
+        if rnd.issued < rnd.count:
+            self._plan(rnd)
+        else:
+            self._settle(rnd)
+
+    def _settle(self, rnd: _Round) -> None:
+        """End the round once every echo is out and answered, or start its last window."""
+        if rnd.closed or rnd.issued < rnd.count or rnd.blocked:
+            return
+        if rnd.outstanding == 0:
+            self._finish(rnd)
+        elif rnd.deadline is None:
+            # The last echo's window closes `timeout` after it left; earlier ones before.
+            assert self._loop is not None
+            rnd.deadline = self._loop.call_later(rnd.timeout, self._finish, rnd)
+
+    def _finish(self, rnd: _Round) -> None:
+        if not rnd.finished.done():
+            rnd.finished.set_result(None)
+
+    def _send_echo(self, rnd: _Round, when: float) -> None:
+        """Send the round's next echo now; a failure is a lost echo. `when` is the loop time it
+        was due, which this ignores: bench/agent and the tests measure lateness against it."""
+        rnd.issued += 1
         try:
             seq = self._allocate_seq()
         except _SequencesExhaustedError:
-            return "65536 echoes already in flight"
-        echo = _Echo(seq, rnd, channel)
-        packet = rnd.template.build(seq)
+            rnd.fail("65536 echoes already in flight")
+            return
+        echo = _Echo(seq, rnd)
         self._pending[seq] = echo
         rnd.echoes.append(echo)
         rnd.outstanding += 1
-        for attempt in range(2):
-            echo.sent_perf_ns = time.perf_counter_ns()
-            echo.sent_wall_ns = time.time_ns()
-            try:
-                channel.sock.sendto(packet, sockaddr)
-            except BlockingIOError:
-                if attempt:
-                    return self._unsent(echo, "EAGAIN")
-                await self._writable(channel)
-            except OSError as exc:
-                return self._unsent(echo, _errno_name(exc))
-            else:
-                return None
-        return None  # unreachable: the loop returns on its last attempt
+        self._transmit(echo, rnd.template.build(seq))
 
-    def _unsent(self, echo: _Echo, reason: str) -> str:
-        self._pending.pop(echo.seq, None)
-        echo.round.outstanding -= 1
-        return reason
-
-    async def _writable(self, channel: _Channel) -> None:
-        """Wait until the socket's send buffer has room (a burst filled it)."""
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        fd = channel.sock.fileno()
-
-        def wake() -> None:
-            # The loop may poll again before we resume; a future is set only once.
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_writer(fd, wake)
+    def _transmit(self, echo: _Echo, packet: bytes) -> None:
+        rnd = echo.round
+        echo.sent_perf_ns = time.perf_counter_ns()
+        echo.sent_wall_ns = time.time_ns()
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ready, 1.0)
-        finally:
-            loop.remove_writer(fd)
+            rnd.channel.sock.sendto(packet, rnd.sockaddr)
+        except BlockingIOError:
+            if echo.retried:
+                self._unsent(echo, "EAGAIN")
+            else:
+                self._wait_for_room(echo, packet)
+        except OSError as exc:
+            self._unsent(echo, _errno_name(exc))
+
+    def _unsent(self, echo: _Echo, reason: str) -> None:
+        rnd = echo.round
+        if self._pending.get(echo.seq) is echo:
+            del self._pending[echo.seq]
+        rnd.outstanding -= 1
+        rnd.fail(reason)
+
+    def _wait_for_room(self, echo: _Echo, packet: bytes) -> None:
+        """A burst filled the socket's send buffer: send again once it has room, or after 1 s."""
+        echo.retried = True
+        echo.round.blocked += 1
+        channel = echo.round.channel
+        channel.blocked.append((echo, packet))
+        if len(channel.blocked) == 1:
+            assert self._loop is not None
+            self._loop.add_writer(channel.sock.fileno(), self._room, channel)
+            channel.give_up = self._loop.call_later(1.0, self._room, channel)
+
+    def _room(self, channel: _Channel) -> None:
+        """Room in the send buffer (or a second passed): each waiting echo tries once more."""
+        assert self._loop is not None
+        self._loop.remove_writer(channel.sock.fileno())
+        if channel.give_up is not None:
+            channel.give_up.cancel()
+            channel.give_up = None
+        blocked, channel.blocked = channel.blocked, []
+        for echo, packet in blocked:
+            rnd = echo.round
+            rnd.blocked -= 1
+            if not rnd.closed:
+                self._transmit(echo, packet)
+                self._settle(rnd)
 
     def _allocate_seq(self) -> int:
         if len(self._pending) > 0xFFFF:
@@ -524,7 +632,19 @@ class IcmpPinger:
         ):
             self.unmatched += 1
             return
-        echo.round.reply(echo, _rtt_ns(echo, ancdata, read_perf_ns))
+        rnd = echo.round
+        echo.replies += 1
+        if echo.replies > 1:
+            rnd.duplicates += 1
+            return
+        rtt_ns = _rtt_ns(echo, ancdata, read_perf_ns)
+        if rtt_ns > rnd.timeout_ns:
+            rnd.late += 1
+            return
+        echo.rtt_ns = rtt_ns
+        rnd.outstanding -= 1
+        if rnd.outstanding == 0:
+            self._settle(rnd)
 
     def _belongs(
         self,
@@ -536,9 +656,10 @@ class IcmpPinger:
         nbytes: int,
         source: str,
     ) -> bool:
-        if echo.channel.family != channel.family:
+        sender = echo.round.channel
+        if sender.family != channel.family:
             return False
-        if self.mode == "datagram" and echo.channel is not channel:
+        if self.mode == "datagram" and sender is not channel:
             return False
         payload = echo.round.template.payload
         start = offset + _ICMP_HEADER.size
