@@ -79,6 +79,7 @@ class _Writer:
 
 # The links the tests' samples name (ingest refuses a target the site file does not name).
 TARGETS = ["a", "b", "c", "bad", "now", "in-a-minute", "tomorrow", "last-int64"]
+TARGETS += ["before", "live", "d", "e"]  # named by the coalesced backlog test
 
 
 def _inventory() -> Inventory:

@@ -209,7 +209,14 @@ class _Client:
     def ack(self, mid: int, _qos: int) -> None:
         self.acked.append(mid)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        properties: object = None,
+    ) -> None:
         self.published.append((topic, payload))
 
 
