@@ -228,14 +228,41 @@ def test_influxd_stores_exactly_what_was_sampled(
 
 
 def test_an_encoders_caches_are_its_own_and_bounded() -> None:
-    small = LineEncoder(prefix_limit=3, template_limit=2)
+    small = LineEncoder(limit=3)
     other = LineEncoder()
     samples = [
         Sample(measurement="m", tags={"target": f"t{n}"}, fields={f"f{n % 5}": n}, time=n)
         for n in range(50)
     ]
     assert [small.encode(s) for s in samples] == [encode_sample(s) for s in samples]
-    assert small.cached <= 3 + 2
+    assert small.cached <= 3
     assert other.cached == 0  # nothing shared between encoders (no module state)
     expected = b"m,target=t0 f0=0i 0\nm,target=t1 f1=1i 1"
     assert other.body(samples[:2]) == small.body(samples[:2]) == expected
+
+
+@given(
+    st.lists(
+        st.floats(allow_nan=False, allow_infinity=False)
+        | st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        min_size=1,
+        max_size=64,
+    )
+)
+def test_numbers_written_in_one_call_read_as_repr_does(values: list[float | int]) -> None:
+    # The numeric path takes msgspec's text; where it would differ from repr (exponents, tiny
+    # numbers) the line goes the %r way. Either way: repr for floats, %di for integers.
+    fields = {f"f{index}": value for index, value in enumerate(values)}
+    sample = Sample(measurement="m", fields=fields, time=1)
+    expected = ",".join(
+        f"{key}={value}i" if type(value) is int else f"{key}={value!r}"
+        for key, value in fields.items()
+    )
+    assert LineEncoder().encode(sample) == f"m {expected} 1"
+
+
+@pytest.mark.parametrize("value", [1e16, 1e-05, 0.0001, 1.5e300, 5e-324, -0.0, 1e15, 10.00001])
+def test_floats_near_reprs_exponent_switch(value: float) -> None:
+    encoder = LineEncoder()
+    sample = Sample(measurement="m", fields={"a": value, "b": 2}, time=1)
+    assert encoder.encode(sample) == f"m a={value!r},b=2i 1"

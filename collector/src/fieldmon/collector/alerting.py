@@ -22,13 +22,13 @@ from pydantic import ValidationError
 from fieldmon.collector.alerts import AlertEngine, AlertStateError, AlertStateStore, Transition
 from fieldmon.collector.alerts.model import AlertState, OutageReport
 from fieldmon.collector.config import DEFAULT_MAX_TIME_AHEAD_S, AlertingConfig
+from fieldmon.collector.fastdecode import decode_envelope
 from fieldmon.collector.ingest import check_identity, split_by_clock
 from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.pointwriter import DurableStore
 from fieldmon.collector.storage.lineprotocol import LineEncoder
 from fieldmon.collector.trust import EpisodeLog, screen
 from fieldmon.core.wire import topics
-from fieldmon.core.wire.codec import decode_envelope
 from fieldmon.core.wire.models import Envelope, Sample, StatusMessage
 
 logger = logging.getLogger(__name__)

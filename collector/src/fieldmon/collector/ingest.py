@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fieldmon.collector.config import DEFAULT_MAX_TIME_AHEAD_S
+from fieldmon.collector.fastdecode import decode_envelope
 from fieldmon.collector.inventory import Inventory
 from fieldmon.collector.metrics import CollectorMetrics
 from fieldmon.collector.pointwriter import DurableStore, PointWriter
@@ -40,7 +41,6 @@ from fieldmon.core.wire.codec import (
     MAX_PAYLOAD_PROPERTY,
     Rejection,
     RejectReason,
-    decode_envelope,
     encode,
 )
 from fieldmon.core.wire.models import AckMessage, Envelope, Sample

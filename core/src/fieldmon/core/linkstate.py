@@ -144,22 +144,20 @@ def classify(round_: Round, thresholds: Thresholds) -> Verdict:
     """LOST, BAD, HOVER or GOOD (see the module docstring)."""
     if round_.lost:
         return Verdict.LOST
-    # Field by field, not through asdict(): this runs for every round of every link, and
-    # asdict deep-copies (a fifth of an agent's CPU per round went there).
-    values = [
-        (value, limit)
-        for value, limit in (
-            (round_.loss_pct, thresholds.loss_pct),
-            (round_.rtt_p95_ms, thresholds.rtt_ms),
-            (round_.jitter_ms, thresholds.jitter_ms),
-        )
-        if value is not None
-    ]
-    if any(value >= limit for value, limit in values):
-        return Verdict.BAD
-    if all(value < HYSTERESIS * limit for value, limit in values):
-        return Verdict.GOOD
-    return Verdict.HOVER
+    # The collector judges every link round it ingests: plain attribute reads, where
+    # dataclasses.asdict (a deep copy) and a dict of metrics per round were most of its cost.
+    values = [(round_.loss_pct, thresholds.loss_pct)]
+    if round_.rtt_p95_ms is not None:
+        values.append((round_.rtt_p95_ms, thresholds.rtt_ms))
+    if round_.jitter_ms is not None:
+        values.append((round_.jitter_ms, thresholds.jitter_ms))
+    good = True
+    for value, limit in values:
+        if value >= limit:
+            return Verdict.BAD
+        if value >= HYSTERESIS * limit:
+            good = False
+    return Verdict.GOOD if good else Verdict.HOVER
 
 
 def worst_metric(round_: Round, thresholds: Thresholds) -> tuple[str, float]:

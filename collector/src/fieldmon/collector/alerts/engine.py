@@ -123,14 +123,14 @@ class AlertEngine:
             self._data_loss.observe(envelope.site, envelope.agent, envelope.carried_seqs(), now)
         )
         for sample in envelope.samples:
-            out.extend(self._judge_sample(envelope.site, sample))
+            out.extend(self._judge_sample(envelope.site, sample, now))
         return self._record(out)
 
     def observe(self, sample: Sample) -> list[Transition]:
         """One sample: its site is heard; link, device and agent rows are judged."""
         site = sample.tags.get("site", "")
         out = self._heard(site)
-        out.extend(self._judge_sample(site, sample))
+        out.extend(self._judge_sample(site, sample, self._clock()))
         return self._record(out)
 
     def observe_status(
@@ -223,10 +223,11 @@ class AlertEngine:
             return []
         return self._watches[site].heard(self._site_context(site), self._clock())
 
-    def _judge_sample(self, site: str, sample: Sample) -> list[Transition]:
+    def _judge_sample(self, site: str, sample: Sample, now: float) -> list[Transition]:
+        """One sample, at `now` (the clock read once per envelope: this runs per sample)."""
         if site not in self._sites:
             return []
-        if sample.time > (self._clock() + self._max_time_ahead) * NS:
+        if sample.time > (now + self._max_time_ahead) * NS:
             self.ignored_ahead += 1
             return []
         if sample.measurement != "link":
@@ -237,12 +238,19 @@ class AlertEngine:
         if round_ is None:
             return []
         key = (site, link)
-        if not self._recent.setdefault(key, RecentTimes()).add(round_.time):
+        # get, then create: setdefault would build a new (unused) state object every round.
+        recent = self._recent.get(key)
+        if recent is None:
+            recent = self._recent[key] = RecentTimes()
+        if not recent.add(round_.time):
             return []
         ctx, interval = self._link_context(site, link, sample.tags.get("role"))
-        live = self._live.setdefault(key, LinkTrack())
+        live = self._live.get(key)
+        if live is None:
+            live = self._live[key] = LinkTrack()
         if live.machine.newest is None or round_.time > live.machine.newest:
-            transitions, report = live.judge(round_, ctx, late=self._late(round_.time, interval))
+            late = self._late(round_.time, interval, now)
+            transitions, report = live.judge(round_, ctx, late=late)
         else:
             transitions, report = self._backfill(key, round_, ctx)
         if report is not None:
@@ -290,8 +298,8 @@ class AlertEngine:
             return [], None
         return track.judge(round_, ctx, late=True)
 
-    def _late(self, time_ns: int, interval: float) -> bool:
-        age = self._clock() - time_ns / NS
+    def _late(self, time_ns: int, interval: float, now: float | None = None) -> bool:
+        age = (self._clock() if now is None else now) - time_ns / NS
         return age > interval + self._config.late_after
 
     def _record(self, transitions: list[Transition]) -> list[Transition]:

@@ -165,7 +165,7 @@ def inflate(payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> by
     return document
 
 
-def _document(payload: bytes, max_bytes: int) -> bytes | Rejection:
+def payload_document(payload: bytes, max_bytes: int) -> bytes | Rejection:
     """The JSON text of a payload no larger than `max_bytes`, compressed or not."""
     if len(payload) > max_bytes:
         return _rejection(RejectReason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
@@ -184,10 +184,15 @@ def decode_envelope(
 
     `max_bytes` bounds the payload and, when it is compressed, what it inflates to.
     """
-    document = _document(payload, max_bytes)
+    document = payload_document(payload, max_bytes)
     if isinstance(document, Rejection):
         return document
-    payload = document
+    return validate_document(document)
+
+
+def validate_document(payload: bytes) -> Envelope | Rejection:
+    """The Envelope validated from a JSON document, or the Rejection that words what is wrong
+    (the collector tries its fast path, fieldmon.collector.fastdecode, first)."""
     try:
         # by_name=False: on the wire the key is `schema`; `schema_` is only the Python name.
         return Envelope.model_validate_json(payload, by_alias=True, by_name=False)
