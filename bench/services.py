@@ -18,11 +18,13 @@ TCP port (5000), and dnsmasq answering `his.bench.example` on port 53. Blackbox_
    blackbox's own (from /proc) for its.
 2. CPU per probe, daemons. The real agent (`fieldmon-agent run`: scheduler, probes, outbox,
    MQTT to a real Mosquitto, acknowledged like the collector would) with 20 services (8 http,
-   6 tcp, 6 dns) every 2 s for `--window` seconds; then blackbox_exporter driven at the same rate
-   over the same window, 20 targets of the same mix each every 2 s through `/probe` (one
-   keep-alive connection per target, as Prometheus scrapes). Each side's CPU is its own process's
-   (utime + stime from /proc), divided by the probes it ran in the window; the HTTP client that
-   drives blackbox is not counted.
+   6 tcp, 6 dns) every 2 s, and over the very same `--window` seconds blackbox_exporter driven
+   at the same rate, 20 targets of the same mix each every 2 s through `/probe` (one keep-alive
+   connection per target, as Prometheus scrapes). Both run in one window, so whatever else loads
+   the machine (other people's work on a shared host) weighs on both alike; one after the other,
+   the ratio moved with the load between the windows. Each side's CPU is its own process's
+   (every thread's schedstat, from /proc), divided by the probes it ran in the window; the HTTP
+   client that drives blackbox is not counted.
 3. Memory. The agent's peak RSS (VmHWM) with a base site (one ICMP link, the host probe) and the
    same site with the 20 services added, each run as its own daemon for the same window.
 
@@ -424,10 +426,71 @@ class Acker:
         self._client.disconnect()
 
 
+class BlackboxDriver:
+    """20 targets of MIX through /probe, each every SERVICE_INTERVAL_S from a thread of its own
+    (one keep-alive connection each, as Prometheus scrapes); counts the probes in a window."""
+
+    def __init__(self, port: int, pid: int, t: Targets) -> None:
+        self.pid = pid
+        self._port = port
+        self._jobs = [blackbox_target(kind, t) for kind, count in MIX.items() for _ in range(count)]
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._counting = False
+        self._counts = {"probes": 0, "failed": 0}
+        self._threads: list[threading.Thread] = []
+
+    def _drive(self, module: str, target: str, phase: float) -> None:
+        client = BlackboxClient(self._port)
+        due = time.monotonic() + phase
+        try:
+            while not self._stop.wait(max(0.0, due - time.monotonic())):
+                ok = client.probe(module, target).get("probe_success") == 1.0
+                with self._lock:
+                    if self._counting:
+                        self._counts["probes"] += 1
+                        self._counts["failed"] += int(not ok)
+                due += SERVICE_INTERVAL_S
+        finally:
+            client.close()
+
+    def start(self) -> None:
+        rng = random.Random(16)
+        for module, target in self._jobs:
+            phase = rng.uniform(0, SERVICE_INTERVAL_S)
+            thread = threading.Thread(target=self._drive, args=(module, target, phase))
+            thread.start()
+            self._threads.append(thread)
+
+    def begin_window(self) -> float:
+        """Start counting probes; blackbox's CPU seconds so far."""
+        with self._lock:
+            self._counting = True
+            return cpu_seconds(self.pid)
+
+    def end_window(self) -> tuple[float, int, int]:
+        """Stop counting: (blackbox's CPU seconds so far, probes, failed) for the window."""
+        with self._lock:
+            self._counting = False
+            return cpu_seconds(self.pid), self._counts["probes"], self._counts["failed"]
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
 def run_agent(
-    workdir: Path, t: Targets, broker_port: int, *, services: bool, window: float
+    workdir: Path,
+    t: Targets,
+    broker_port: int,
+    *,
+    services: bool,
+    window: float,
+    blackbox: BlackboxDriver | None = None,
 ) -> dict[str, Any]:
-    """The real agent daemon for `window` seconds after a warm-up: CPU, probes, peak RSS."""
+    """The real agent daemon for `window` seconds after a warm-up: CPU, probes, peak RSS; with
+    `blackbox`, blackbox_exporter is driven over the very same window and measured alike."""
     from fieldmon.lab.process import script, start, wait_for
 
     name = "with-services" if services else "base"
@@ -437,16 +500,25 @@ def run_agent(
     )
     acker = Acker(broker_port)
     agent = start([script("fieldmon-agent"), "run", "--config", site_file], workdir / f"{name}.log")
+    bb: dict[str, Any] | None = None
     try:
         if services:
             wait_for(lambda: len(acker.service_times) >= 40, "the agent's first service rows",
                      60, daemons=agent)  # fmt: skip
+        if blackbox is not None:
+            blackbox.start()
         time.sleep(2 * SERVICE_INTERVAL_S)  # every service has run (imports, TLS contexts)
+        bb_cpu = blackbox.begin_window() if blackbox is not None else 0.0
         start_ns, cpu = time.time_ns(), cpu_seconds(agent.pid)
         time.sleep(window)  # the measured window
         spent, end_ns = cpu_seconds(agent.pid) - cpu, time.time_ns()
+        if blackbox is not None:
+            bb_end, probes, failed = blackbox.end_window()
+            bb = {"cpu_s": bb_end - bb_cpu, "probes": probes, "failed": failed, "window_s": window}
         peak = peak_rss_mb(agent.pid)
     finally:
+        if blackbox is not None:
+            blackbox.stop()
         agent.stop(30)
         acker.close()
     return {
@@ -455,50 +527,8 @@ def run_agent(
         "probes": acker.runs_between(start_ns, end_ns),
         "failed": acker.failed,
         "peak_rss_mb": peak,
+        "blackbox": bb,
     }
-
-
-def drive_blackbox(port: int, pid: int, t: Targets, window: float) -> dict[str, Any]:
-    """20 targets of MIX, each probed every SERVICE_INTERVAL_S through /probe, for `window`."""
-    jobs = [blackbox_target(kind, t) for kind, count in MIX.items() for _ in range(count)]
-    stop = threading.Event()
-    counts = {"probes": 0, "failed": 0}
-    lock = threading.Lock()
-    window_start: list[float] = []
-
-    def loop(module: str, target: str, phase: float) -> None:
-        client = BlackboxClient(port)
-        due = time.monotonic() + phase
-        try:
-            while not stop.wait(max(0.0, due - time.monotonic())):
-                started = time.monotonic()
-                ok = client.probe(module, target).get("probe_success") == 1.0
-                with lock:
-                    if window_start and started >= window_start[0]:
-                        counts["probes"] += 1
-                        counts["failed"] += int(not ok)
-                due += SERVICE_INTERVAL_S
-        finally:
-            client.close()
-
-    rng = random.Random(16)
-    threads = [
-        threading.Thread(target=loop, args=(module, target, rng.uniform(0, SERVICE_INTERVAL_S)))
-        for module, target in jobs
-    ]
-    for thread in threads:
-        thread.start()
-    time.sleep(2 * SERVICE_INTERVAL_S)  # warm-up, as for the agent
-    cpu = cpu_seconds(pid)
-    with lock:
-        window_start.append(time.monotonic())
-    time.sleep(window)
-    with lock:
-        spent, probes, failed = cpu_seconds(pid) - cpu, counts["probes"], counts["failed"]
-    stop.set()
-    for thread in threads:
-        thread.join()
-    return {"cpu_s": spent, "probes": probes, "failed": failed, "window_s": window}
 
 
 # == the run =====================================================================================
@@ -525,10 +555,15 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         mosquitto = stack.enter_context(MosquittoServer(workdir / "mosquitto"))
         print(f"agent without services, {args.window:g}s", file=sys.stderr)
         base = run_agent(workdir, t, mosquitto.port, services=False, window=args.window)
-        print(f"agent with 20 services, {args.window:g}s", file=sys.stderr)
-        agent = run_agent(workdir, t, mosquitto.port, services=True, window=args.window)
-        print(f"blackbox_exporter at the same rate, {args.window:g}s", file=sys.stderr)
-        bb = drive_blackbox(blackbox.port, blackbox.pid, t, args.window)
+        print(
+            f"agent with 20 services and blackbox_exporter at the same rate, {args.window:g}s",
+            file=sys.stderr,
+        )
+        driver = BlackboxDriver(blackbox.port, blackbox.pid, t)
+        agent = run_agent(
+            workdir, t, mosquitto.port, services=True, window=args.window, blackbox=driver
+        )
+        bb = agent["blackbox"]
         bb_rss = peak_rss_mb(blackbox.pid)
     return result(args, timings, base, agent, bb, bb_rss)
 
