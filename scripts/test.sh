@@ -21,4 +21,4 @@ bash scripts/setup.sh
 .venv/bin/lint-imports --no-cache
 # Two workers (pytest-xdist): the suite mostly waits on real servers. FIELDMON_TEST_WORKERS=0
 # runs it in this process; arguments given here come last and win.
-exec .venv/bin/pytest -n "${FIELDMON_TEST_WORKERS:-2}" --dist loadgroup "$@"
+exec .venv/bin/pytest -n "${FIELDMON_TEST_WORKERS:-2}" "$@"

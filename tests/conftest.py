@@ -111,36 +111,49 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-# With pytest-xdist (`--dist loadgroup`, scripts/test.sh) a module runs on one worker, so its
-# module fixtures start once. The tests that kill, cut and time whole pipelines share one group:
-# they run one after another, never beside each other, while the other worker takes the rest.
-_SERIAL_FOLDERS = ("tests/faults/", "tests/e2e/")
+# With pytest-xdist (scripts/test.sh) a module runs on one worker, so its module fixtures start
+# once. The tests that kill, cut and time whole pipelines, and the two modules that read the one
+# demo run, are one group: they run one after another, never beside each other, while the other
+# worker takes the rest. (xdist's own `--dist loadgroup` marks do not take with pytest 9; this
+# scheduler groups by node id instead.)
+_SERIAL_PATHS = (
+    "tests/faults/",
+    "tests/e2e/",
+    "tests/lab/test_demo.py",
+    "tests/dashboards/test_dashboards.py",
+)
 SERIAL_GROUP = "whole-pipelines"
 
 
-def xdist_group(item: pytest.Item) -> str:
-    """The xdist group a test runs in."""
-    path = item.nodeid.split("::", 1)[0]
-    if path.startswith(_SERIAL_FOLDERS) or "demo_run" in getattr(item, "fixturenames", ()):
-        return SERIAL_GROUP
-    return path
+def scheduling_group(nodeid: str) -> str:
+    """The group (run on one worker, in order) of the test `nodeid`: its module, or the serial
+    group."""
+    path = nodeid.split("::", 1)[0]
+    return SERIAL_GROUP if path.startswith(_SERIAL_PATHS) else path
 
 
-# Before xdist's own hook, which names each test's group from its marks.
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scheduling_group(nodeid)
+
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that uses a server fixture `integration` (`-m "not integration"`); skip
-    the `long` ones unless `--long` is given; put each test in its xdist group, the serial group
-    first (a worker starts on it at once while the other takes everything else)."""
+    the `long` ones unless `--long` is given; the serial group first (a worker starts on it at
+    once while the other takes everything else)."""
     long_runs = config.getoption("--long")
     for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
         if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
         if not long_runs and item.get_closest_marker("long"):
             item.add_marker(pytest.mark.skip(reason="a long run: pytest --long"))
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != SERIAL_GROUP)  # type: ignore[union-attr]
+    items.sort(key=lambda item: scheduling_group(item.nodeid) != SERIAL_GROUP)
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 printed, tests/dashboards/ queries what it left in InfluxDB. The demo takes well over a minute;
 running it once for both halves the suite's longest wait.
 
-With several workers (pytest-xdist), every test that uses it is in one group, so on one worker:
-they share one run too (tests/conftest.py).
+With several workers (pytest-xdist), both modules are in one group, so on one worker: they share
+one run too (tests/conftest.py).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ agent_envelopes = st.builds(
 )
 
 
-def _same(payload: bytes) -> Envelope | codec.Rejection:
+def _assert_same(payload: bytes) -> Envelope | codec.Rejection:
     """Both decoders' answer, asserted equal (an Envelope's field set too)."""
     fast, reference = decode_envelope(payload), codec.decode_envelope(payload)
     assert fast == reference
@@ -103,15 +103,15 @@ def _same(payload: bytes) -> Envelope | codec.Rejection:
 def test_an_agents_envelope_takes_the_fast_path_to_the_same_envelope(envelope: Envelope) -> None:
     payload = codec.encode(envelope)
     assert fast_envelope(payload) is not None
-    assert _same(payload) == envelope
+    assert _assert_same(payload) == envelope
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.one_of(envelopes, coalesced_envelopes()))
 def test_any_valid_envelope_decodes_the_same(envelope: Envelope) -> None:
     payload = codec.encode(envelope)
-    assert _same(payload) == envelope
-    assert _same(zlib.compress(payload)) == envelope
+    assert _assert_same(payload) == envelope
+    assert _assert_same(zlib.compress(payload)) == envelope
 
 
 def test_a_coalesced_envelope_takes_the_fast_path() -> None:
@@ -121,7 +121,7 @@ def test_a_coalesced_envelope_takes_the_fast_path() -> None:
     )
     payload = codec.encode(envelope)
     assert fast_envelope(payload) == envelope
-    assert _same(payload) == envelope
+    assert _assert_same(payload) == envelope
 
 
 def _document(**changes: Any) -> dict[str, Any]:
@@ -205,7 +205,7 @@ EDGES = [
 
 @pytest.mark.parametrize("document", EDGES)
 def test_edge_cases_are_answered_alike(document: dict[str, Any]) -> None:
-    _same(json.dumps(document).encode())
+    _assert_same(json.dumps(document).encode())
 
 
 @pytest.mark.parametrize(
@@ -233,7 +233,7 @@ def test_edge_cases_are_answered_alike(document: dict[str, Any]) -> None:
     ],
 )
 def test_json_the_libraries_might_read_differently_is_answered_alike(payload: bytes) -> None:
-    _same(payload)
+    _assert_same(payload)
 
 
 _VALUES = st.recursive(
@@ -268,10 +268,10 @@ _KEYS = [
 @settings(max_examples=500, deadline=None)
 @given(st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=3))
 def test_fuzz_changed_envelopes_are_answered_alike(changes: dict[str, Any]) -> None:
-    _same(json.dumps(_document(**changes)).encode())
+    _assert_same(json.dumps(_document(**changes)).encode())
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_bytes_are_answered_alike(payload: bytes) -> None:
-    _same(payload)
+    _assert_same(payload)
