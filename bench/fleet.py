@@ -381,7 +381,8 @@ class Collector:
         self.rss_subscribed = psutil.Process(self.daemon.pid).memory_info().rss
 
     def written(self) -> float:
-        _status, body = http_get(f"http://127.0.0.1:{self.http_port}/metrics")
+        # A saturated collector answers slowly, but it answers.
+        _status, body = http_get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=120)
         for line in body.decode().splitlines():
             if line.startswith("fieldmon_points_written_total"):
                 return float(line.split()[-1])
@@ -390,6 +391,12 @@ class Collector:
     def stop(self) -> None:
         if self.daemon is not None:
             self.daemon.stop(timeout=30)
+
+
+async def _written(ingest: list[Collector]) -> float:
+    """Points written by the ingest collectors, read off the fleet's event loop."""
+    counts = await asyncio.gather(*(asyncio.to_thread(c.written) for c in ingest))
+    return sum(counts)
 
 
 def _cpu(pid: int) -> float:
@@ -423,11 +430,11 @@ async def measure_phase(
     fleet.plan_replays(start_ns, warmup + window * 0.6)
     runner = asyncio.create_task(fleet.run())
     await asyncio.sleep(warmup)  # the window starts at a set time; nothing waits for readiness
-    written0 = sum(c.written() for c in ingest)
+    written0 = await _written(ingest)
     cpu0 = {name: _cpu(pid) for name, pid in processes.items()}
     busy0, wall0 = _busy(), time.monotonic()
     await asyncio.sleep(window)
-    written1 = sum(c.written() for c in ingest)
+    written1 = await _written(ingest)
     cpu1 = {name: _cpu(pid) for name, pid in processes.items()}
     busy1, wall = _busy(), time.monotonic() - wall0
     rss = {name: psutil.Process(pid).memory_info().rss for name, pid in processes.items()}
@@ -611,11 +618,23 @@ def scaling(results: list[dict]) -> dict[str, object]:
     def slope(key: str) -> float:
         return (float(large[key]) - float(small[key])) * 2**20 / sites
 
+    # CPU per sample between the two: a process's fixed cost (timers, idle polling) cancels out.
+    samples = float(large["samples_per_s_written"]) - float(small["samples_per_s_written"])
+
+    def cpu_per_sample(key: str) -> float | None:
+        if samples <= 0:
+            return None
+        return round((float(large[key]) - float(small[key])) / samples * 1e6, 1)
+
     return {
         "between_sites": f"{small['sites']} and {large['sites']}",
         "ingest_rss_mb_per_1000_sites": round(slope("rss_mb_ingest1") * 1000 / 2**20, 1),
         "alerts_rss_bytes_per_link": round(slope("rss_mb_alerts") / LINKS),
         "mosquitto_rss_kb_per_site": round(slope("rss_mb_mosquitto") / 1024, 1),
+        "ingest_cpu_us_per_added_sample": cpu_per_sample("cores_ingest1"),
+        "alerts_cpu_us_per_added_sample": cpu_per_sample("cores_alerts"),
+        "mosquitto_cpu_us_per_added_sample": cpu_per_sample("cores_mosquitto"),
+        "influxd_cpu_us_per_added_sample": cpu_per_sample("cores_influxd"),
     }
 
 
