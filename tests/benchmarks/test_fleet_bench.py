@@ -23,7 +23,7 @@ def test_a_small_fleet_is_written_acknowledged_and_measured(tmp_path: Path) -> N
     assert 30 <= result["live_samples_per_s_committed"] <= 50
     assert result["backlog_samples_per_s_acked"] > 0
     assert result["backlog_messages_left"] == 0
-    assert result["written_over_offered"] >= 0.9
+    assert result["stored_over_offered"] >= 0.9
     assert result["live_envelopes_unacked_at_end"] == 0
     p95 = result["lag_p95"]
     assert p95.endswith(" s") and 0 < float(p95.removesuffix(" s")) < 5, p95
