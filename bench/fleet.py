@@ -227,7 +227,7 @@ class SimSite:
         stats = self.fleet.stats
         while (
             self.backlog
-            and self.in_flight < WINDOW - LIVE_RESERVED + self.backlog_in_flight
+            and self.in_flight < WINDOW
             and self.backlog_in_flight < WINDOW - LIVE_RESERVED
             and self.backlog_bytes < BACKLOG_BYTES
             and self.tokens >= len(self.backlog[0][1])
