@@ -15,7 +15,7 @@ import pytest
 
 from fieldmon.agent.capabilities import CAP_NET_RAW, capability_sets
 from fieldmon.lab.process import script, start, wait_for
-from fieldmon.lab.servers import free_port
+from fieldmon.lab.sitefiles import loopback_site
 from fieldmon.lab.systemd import setpriv_command
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "fieldmon-agent.service"
@@ -61,30 +61,7 @@ def _site(directory: Path) -> Path:
     state = directory / "state"
     state.mkdir()
     os.chown(state, NOBODY, NOBODY)
-    site = {
-        "site": "pavilion-2",
-        "name": "Field hospital - Pavilion 2",
-        "parent_hospital": "hospital-central",
-        "agent": {
-            "id": "pavilion-2-pi1",
-            "broker": {"host": "127.0.0.1", "port": free_port()},
-            "outbox": {"path": str(state / "outbox.db")},
-        },
-        "links": [
-            {
-                "name": "site-gateway",
-                "address": "127.0.0.1",
-                "role": "gateway",
-                "interval": "1s",
-                "count": 2,
-                "spacing": "10ms",
-                "timeout": "200ms",
-            }
-        ],
-        "host": {"interval": "1s"},
-    }
-    path = directory / "site.yaml"
-    path.write_text(json.dumps(site), encoding="utf-8")
+    path = loopback_site(directory, outbox=state / "outbox.db")
     path.chmod(0o644)
     return path
 

@@ -4,7 +4,6 @@ its event loop and its probes make progress."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 from pathlib import Path
@@ -14,7 +13,7 @@ from fieldmon.agent.scheduler import run_probe_forever
 from fieldmon.core.systemd import Health, Notifier, Watchdog
 from fieldmon.core.wire.models import Sample
 from fieldmon.lab.process import script, start, wait_for
-from fieldmon.lab.servers import free_port
+from fieldmon.lab.sitefiles import loopback_site
 from fieldmon.lab.systemd import (
     NotifyListener,
     notify_command,
@@ -27,32 +26,8 @@ STALL_S = 4.0
 
 
 def _site(directory: Path) -> Path:
-    site = {
-        "site": "pavilion-2",
-        "name": "Field hospital - Pavilion 2",
-        "parent_hospital": "hospital-central",
-        "agent": {
-            "id": "pavilion-2-pi1",
-            # Nothing listens there: the agent is serving without a broker (a site offline).
-            "broker": {"host": "127.0.0.1", "port": free_port()},
-            "outbox": {"path": str(directory / "outbox.db")},
-        },
-        "links": [
-            {
-                "name": "site-gateway",
-                "address": "127.0.0.1",
-                "role": "gateway",
-                "interval": "1s",
-                "count": 3,
-                "spacing": "10ms",
-                "timeout": "200ms",
-            }
-        ],
-        "host": {"interval": "1s"},
-    }
-    path = directory / "site.yaml"
-    path.write_text(json.dumps(site), encoding="utf-8")
-    return path
+    # Nothing listens on its broker port: the agent is serving without a broker (a site offline).
+    return loopback_site(directory, outbox=directory / "outbox.db", echoes=3)
 
 
 def test_a_stalled_event_loop_stops_the_watchdog_pings_while_the_agent_lives(

@@ -4,7 +4,6 @@ MemoryDenyWriteExecute (applied without systemd by fieldmon.lab.sandbox)."""
 from __future__ import annotations
 
 import ctypes.util
-import json
 import os
 import platform
 import shutil
@@ -17,6 +16,7 @@ import pytest
 from fieldmon.lab.process import http_get, script, start, wait_for
 from fieldmon.lab.sandbox import sandbox_command
 from fieldmon.lab.servers import MosquittoServer, free_port
+from fieldmon.lab.sitefiles import loopback_site
 from fieldmon.lab.systemd import NotifyListener
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
@@ -64,30 +64,7 @@ def test_the_sandbox_refuses_what_the_unit_refuses() -> None:
 def test_the_agent_probes_and_feeds_its_watchdog_inside_the_units_filters(
     tmp_path: Path,
 ) -> None:
-    site = {
-        "site": "pavilion-2",
-        "name": "Field hospital - Pavilion 2",
-        "parent_hospital": "hospital-central",
-        "agent": {
-            "id": "pavilion-2-pi1",
-            "broker": {"host": "127.0.0.1", "port": free_port()},
-            "outbox": {"path": str(tmp_path / "outbox.db")},
-        },
-        "links": [
-            {
-                "name": "site-gateway",
-                "address": "127.0.0.1",
-                "role": "gateway",
-                "interval": "1s",
-                "count": 2,
-                "spacing": "10ms",
-                "timeout": "200ms",
-            }
-        ],
-        "host": {"interval": "1s"},
-    }
-    config = tmp_path / "site.yaml"
-    config.write_text(json.dumps(site), encoding="utf-8")
+    config = loopback_site(tmp_path, outbox=tmp_path / "outbox.db")
     listener = NotifyListener()
     env = {**os.environ, **listener.environment(watchdog_s=1.5)}
     command = sandbox_command(AGENT, [script("fieldmon-agent"), "run", "--config", config])
