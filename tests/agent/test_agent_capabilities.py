@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fieldmon.agent.capabilities import CAP_NET_RAW, capability_sets
-from fieldmon.lab.process import script, start, wait_for
+from fieldmon.lab.process import closed_to_others, script, start, wait_for
 from fieldmon.lab.sitefiles import loopback_site
 from fieldmon.lab.systemd import setpriv_command
 
@@ -22,9 +23,15 @@ UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "fieldmon-ag
 NOBODY = 65534
 VIDEO_GID = 44  # Debian's `video` group
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+    ),
+    pytest.mark.skipif(
+        (closed := closed_to_others(Path(sys.prefix))) is not None,
+        reason=f"runs this checkout as nobody, but {closed} is closed to others (chmod o+x it)",
+    ),
+]
 
 # Stands in for vcgencmd: records what it was started with, then answers like the real one.
 # Debian's python3, which any user may run (this venv's interpreter may live under /root).

@@ -19,15 +19,22 @@ from pathlib import Path
 
 import pytest
 
+from fieldmon.lab.process import closed_to_others
+
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="setpriv --reuid needs root"),
     pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv"),
+    pytest.mark.skipif(
+        (closed := closed_to_others(Path(sys.prefix))) is not None,
+        reason=f"runs this checkout as nobody, but {closed} is closed to others (chmod o+x it)",
+    ),
 ]
 NET_RAW = 1 << 13  # CAP_NET_RAW's bit in the /proc/PID/status masks
 
 PROGRAM = """
 import asyncio, json, subprocess, sys
 from pathlib import Path
+from fieldmon.lab.process import closed_to_others
 from fieldmon.firmware_hooks.hooks import EventName, HookEvent, run_hook
 
 def status(text):

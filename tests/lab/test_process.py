@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldmon.lab.process import WaitError, script, start, wait_for
+from fieldmon.lab.process import WaitError, closed_to_others, script, start, wait_for
 
 # Ignores SIGTERM, says so, then sleeps: only SIGKILL ends it.
 STUBBORN = (
@@ -67,3 +67,16 @@ def test_wait_for_returns_the_predicates_value() -> None:
 def test_scripts_are_the_ones_installed_beside_this_interpreter() -> None:
     assert script("fieldmon-collector") == Path(sys.executable).parent / "fieldmon-collector"
     assert script("fieldmon-collector").is_file()
+
+
+def test_closed_to_others_names_the_first_folder_others_cannot_enter(tmp_path: Path) -> None:
+    outer, inner = tmp_path / "outer", tmp_path / "outer" / "inner"
+    inner.mkdir(parents=True)
+    outer.chmod(0o755)
+    inner.chmod(0o755)
+    tmp_path.chmod(0o755)
+    assert closed_to_others(inner) is None or closed_to_others(inner) not in (outer, inner)
+    outer.chmod(0o700)
+    assert closed_to_others(inner) in (outer, *outer.parents)
+    if closed_to_others(tmp_path) is None:  # the test's own folder is open: outer is the first
+        assert closed_to_others(inner) == outer

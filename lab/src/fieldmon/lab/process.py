@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -274,3 +275,15 @@ def wait_subscribed(
     return wait_for(
         granted, f"the collector on port {port} to be subscribed", timeout, daemons=daemons
     )
+
+
+def closed_to_others(path: Path) -> Path | None:
+    """The first folder on the way to `path` that other users cannot enter (no o+x), or None.
+
+    Tests that run this checkout's code as `nobody` need every folder above it open: a clone
+    made in a `mktemp -d` folder (mode 0700) is not."""
+    resolved = path.resolve()
+    for folder in [*reversed(resolved.parents), resolved]:
+        if not folder.stat().st_mode & stat.S_IXOTH:
+            return folder
+    return None
