@@ -19,7 +19,6 @@ process with threads (paho's, the outbox's), the child must not take locks anoth
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -41,7 +40,9 @@ class _CapData(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The C library the interpreter already has loaded: ctypes.util.find_library would start a child
+# process (ldconfig), which would inherit the agent's ambient capabilities before they are cleared.
+_libc = ctypes.CDLL(None, use_errno=True)
 _prctl = _libc.prctl
 _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _prctl.restype = ctypes.c_int
@@ -64,6 +65,29 @@ def _check(result: int, what: str, tolerated: tuple[int, ...] = ()) -> None:
     if code in tolerated:
         return
     raise PrivilegeError(code, f"{what}: {os.strerror(code)}")
+
+
+def clear_inheritance() -> list[str]:
+    """Empty this process's ambient and inheritable sets, keeping its own permitted and effective
+    ones, so that no program it starts inherits a capability (the agent at start,
+    fieldmon.agent.capabilities). Returns what could not be done, in words."""
+    problems = []
+    # EINVAL: a kernel before 4.3 has no ambient set.
+    if _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        if code != errno.EINVAL:
+            problems.append(f"clearing the ambient capabilities: {os.strerror(code)}")
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _capget(ctypes.byref(header), data) != 0:
+        problems.append(f"reading the capabilities: {os.strerror(ctypes.get_errno())}")
+        return problems
+    for word in data:
+        word.inheritable = 0
+    if _capset(ctypes.byref(header), data) != 0:
+        code = ctypes.get_errno()
+        problems.append(f"clearing the inheritable capabilities: {os.strerror(code)}")
+    return problems
 
 
 def drop_privileges() -> None:
