@@ -1,4 +1,4 @@
-"""Hypothesis strategies for wire messages, shared by the wire tests."""
+"""Hypothesis strategies for wire messages, shared by the wire and collector tests."""
 
 from __future__ import annotations
 
